@@ -1,0 +1,38 @@
+"""Benchmarks: finite mean-field games (exact models), N-agent simulators and solvers.
+
+Plain numpy only: no Ray, MLflow or torch here.
+"""
+
+from mfdiffuser.envs.behaviour import QUALITIES, behaviour_policies
+from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim, make_crowd_1d
+from mfdiffuser.envs.finite import (
+    FiniteMeanFieldGame,
+    best_response,
+    exploitability,
+    policy_value,
+    propagate,
+    q_values,
+    sample_actions,
+    uniform_policy,
+)
+from mfdiffuser.envs.solvers import SolveResult, fictitious_play, online_mirror_descent
+
+__all__ = [
+    "QUALITIES",
+    "Crowd1D",
+    "Crowd1DParams",
+    "Crowd1DSim",
+    "FiniteMeanFieldGame",
+    "SolveResult",
+    "behaviour_policies",
+    "best_response",
+    "exploitability",
+    "fictitious_play",
+    "make_crowd_1d",
+    "online_mirror_descent",
+    "policy_value",
+    "propagate",
+    "q_values",
+    "sample_actions",
+    "uniform_policy",
+]

@@ -1,0 +1,343 @@
+"""The Python API: every CLI command is one function here (the CLI only parses and prints).
+
+from mfdiffuser import api
+cfg = api.load_config("configs/quickstart.yaml", ["data.n_agents=200"])
+out = api.run_experiment(cfg)          # generate -> train (Ray Train DDP) -> evaluate
+out["metrics"]["exploitability"]
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from mfdiffuser.envs import (
+    best_response,
+    exploitability,
+    fictitious_play,
+    online_mirror_descent,
+    policy_value,
+    propagate,
+    uniform_policy,
+)
+from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
+from mfdiffuser.platform.config import ConfigError, ExperimentConfig, load_config
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "evaluate",
+    "generate",
+    "list_benchmarks",
+    "load_config",
+    "quickstart",
+    "run_experiment",
+    "solve",
+    "train",
+]
+
+ALGORITHMS = ("uniform", "fp", "omd")
+QUICKSTART_CONFIG = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
+
+
+def list_benchmarks() -> list[dict[str, Any]]:
+    return [{**spec.describe(), "description": spec.description} for spec in BENCHMARKS.values()]
+
+
+def solve(
+    benchmark: str,
+    params: dict[str, Any] | None = None,
+    algorithm: str = "uniform",
+    iterations: int = 100,
+    learning_rate: float = 0.1,
+) -> dict[str, Any]:
+    """Exact mean-field quantities of a policy: the uniform one, or a solver's result."""
+    spec = get_benchmark(benchmark)
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"--algorithm = {algorithm!r}: allowed: {', '.join(ALGORITHMS)}")
+    if iterations < 1:
+        raise ConfigError(f"--iterations = {iterations}: must be >= 1")
+    try:
+        game = spec.game(params)
+    except Exception as err:  # pydantic ValidationError -> one line per field
+        raise ConfigError(_pydantic_lines(err, "benchmark.params")) from None
+    out: dict[str, Any] = {"benchmark": spec.describe(params), "algorithm": algorithm}
+    if algorithm == "uniform":
+        policy = uniform_policy(game)
+    else:
+        start = time.perf_counter()
+        result = (
+            fictitious_play(game, iterations)
+            if algorithm == "fp"
+            else online_mirror_descent(game, iterations, learning_rate=learning_rate)
+        )
+        out["solve_seconds"] = time.perf_counter() - start
+        out["iterations"] = iterations
+        if algorithm == "omd":
+            out["learning_rate"] = learning_rate
+        out["exploitability_curve"] = [float(x) for x in result.exploitability_curve]
+        policy = result.policy
+    flow = propagate(game, policy)
+    _, br_value = best_response(game, flow)
+    out["value"] = float(policy_value(game, policy))
+    out["best_response_value"] = float(br_value)
+    out["exploitability"] = float(exploitability(game, policy))
+    return out
+
+
+def _pydantic_lines(err: Exception, prefix: str) -> str:
+    errors = getattr(err, "errors", None)
+    if errors is None:
+        return str(err)
+    from mfdiffuser.platform.config import _format_error
+
+    return "\n".join(_format_error(e, prefix=prefix) for e in errors())
+
+
+@contextmanager
+def _ray(cfg: ExperimentConfig) -> Iterator[None]:
+    from mfdiffuser.platform.runtime import ray_session
+
+    with ray_session(cfg.runtime.address, cfg.runtime.num_cpus):
+        yield
+
+
+def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".") -> str:
+    from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(cfg.runtime.tracking_uri, workdir)
+    check_tracking_uri(uri)
+    return uri
+
+
+def generate(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Generate (or reuse) the offline dataset of `cfg` with a pool of Ray actors."""
+    from mfdiffuser.workers.datagen import generate_dataset
+
+    start = time.perf_counter()
+    with _ray(cfg):
+        uri, manifest = generate_dataset(cfg)
+    return {
+        "dataset": uri,
+        "dataset_id": manifest.dataset_id,
+        "rows": manifest.rows,
+        "episodes": manifest.episodes,
+        "shards": len(manifest.shards),
+        "behaviour": manifest.behaviour,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def train(
+    cfg: ExperimentConfig,
+    *,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    end_run: bool = True,
+) -> dict[str, Any]:
+    """Generate/reuse the dataset, then fit the planner with Ray Train; one MLflow run."""
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.workers.datagen import generate_dataset
+    from mfdiffuser.workers.trainer import train_planner
+
+    uri = tracking_uri or _tracking(cfg)
+    run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-train")
+    start = time.perf_counter()
+    try:
+        with _ray(cfg):
+            dataset, manifest = generate_dataset(cfg)
+            _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
+            _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
+            tracking.log_metrics(
+                uri,
+                run_id,
+                {
+                    "behaviour/return": manifest.behaviour["return"],
+                    "behaviour/exploitability": manifest.behaviour["exploitability"],
+                    "behaviour/data_return": manifest.behaviour["data_mean_return"],
+                },
+            )
+            checkpoint = train_planner(
+                cfg, dataset, len(manifest.shards), tracking_uri=uri, run_id=run_id
+            )
+        tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
+        tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
+    except BaseException as err:
+        _fail_run(uri, run_id, err)
+        raise
+    if end_run:
+        tracking.end_run(uri, run_id)
+    return {
+        "checkpoint": str(checkpoint),
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "dataset": dataset,
+        "train_seconds": time.perf_counter() - start,
+    }
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    n_agents: list[int] | None = None,
+    episodes: int | None = None,
+    seeds: int | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    address: str | None = None,
+    end_run: bool = True,
+) -> dict[str, Any]:
+    """Roll the planner out with Ray actors at each N; log into the checkpoint's MLflow run."""
+    from mfdiffuser.data.manifest import read_manifest
+    from mfdiffuser.planner.checkpoint import read_meta
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.runtime import ray_session
+    from mfdiffuser.workers.rollout import evaluate_checkpoint
+
+    if not Path(checkpoint).is_dir():
+        raise ConfigError(f"checkpoint = {str(checkpoint)!r}: no such directory")
+    meta = read_meta(checkpoint)
+    cfg = ExperimentConfig.model_validate(meta["config"])
+    updates: dict[str, Any] = {}
+    if n_agents is not None:
+        updates["n_agents"] = n_agents
+    if episodes is not None:
+        updates["episodes"] = episodes
+    if seeds is not None:
+        updates["seeds"] = seeds
+    try:
+        ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
+    except Exception as err:
+        raise ConfigError(_pydantic_lines(err, "eval")) from None
+    uri = tracking_uri or _tracking(cfg)
+    run_id = run_id or _existing_run(uri, meta.get("run_id"))
+    run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-evaluate")
+    start = time.perf_counter()
+    try:
+        with ray_session(address or cfg.runtime.address, cfg.runtime.num_cpus):
+            out = evaluate_checkpoint(
+                checkpoint, ev.n_agents, episodes=ev.episodes, seeds=ev.seeds, seed=ev.seed
+            )
+        metrics = dict(out["metrics"])
+        try:
+            behaviour = read_manifest(meta["dataset"]).behaviour
+            metrics["behaviour/return"] = float(behaviour["return"])
+            metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
+        except (FileNotFoundError, KeyError, ValueError):
+            pass  # the dataset is gone; the policy's own metrics still stand
+        metrics["eval/seconds"] = time.perf_counter() - start
+        tracking.log_metrics(uri, run_id, metrics)
+        _log_json(
+            uri,
+            run_id,
+            {"returns": out["returns"], "table": out["table"]},
+            "evaluation",
+            "evaluation.json",
+        )
+    except BaseException as err:
+        _fail_run(uri, run_id, err)
+        raise
+    if end_run:
+        tracking.end_run(uri, run_id)
+    return {"metrics": metrics, "run_id": run_id, "tracking_uri": uri, "returns": out["returns"]}
+
+
+def run_experiment(cfg: ExperimentConfig, workdir: str | Path = ".") -> dict[str, Any]:
+    """generate -> train -> evaluate, all in one MLflow run."""
+    from mfdiffuser.platform import tracking
+
+    uri = _tracking(cfg, workdir)
+    start = time.perf_counter()
+    with _ray(cfg):
+        trained = train(cfg, tracking_uri=uri, end_run=False)
+        evaluated = evaluate(
+            trained["checkpoint"], tracking_uri=uri, run_id=trained["run_id"], end_run=False
+        )
+    tracking.log_metrics(uri, trained["run_id"], {"wall_seconds": time.perf_counter() - start})
+    tracking.end_run(uri, trained["run_id"])
+    return {
+        **trained,
+        "metrics": evaluated["metrics"],
+        "wall_seconds": time.perf_counter() - start,
+        "experiment": tracking.experiment_name(cfg),
+    }
+
+
+def quickstart(
+    workdir: str | Path = "mfd-quickstart", overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """The whole flow on the small preset, with the store and MLflow DB inside `workdir`."""
+    wd = Path(workdir).resolve()
+    wd.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(
+        QUICKSTART_CONFIG,
+        [f"runtime.storage={wd / 'store'}", *(overrides or [])],
+    )
+    if cfg.runtime.tracking_uri is None:
+        from mfdiffuser.platform.tracking import resolve_tracking_uri
+
+        cfg.runtime.tracking_uri = resolve_tracking_uri(None, wd)
+    out = run_experiment(cfg, wd)
+    out["workdir"] = str(wd)
+    out["mlflow_ui_command"] = f"mlflow ui --backend-store-uri {cfg.runtime.tracking_uri}"
+    return out
+
+
+def _existing_run(uri: str, run_id: str | None) -> str | None:
+    if not run_id:
+        return None
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException:
+        return None
+    return run_id
+
+
+def _log_json(
+    uri: str, run_id: str, obj: Any, artifact_path: str, name: str, as_yaml: bool = False
+) -> None:
+    from mfdiffuser.platform import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / name
+        text = (
+            yaml.safe_dump(obj, sort_keys=False)
+            if as_yaml
+            else json.dumps(obj, indent=2, default=_json_default)
+        )
+        p.write_text(text)
+        tracking.log_artifact(uri, run_id, p, artifact_path or None)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def _fail_run(uri: str, run_id: str, err: BaseException) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.set_tag(run_id, "mfd.error", f"{type(err).__name__}: {err}"[:5000])
+        client.set_tag(run_id, "mfd.traceback", "".join(traceback.format_exception(err))[-5000:])
+        client.set_terminated(
+            run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        )
+    except Exception:
+        pass

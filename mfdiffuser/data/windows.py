@@ -1,0 +1,140 @@
+"""Training windows for the planner: one episode, one window start, M random agents.
+
+METHOD.md §1: a training sample is X[M, H, D] (per step: state features ⊕ action one-hot scaled
+to [-1, 1]) plus the context c = (t, mu_t), for a random subset of M of the episode's N agents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mfdiffuser.data import storage
+from mfdiffuser.data.manifest import Manifest, read_manifest
+from mfdiffuser.envs import FiniteMeanFieldGame
+
+
+@dataclass(frozen=True)
+class EpisodeArrays:
+    states: np.ndarray  # [E, T, N] int
+    actions: np.ndarray  # [E, T, N] int
+    rewards: np.ndarray  # [E, T, N] float32
+
+    @property
+    def n_agents(self) -> int:
+        return int(self.states.shape[2])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.states.shape[1])
+
+
+def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[EpisodeArrays, Manifest]:
+    """Read (a subset of) a dataset's shards into dense per-episode arrays."""
+    manifest = read_manifest(uri)
+    fs, path = storage.resolve(uri)
+    chosen = manifest.shards if shards is None else [manifest.shards[i] for i in shards]
+    if not chosen:
+        raise ValueError(f"dataset {uri!r}: no shards selected")
+    table = pa.concat_tables([storage.read_table(fs, storage.join(path, s.file)) for s in chosen])
+    table = table.sort_by([("episode", "ascending"), ("t", "ascending"), ("agent", "ascending")])
+    n = int(manifest.spec["n_agents"])
+    n_ep = len(np.unique(table["episode"].to_numpy()))
+    horizon = table.num_rows // (n_ep * n)
+    if horizon * n_ep * n != table.num_rows:
+        raise ValueError(f"dataset {uri!r}: rows do not form complete episodes of {n} agents")
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(table[name].to_numpy()).reshape(n_ep, horizon, n)
+
+    return EpisodeArrays(col("state"), col("action"), col("reward")), manifest
+
+
+def mean_fields(arrays: EpisodeArrays, n_states: int) -> np.ndarray:
+    """Empirical mu[E, T, S] of every episode and time."""
+    e, t, n = arrays.states.shape
+    flat = (np.arange(e * t)[:, None] * n_states + arrays.states.reshape(e * t, n)).ravel()
+    counts = np.bincount(flat, minlength=e * t * n_states).reshape(e, t, n_states)
+    return counts / n
+
+
+def action_counts(arrays: EpisodeArrays, n_states: int, n_actions: int) -> np.ndarray:
+    """How often each action was taken in each (t, s): counts[T, S, A] (float64)."""
+    _, horizon, _ = arrays.states.shape
+    t_idx = np.broadcast_to(np.arange(horizon)[None, :, None], arrays.states.shape)
+    flat = (t_idx * n_states + arrays.states) * n_actions + arrays.actions
+    counts = np.bincount(flat.ravel(), minlength=horizon * n_states * n_actions)
+    return counts.reshape(horizon, n_states, n_actions).astype(np.float64)
+
+
+def normalise_counts(counts: np.ndarray) -> np.ndarray:
+    """counts[..., A] -> distributions; uniform where a row has no count."""
+    total = counts.sum(axis=-1, keepdims=True)
+    return np.where(total > 0, counts / np.maximum(total, 1.0), 1.0 / counts.shape[-1])
+
+
+def behaviour_prior(arrays: EpisodeArrays, n_states: int, n_actions: int) -> np.ndarray:
+    """Empirical pi_b(a | s, t) [T, S, A]; uniform where the data never visits (t, s)."""
+    return normalise_counts(action_counts(arrays, n_states, n_actions))
+
+
+def encode_actions(actions: np.ndarray, n_actions: int) -> np.ndarray:
+    """One-hot scaled to [-1, 1]: float32[..., A]."""
+    return (2.0 * np.eye(n_actions, dtype=np.float32)[actions] - 1.0).astype(np.float32)
+
+
+class WindowSampler:
+    """Draws batches {x[B, M, H, D], ctx[B, C]} of training windows, seeded."""
+
+    def __init__(
+        self,
+        arrays: EpisodeArrays,
+        game: FiniteMeanFieldGame,
+        window: int,
+        n_particles: int,
+        seed: int,
+    ) -> None:
+        if window > arrays.horizon:
+            raise ValueError(f"window = {window} is longer than the episodes ({arrays.horizon})")
+        self.arrays, self.game = arrays, game
+        self.window, self.n_particles = window, n_particles
+        self.rng = np.random.default_rng(seed)
+        self.mu = mean_fields(arrays, game.n_states)  # [E, T, S]
+        self.state_feats = game.features(np.arange(game.n_states))  # [S, d_s]
+        self.action_feats = encode_actions(np.arange(game.n_actions), game.n_actions)  # [A, A]
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.state_feats.shape[1] + self.action_feats.shape[1])
+
+    def sample(self, batch_size: int) -> dict[str, np.ndarray]:
+        a = self.arrays
+        n_ep, horizon, n = a.states.shape
+        m, h = self.n_particles, self.window
+        eps = self.rng.integers(0, n_ep, size=batch_size)
+        t0 = self.rng.integers(0, horizon - h + 1, size=batch_size)
+        # M distinct agents when the episode has enough, otherwise with replacement.
+        if m <= n:
+            agents = np.stack(
+                [self.rng.choice(n, size=m, replace=False) for _ in range(batch_size)]
+            )
+        else:
+            agents = self.rng.integers(0, n, size=(batch_size, m))
+        ts = t0[:, None] + np.arange(h)[None, :]  # [B, H]
+        e_idx, t_idx, a_idx = eps[:, None, None], ts[:, None, :], agents[:, :, None]
+        states = a.states[e_idx, t_idx, a_idx]  # [B, M, H]
+        actions = a.actions[e_idx, t_idx, a_idx]
+        x = np.concatenate([self.state_feats[states], self.action_feats[actions]], axis=-1)
+        ctx = np.stack(
+            [self.game.context(int(t), self.mu[e, t]) for e, t in zip(eps, t0, strict=True)]
+        )
+        return {
+            "x": x.astype(np.float32),
+            "ctx": ctx.astype(np.float32),
+            "episode": eps,
+            "t0": t0,
+            "first_states": states[:, :, 0],
+            "first_actions": actions[:, :, 0],
+        }

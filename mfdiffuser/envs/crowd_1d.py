@@ -1,0 +1,160 @@
+"""crowd_1d: OpenSpiel's crowd_modelling on a 1-D torus, with exact (clean) value semantics.
+
+Torus of n cells, mu0 uniform, actions 0, 1, 2 = moves -1, 0, +1 (1 is neutral). At epoch
+t = 0..H-1 an agent at x_t receives
+
+    r_t = 1 - |x_t - n//2| / (n//2) - |move(a_{t-1})| / n - crowd_aversion * log(mu_t(x_t) + 1e-25)
+
+with a_{-1} neutral (the distance term is not circular), then moves by its action and by noise
+eps uniform on {-1, 0, +1}, mod n.
+
+Exact model over x alone. The true state is (x, previous action) because of the movement cost.
+Charging the cost of a_t at epoch t instead of t+1, and not at all for a_{H-1} (whose cost is never
+paid), gives the epoch reward
+
+    r'_t(x, a, mu) = 1 - |x - n//2| / (n//2) - crowd_aversion * log(mu(x) + 1e-25)
+                     - [t < H-1] * |move(a)| / n.
+
+Along every trajectory sum_t r_t = sum_t r'_t (same terms, each cost shifted one epoch earlier;
+the a_{-1} cost is 0 and the a_{H-1} cost is dropped in both), so for a policy pi(a | x, t) and any
+population flow both forms have the same expected return. Over the true state,
+V_t(x, a_prev) = V'_t(x) - |move(a_prev)| / n for t >= 1, and at t = 0, a_prev is neutral, so
+values agree exactly; the cost of a_prev does not depend on the current action, so the best
+response over (x, a_prev) is the best response over x. OpenSpiel's evaluators cache values keyed
+on (x, t) only, keeping whichever a_prev reached x first, so its published values differ from
+these exact ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
+
+from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
+
+MOVES = np.array([-1, 0, 1], dtype=np.int64)  # move(a) for actions a = 0, 1, 2
+NEUTRAL_ACTION = 1
+NOISE = np.array([-1, 0, 1], dtype=np.int64)  # eps, each with probability 1/3
+LOG_EPS = 1e-25
+_WRAP_OFFSET = 2  # max |move + eps|
+
+
+class Crowd1DParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(default=10, ge=2, description="number of cells n on the torus")
+    horizon: int = Field(default=10, ge=1, description="decision epochs H")
+    crowd_aversion: float = Field(
+        default=1.0, ge=0.0, description="coefficient of -log(mu(x) + 1e-25)"
+    )
+
+
+class Crowd1D(FiniteMeanFieldGame):
+    """Exact mean-field model of crowd_1d; dynamics are shifts, never dense transition tensors."""
+
+    def __init__(self, size: int = 10, horizon: int = 10, crowd_aversion: float = 1.0) -> None:
+        self.params = Crowd1DParams(size=size, horizon=horizon, crowd_aversion=crowd_aversion)
+        self.size = self.params.size
+        self.crowd_aversion = self.params.crowd_aversion
+        self.n_states = self.size
+        self.n_actions = len(MOVES)
+        self.horizon = self.params.horizon
+        self.mu0 = np.full(self.size, 1.0 / self.size)
+        half = self.size // 2
+        cells = np.arange(self.size)
+        self.position_reward = 1.0 - np.abs(cells - half) / half  # [S]
+        self.move_cost = np.abs(MOVES) / self.size  # [A]
+        # Shifts as gathers (np.roll-style indices, precomputed because np.roll is slow on small
+        # arrays): lands[x, a, e] = x + move(a) + eps_e, sources[y, a, e] = y - move(a) - eps_e.
+        shift = MOVES[None, :, None] + NOISE[None, None, :]  # [1, A, 3]
+        self._lands = (cells[:, None, None] + shift) % self.size  # [S, A, 3]
+        self._sources = (cells[:, None, None] - shift) % self.size  # [S, A, 3]
+        self._action_index = np.arange(self.n_actions)[None, :, None]  # [1, A, 1]
+
+    def position_and_crowd_reward(self, mu: FloatArray) -> FloatArray:
+        """The action-free part of the reward, per cell: [S]."""
+        return self.position_reward - self.crowd_aversion * np.log(np.asarray(mu) + LOG_EPS)
+
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        """Epoch reward r'_t(x, a, mu) [S, A] (movement cost charged when the move is made)."""
+        charged_cost = self.move_cost if t < self.horizon - 1 else np.zeros(self.n_actions)
+        return self.position_and_crowd_reward(mu)[:, None] - charged_cost[None, :]
+
+    def push(self, t: int, mu: FloatArray, mass: FloatArray) -> FloatArray:
+        # next[y] = (1/3) sum_{a, eps} mass[y - move(a) - eps, a]
+        gathered = np.asarray(mass)[self._sources, self._action_index]  # [S, A, 3]
+        return gathered.reshape(self.size, -1).sum(axis=1) / len(NOISE)
+
+    def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
+        # out[x, a] = (1/3) sum_eps v_next[x + move(a) + eps]
+        return np.asarray(v_next)[self._lands].sum(axis=2) / len(NOISE)
+
+
+def make_crowd_1d(**params: Any) -> Crowd1D:
+    """Build crowd_1d from keyword parameters, rejecting unknown ones (pydantic names them)."""
+    return Crowd1D(**Crowd1DParams(**params).model_dump())
+
+
+class Crowd1DSim:
+    """N-agent crowd_1d simulator: batched numpy, O(N) per step, seeded.
+
+    Rewards are the literal per-step rewards r_t at x_t (movement cost of the previous action,
+    mean field = the empirical histogram of x_t), so an agent's summed rewards equal its return
+    under the exact model's epoch reward.
+    """
+
+    def __init__(self, game: Crowd1D, n_agents: int) -> None:
+        if n_agents < 1:
+            raise ValueError(f"n_agents: must be >= 1, got {n_agents}")
+        self.game = game
+        self.n_agents = n_agents
+        self.t = 0
+        self.states: IntArray = np.zeros(n_agents, dtype=np.int64)  # states[N]
+        self.prev_actions: IntArray = np.full(n_agents, NEUTRAL_ACTION, dtype=np.int64)
+        self.rng = np.random.default_rng(0)
+        self._started = False
+        # _wrap[j] = (j - _WRAP_OFFSET) mod n for every x + move + eps in [-2, n + 1]
+        self._wrap = (np.arange(game.size + 2 * _WRAP_OFFSET) - _WRAP_OFFSET) % game.size
+
+    def reset(self, seed: int) -> IntArray:
+        """Draw initial states[N] i.i.d. from mu0 and restart at t = 0."""
+        self.rng = np.random.default_rng(seed)
+        cdf = np.cumsum(self.game.mu0)
+        u = self.rng.random(self.n_agents) * cdf[-1]
+        self.states = np.searchsorted(cdf, u, side="right").astype(np.int64)
+        self.prev_actions = np.full(self.n_agents, NEUTRAL_ACTION, dtype=np.int64)
+        self.t = 0
+        self._started = True
+        return self.states.copy()
+
+    def mean_field(self) -> FloatArray:
+        """Empirical distribution hist[S] of the current states."""
+        counts = np.bincount(self.states, minlength=self.game.size)
+        return counts / self.n_agents
+
+    def step(self, actions: npt.ArrayLike) -> tuple[IntArray, FloatArray, bool]:
+        """Act at x_t: (next_states[N], rewards[N] received at x_t, done)."""
+        if not self._started:
+            raise RuntimeError("Crowd1DSim.step: call reset(seed) first")
+        if self.t >= self.game.horizon:
+            raise RuntimeError("Crowd1DSim.step: episode is done; call reset(seed)")
+        actions = np.asarray(actions, dtype=np.int64)
+        if actions.shape != (self.n_agents,):
+            raise ValueError(f"actions: expected shape ({self.n_agents},), got {actions.shape}")
+        if actions.min() < 0 or actions.max() >= len(MOVES):
+            raise ValueError(f"actions: must lie in 0..{len(MOVES) - 1}")
+        game = self.game
+        cell_reward = game.position_and_crowd_reward(self.mean_field())  # [S]
+        rewards = cell_reward[self.states] - game.move_cost[self.prev_actions]
+        # x + move + eps with eps = draw - 1, draw uniform on {0, 1, 2}; the torus wrap is a table
+        # lookup (integer % is several times slower at N = 10^6)
+        shifted = self.states + MOVES[actions]
+        shifted += self.rng.integers(0, len(NOISE), size=self.n_agents)
+        shifted += _WRAP_OFFSET - 1
+        self.states = self._wrap[shifted]
+        self.prev_actions = actions
+        self.t += 1
+        return self.states.copy(), rewards, self.t >= game.horizon

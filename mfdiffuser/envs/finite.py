@@ -1,0 +1,183 @@
+"""Finite-state mean-field games: a small tensor contract and exact dynamic programming.
+
+Modelled on MFGLib's environment contract (reward and transition as functions of time and the
+mean field), but transitions are never dense |S|x|A|x|S| tensors: a game supplies `push` (move
+state-action mass forward one epoch) and its adjoint `pull` (expectation of a next-epoch function),
+which a grid game writes as shifts.
+
+Axis order, used everywhere in this package:
+    policy[T, S, A]   pi_t(a | s) for decision epochs t = 0..T-1 (T = game.horizon)
+    flow[T, S]        mu_t(s), the population state distribution at epoch t, flow[0] = mu0
+    Q[T, S, A]        expected reward-to-go of taking a in s at epoch t, then following a policy
+    mass[S, A]        probability mass in state s taking action a (one epoch)
+
+Time convention: at epoch t an agent in state s takes action a, receives r_t(s, a, mu_t) and then
+moves; there is no reward after the last epoch (t = T-1).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+
+_TIE_TOLERANCE = 1e-12  # relative: best-response actions within this of the best are ties
+
+
+class FiniteMeanFieldGame(ABC):
+    """A mean-field game with finite states and actions and a finite number of decision epochs."""
+
+    n_states: int
+    n_actions: int
+    horizon: int  # number of decision epochs t = 0..horizon-1
+    mu0: FloatArray  # mu0[S]
+
+    @abstractmethod
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        """Expected reward r_t(s, a, mu) at epoch t: [S, A], given the population mu[S]."""
+
+    @abstractmethod
+    def push(self, t: int, mu: FloatArray, mass: FloatArray) -> FloatArray:
+        """Next-state distribution [S] of mass[S, A] under the epoch-t dynamics (population mu)."""
+
+    @abstractmethod
+    def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
+        """Adjoint of `push`: [S, A] with E[v_next(s') | s, a] under the epoch-t dynamics."""
+
+    # Per-agent features and mean-field context for a planner. The defaults suit small S;
+    # a game with a large state space overrides them with a compact encoding.
+    @property
+    def feature_dim(self) -> int:
+        return self.n_states
+
+    def features(self, states: npt.ArrayLike) -> Float32Array:
+        """One-hot state features scaled to [-1, 1] (1 at the state, -1 elsewhere): [..., S]."""
+        states = np.asarray(states)
+        one_hot = states[..., None] == np.arange(self.n_states)
+        return np.where(one_hot, np.float32(1.0), np.float32(-1.0)).astype(np.float32)
+
+    @property
+    def context_dim(self) -> int:
+        return 1 + self.n_states
+
+    def context(self, t: int, mu: FloatArray) -> Float32Array:
+        """Mean-field context [1 + S] = concat([t / horizon], mu)."""
+        return np.concatenate([[t / self.horizon], np.asarray(mu, dtype=np.float64)]).astype(
+            np.float32
+        )
+
+
+def _check_policy(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:
+    policy = np.asarray(policy, dtype=np.float64)
+    expected = (game.horizon, game.n_states, game.n_actions)
+    if policy.shape != expected:
+        raise ValueError(f"policy: expected shape [T, S, A] = {expected}, got {policy.shape}")
+    return policy
+
+
+def _check_flow(game: FiniteMeanFieldGame, flow: FloatArray) -> FloatArray:
+    flow = np.asarray(flow, dtype=np.float64)
+    expected = (game.horizon, game.n_states)
+    if flow.shape != expected:
+        raise ValueError(f"flow: expected shape [T, S] = {expected}, got {flow.shape}")
+    return flow
+
+
+def uniform_policy(game: FiniteMeanFieldGame) -> FloatArray:
+    """policy[T, S, A] with every action equally likely."""
+    return np.full((game.horizon, game.n_states, game.n_actions), 1.0 / game.n_actions)
+
+
+def propagate(
+    game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray | None = None
+) -> FloatArray:
+    """State distribution flow[T, S] of an agent following `policy`, starting from mu0.
+
+    Without `flow` the population is the agent's own distribution (the mean-field flow of the
+    policy). With a population `flow[T, S]`, dynamics at epoch t are those induced by flow[t]:
+    the distribution of one agent (e.g. a best responder) inside a fixed population.
+    """
+    policy = _check_policy(game, policy)
+    population = None if flow is None else _check_flow(game, flow)
+    out = np.empty((game.horizon, game.n_states))
+    out[0] = game.mu0
+    for t in range(game.horizon - 1):
+        mu_t = out[t] if population is None else population[t]
+        out[t + 1] = game.push(t, mu_t, out[t][:, None] * policy[t])
+    return out
+
+
+def q_values(game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray) -> FloatArray:
+    """Q[T, S, A] of `policy` against the fixed population flow[T, S] (backward recursion)."""
+    policy = _check_policy(game, policy)
+    flow = _check_flow(game, flow)
+    q = np.empty((game.horizon, game.n_states, game.n_actions))
+    v_next = np.zeros(game.n_states)  # V_T = 0: no reward after the last epoch
+    for t in reversed(range(game.horizon)):
+        q[t] = game.reward(t, flow[t]) + game.pull(t, flow[t], v_next)
+        v_next = np.einsum("sa,sa->s", policy[t], q[t])
+    return q
+
+
+def _value_from_q(game: FiniteMeanFieldGame, policy: FloatArray, q: FloatArray) -> float:
+    return float(game.mu0 @ np.einsum("sa,sa->s", policy[0], q[0]))
+
+
+def policy_value(
+    game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray | None = None
+) -> float:
+    """Expected return sum_s mu0(s) V_0(s) of `policy` against `flow` (default: its own flow)."""
+    policy = _check_policy(game, policy)
+    if flow is None:
+        flow = propagate(game, policy)
+    return _value_from_q(game, policy, q_values(game, policy, flow))
+
+
+def best_response(game: FiniteMeanFieldGame, flow: FloatArray) -> tuple[FloatArray, float]:
+    """Deterministic best response policy[T, S, A] to flow[T, S] and its value.
+
+    Ties (up to a relative 1e-12) go to the lowest action index.
+    """
+    flow = _check_flow(game, flow)
+    policy = np.zeros((game.horizon, game.n_states, game.n_actions))
+    v_next = np.zeros(game.n_states)
+    states = np.arange(game.n_states)
+    for t in reversed(range(game.horizon)):
+        q_t = game.reward(t, flow[t]) + game.pull(t, flow[t], v_next)
+        # Ties go to the lowest index; values equal up to rounding count as ties, so symmetric
+        # games do not pick a side by floating-point noise.
+        q_max = q_t.max(axis=1, keepdims=True)
+        best = np.argmax(q_t >= q_max - _TIE_TOLERANCE * (1.0 + np.abs(q_max)), axis=1)
+        policy[t, states, best] = 1.0
+        v_next = q_t[states, best]
+    return policy, float(game.mu0 @ v_next)
+
+
+def exploitability(game: FiniteMeanFieldGame, policy: FloatArray) -> float:
+    """Best-response value against the policy's own flow minus the policy's value (>= 0)."""
+    policy = _check_policy(game, policy)
+    flow = propagate(game, policy)
+    _, br_value = best_response(game, flow)
+    return br_value - policy_value(game, policy, flow)
+
+
+def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:
+    """One action per agent from policy_t[S, A] at its state states[N]: actions[N], O(N).
+
+    Inverse-CDF sampling with one uniform per agent: action = #{k < A-1 : cdf[s, k] <= u}. Rows
+    are normalised so cdf[s, A-1] is exactly 1 > u; a zero-probability action leaves the CDF
+    unchanged, so it is never drawn (not even the last one).
+    """
+    cdf = np.cumsum(np.asarray(policy_t, dtype=np.float64), axis=1)  # cdf[S, A]
+    cdf /= cdf[:, -1:]
+    states = np.asarray(states)
+    u = rng.random(states.shape[0])  # u[N]
+    actions = np.zeros(states.shape[0], dtype=np.int64)
+    for k in range(cdf.shape[1] - 1):  # a loop over actions, not agents: per-column 1-D gathers
+        actions += np.take(cdf[:, k], states) <= u
+    return actions

@@ -1,0 +1,85 @@
+"""Planner checkpoints: a directory with `weights.pt` (tensors only) and `meta.json`.
+
+`weights.pt` holds the denoiser's state dict, the behaviour prior and, optionally, the optimizer
+state; it is loaded with `torch.load(weights_only=True)`, so a checkpoint can never execute code.
+`meta.json` holds the full config, the planner's dimensions, the dataset id and the code version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mfdiffuser.planner.config import PlannerConfig
+from mfdiffuser.planner.diffusion import MFDiffuser
+
+CHECKPOINT_SCHEMA = 1
+WEIGHTS, META = "weights.pt", "meta.json"
+
+
+def save_checkpoint(
+    directory: str | Path,
+    planner: MFDiffuser,
+    prior: np.ndarray,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write atomically: files go to a temporary name and are renamed into place."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    blob: dict[str, Any] = {
+        "model": {k: v.detach().cpu() for k, v in planner.model.state_dict().items()},
+        "prior": torch.as_tensor(prior, dtype=torch.float64),
+    }
+    if optimizer is not None:
+        blob["optimizer"] = optimizer.state_dict()
+    full_meta = {
+        **meta,
+        "checkpoint_schema": CHECKPOINT_SCHEMA,
+        "planner": planner.cfg.model_dump(),
+        "dims": {
+            "state_dim": planner.state_dim,
+            "n_actions": planner.n_actions,
+            "context_dim": planner.context_dim,
+        },
+    }
+    for name, write in (
+        (WEIGHTS, lambda f: torch.save(blob, f)),
+        (META, lambda f: f.write(json.dumps(full_meta, indent=2, default=str).encode())),
+    ):
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, d / name)
+    return d
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(directory)!r}: no {META} (not a checkpoint)")
+    meta: dict[str, Any] = json.loads(path.read_text())
+    schema = meta.get("checkpoint_schema")
+    if schema != CHECKPOINT_SCHEMA:
+        raise ValueError(
+            f"checkpoint {str(directory)!r}: checkpoint_schema {schema}, "
+            f"this code reads {CHECKPOINT_SCHEMA}; re-train or use the matching mfdiffuser version"
+        )
+    return meta
+
+
+def load_checkpoint(
+    directory: str | Path, map_location: str = "cpu"
+) -> tuple[MFDiffuser, np.ndarray, dict[str, Any], dict[str, Any] | None]:
+    """(planner, prior[T, S, A], meta, optimizer_state or None)."""
+    meta = read_meta(directory)
+    blob = torch.load(Path(directory) / WEIGHTS, map_location=map_location, weights_only=True)
+    planner = MFDiffuser.from_spec(PlannerConfig(**meta["planner"]), **meta["dims"])
+    planner.model.load_state_dict(blob["model"])
+    return planner, blob["prior"].numpy(), meta, blob.get("optimizer")

@@ -1,0 +1,129 @@
+"""Mean-field denoiser ε_θ(X^k, k, c) of METHOD.md §2.
+
+Axes: x[B, M, H, D] = (batch, particle, time, feature). Each particle runs through the same
+temporal trunk; after every residual block the particles interact only through their empirical
+measure, h_j ← h_j + W·(1/M) Σ_l φ(h_l). Hence the network is permutation-equivariant over
+particles, accepts any M with the same weights, costs O(M·H) per layer and has a parameter count
+independent of M and N.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+
+def _groups(channels: int, max_groups: int = 8) -> int:
+    return math.gcd(channels, max_groups)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style embedding of the integer diffusion step k."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, k: Tensor) -> Tensor:  # k[B] -> emb[B, dim]
+        half = self.dim // 2
+        scale = math.log(10_000) / max(half - 1, 1)
+        freqs = torch.exp(-scale * torch.arange(half, device=k.device, dtype=torch.float32))
+        args = k.float()[:, None] * freqs[None, :]
+        emb = torch.cat([args.sin(), args.cos()], dim=-1)
+        if self.dim % 2:
+            emb = nn.functional.pad(emb, (0, 1))
+        return emb
+
+
+class ResidualTemporalBlock(nn.Module):
+    """Two 'same' temporal convolutions with GroupNorm/Mish and FiLM from the conditioning."""
+
+    def __init__(self, channels: int, cond_dim: int, kernel_size: int) -> None:
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        self.norm1 = nn.GroupNorm(_groups(channels), channels)
+        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=pad)
+        self.norm2 = nn.GroupNorm(_groups(channels), channels)
+        self.act = nn.Mish()
+        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * channels))
+
+    def forward(self, h: Tensor, cond: Tensor) -> Tensor:
+        # h[P, c, H] with P = batch·particles; cond[P, cond_dim]
+        scale, shift = rearrange(self.film(cond), "p (two c) -> two p c 1", two=2)
+        out = self.act(self.norm1(self.conv1(h)))
+        out = out * (1 + scale) + shift
+        out = self.act(self.norm2(self.conv2(out)))
+        return h + out
+
+
+class MeanFieldInteraction(nn.Module):
+    """h_j ← h_j + W·(1/M) Σ_l φ(h_l), pooled over particles separately at every time step."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(channels, channels), nn.Mish())
+        self.W = nn.Linear(channels, channels)
+
+    def forward(self, h: Tensor) -> Tensor:  # h[B, M, H, c]
+        pooled = self.phi(h).mean(dim=1, keepdim=True)  # [B, 1, H, c]: the empirical measure
+        return h + self.W(pooled)
+
+
+class MeanFieldDenoiser(nn.Module):
+    """ε_θ(x[B, M, H, D], k[B], ctx[B, C]) -> ε̂[B, M, H, D]."""
+
+    def __init__(
+        self,
+        transition_dim: int,
+        context_dim: int,
+        hidden: int = 64,
+        n_blocks: int = 2,
+        kernel_size: int = 3,
+        interaction: bool = True,
+    ) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.transition_dim = transition_dim
+        self.context_dim = context_dim
+        self.interaction = interaction
+        # Conditioning: diffusion-step embedding + context (t, μ_t) embedding, summed. A return
+        # embedding for classifier-free guidance would be a third summand here.
+        self.step_embed = nn.Sequential(
+            SinusoidalEmbedding(hidden),
+            nn.Linear(hidden, 2 * hidden),
+            nn.Mish(),
+            nn.Linear(2 * hidden, hidden),
+        )
+        self.ctx_embed = nn.Sequential(
+            nn.Linear(context_dim, 2 * hidden),
+            nn.Mish(),
+            nn.Linear(2 * hidden, hidden),
+        )
+        self.inp = nn.Conv1d(transition_dim, hidden, kernel_size, padding=kernel_size // 2)
+        self.blocks = nn.ModuleList(
+            ResidualTemporalBlock(hidden, hidden, kernel_size) for _ in range(n_blocks)
+        )
+        self.mixers = nn.ModuleList(
+            MeanFieldInteraction(hidden) for _ in range(n_blocks if interaction else 0)
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(_groups(hidden), hidden), nn.Mish(), nn.Conv1d(hidden, transition_dim, 1)
+        )
+
+    def forward(self, x: Tensor, k: Tensor, ctx: Tensor) -> Tensor:
+        b, m = x.shape[0], x.shape[1]
+        cond = self.step_embed(k) + self.ctx_embed(ctx)  # [B, hidden]
+        cond = repeat(cond, "b c -> (b m) c", m=m)  # shared by every particle of a sample
+        h = self.inp(rearrange(x, "b m h d -> (b m) d h"))
+        for i, block in enumerate(self.blocks):
+            h = block(h, cond)
+            if self.interaction:
+                hp = rearrange(h, "(b m) c h -> b m h c", b=b, m=m)
+                h = rearrange(self.mixers[i](hp), "b m h c -> (b m) c h")
+        eps = self.out(h)
+        return rearrange(eps, "(b m) d h -> b m h d", b=b, m=m)

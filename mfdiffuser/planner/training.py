@@ -1,0 +1,60 @@
+"""The training loop as a plain function: Ray Train calls it per worker, tests call it directly.
+
+Ray appears only at the edges (`mfdiffuser.workers.trainer`): the DDP-wrapped model is passed in
+as `model`, and `on_epoch` is where a worker reports and checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfdiffuser.data.windows import WindowSampler
+from mfdiffuser.planner.diffusion import MFDiffuser
+
+EpochCallback = Callable[[int, dict[str, float], torch.optim.Optimizer], None]
+
+
+def to_batch(raw: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx")}
+
+
+def train_epochs(
+    planner: MFDiffuser,
+    sampler: WindowSampler,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    lr: float,
+    on_epoch: EpochCallback,
+    model: nn.Module | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    start_epoch: int = 0,
+    device: torch.device | str = "cpu",
+    reduce_mean: Callable[[float], float] = lambda x: x,
+) -> None:
+    """Fit `planner` on windows from `sampler`; `reduce_mean` averages a metric across ranks."""
+    model = model if model is not None else planner.model
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        losses = []
+        for _ in range(steps_per_epoch):
+            loss, _info = planner.loss(to_batch(sampler.sample(batch_size), device), model=model)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        metrics = {
+            "train/loss": reduce_mean(float(np.mean(losses))),
+            "train/loss_last": reduce_mean(float(np.mean(losses[-max(1, len(losses) // 10) :]))),
+            "train/epoch": float(epoch + 1),
+        }
+        on_epoch(epoch, metrics, optimizer)

@@ -1,0 +1,169 @@
+"""Fit the planner with Ray Train: `TorchTrainer`, DDP on every worker (gloo on CPU, NCCL on GPU).
+
+Each worker reads its share of the dataset's shards, rank 0 writes a checkpoint every epoch and
+logs `train/*` metrics to MLflow; a failed worker group restarts from the last checkpoint
+(`train.max_failures`). The loop itself is `mfdiffuser.planner.training.train_epochs`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfdiffuser.platform.config import ExperimentConfig
+
+
+def _train_worker(loop_cfg: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from mfdiffuser.data.windows import (
+        WindowSampler,
+        action_counts,
+        load_episodes,
+        normalise_counts,
+    )
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
+    from mfdiffuser.planner.diffusion import MFDiffuser
+    from mfdiffuser.planner.training import train_epochs
+    from mfdiffuser.platform import tracking
+
+    cfg = ExperimentConfig.model_validate(loop_cfg["config"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    device = ray.train.torch.get_device()
+
+    game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
+    n_shards = int(loop_cfg["n_shards"])
+    mine = list(range(rank, n_shards, world)) or list(range(n_shards))
+    arrays, manifest = load_episodes(loop_cfg["dataset"], mine)
+    # Behaviour prior over the whole dataset: sum every rank's action counts.
+    counts = torch.as_tensor(action_counts(arrays, game.n_states, game.n_actions))
+    if world > 1:
+        dist.all_reduce(counts)
+    prior = normalise_counts(counts.numpy())
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    planner = MFDiffuser.from_spec(cfg.planner, game.feature_dim, game.n_actions, game.context_dim)
+    start_epoch, opt_state = 0, None
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as d:
+            loaded, _, meta, opt_state = load_checkpoint(d)
+            planner.model.load_state_dict(loaded.model.state_dict())
+            start_epoch = int(meta["epoch"])
+    planner.model.to(device)
+    model = ray.train.torch.prepare_model(planner.model)
+    sampler = WindowSampler(
+        arrays,
+        game,
+        cfg.planner.window,
+        cfg.planner.n_particles,
+        seed=int(np.random.SeedSequence([cfg.train.seed, rank, start_epoch]).generate_state(1)[0]),
+    )
+
+    def reduce_mean(x: float) -> float:
+        if world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item() / world)
+
+    def on_epoch(epoch: int, metrics: dict[str, float], optimizer: torch.optim.Optimizer) -> None:
+        metrics = {**metrics, "train/world_size": float(world)}
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        if loop_cfg.get("run_id"):
+            tracking.log_metrics(
+                loop_cfg["tracking_uri"], loop_cfg["run_id"], metrics, step=epoch + 1
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            meta = {
+                "epoch": epoch + 1,
+                "config": cfg.model_dump(),
+                "dataset_id": manifest.dataset_id,
+                "dataset": loop_cfg["dataset"],
+                "run_id": loop_cfg.get("run_id"),
+                "code_version": loop_cfg["code_version"],
+                "metrics": metrics,
+            }
+            save_checkpoint(tmp, planner, prior, meta, optimizer)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    train_epochs(
+        planner,
+        sampler,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        batch_size=cfg.train.batch_size,
+        lr=cfg.train.lr,
+        on_epoch=on_epoch,
+        model=model,
+        optimizer_state=opt_state,
+        start_epoch=start_epoch,
+        device=device,
+        reduce_mean=reduce_mean,
+    )
+
+
+def train_planner(
+    cfg: ExperimentConfig,
+    dataset: str,
+    n_shards: int,
+    *,
+    tracking_uri: str | None,
+    run_id: str | None,
+    run_name: str | None = None,
+) -> Path:
+    """Run the TorchTrainer; returns the local path of the final checkpoint directory."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from mfdiffuser.data import storage
+    from mfdiffuser.platform.provenance import code_version
+    from mfdiffuser.platform.runtime import cluster_gpus
+
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else cluster_gpus() > 0
+    # Ray Train wants an absolute path or a URI (relative paths fail).
+    if "://" in cfg.runtime.storage:
+        storage_path = storage.join(cfg.runtime.storage, "train")
+    else:
+        storage_path = str(Path(cfg.runtime.storage).resolve() / "train")
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={
+            "config": cfg.model_dump(),
+            "dataset": dataset,
+            "n_shards": n_shards,
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+            "code_version": code_version(),
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            # A unique name: re-using one with the same storage silently resumes the old run.
+            name=run_name or f"{cfg.name}-{uuid.uuid4().hex[:8]}",
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    return Path(result.checkpoint.path)

@@ -1,0 +1,124 @@
+"""The `mfd` command as a user runs it: contracts, bad input, and the quickstart at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MFD = [sys.executable, "-m", "mfdiffuser.cli"]
+
+
+def mfd(
+    *args: str, cwd: Path | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    return subprocess.run(
+        [*MFD, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def test_solve_json_contract() -> None:
+    r = mfd(
+        "solve", "crowd_1d", "-s", "size=10", "-s", "horizon=10", "--algorithm", "uniform", "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert {"value", "best_response_value", "exploitability"} <= set(out)
+    assert out["exploitability"] == pytest.approx(out["best_response_value"] - out["value"])
+    assert out["exploitability"] > 0
+    r = mfd("solve", "crowd_1d", "--algorithm", "fp", "--iterations", "7", "--json")
+    fp = json.loads(r.stdout)
+    assert len(fp["exploitability_curve"]) == 7
+    assert fp["exploitability"] == pytest.approx(fp["exploitability_curve"][-1], rel=1e-9)
+    assert fp["exploitability"] < out["exploitability"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["solve", "nope"], "unknown benchmark 'nope'"),
+        (["solve", "crowd_1d", "-s", "size=1"], "size"),
+        (["solve", "crowd_1d", "-s", "colour=red"], "colour"),
+        (["solve", "crowd_1d", "--algorithm", "magic"], "magic"),
+        (["generate", "nope"], "nope"),
+        (["generate", "crowd_1d", "-s", "n_agents=0"], "data.n_agents = 0"),
+        (["generate", "crowd_1d", "--quality", "superb"], "superb"),
+        (["train", "-s", "planner.window=50"], "planner.window = 50"),
+        (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
+        (["train", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+        (["evaluate", "/no/such/checkpoint"], "/no/such/checkpoint"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(
+    args: list[str], needle: str, tmp_path: Path
+) -> None:
+    r = mfd(*args, "--storage", str(tmp_path)) if args[0] in ("generate", "train") else mfd(*args)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # failed before writing anything
+
+
+def test_help_for_every_command() -> None:
+    for cmd in ("quickstart", "solve", "generate", "train", "evaluate", "run", "benchmarks"):
+        r = mfd(cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout, (cmd, r.stderr)
+
+
+@pytest.mark.e2e
+def test_quickstart_tiny(tmp_path: Path) -> None:
+    r = mfd(
+        "quickstart",
+        "--workdir",
+        str(tmp_path / "qs"),
+        "--json",
+        "-s",
+        "data.episodes=4",
+        "-s",
+        "data.shards=2",
+        "-s",
+        "train.epochs=1",
+        "-s",
+        "train.steps_per_epoch=10",
+        "-s",
+        "planner.diffusion_steps=5",
+        "-s",
+        "eval.n_agents=[20, 50]",
+        "-s",
+        "eval.episodes=1",
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    db = tmp_path / "qs" / "mlflow.db"
+    assert out["tracking_uri"] == f"sqlite:///{db}"
+    assert Path(out["checkpoint"]).is_dir()
+    with sqlite3.connect(db) as con:
+        status = con.execute(
+            "select status from runs where run_uuid=?", (out["run_id"],)
+        ).fetchone()
+        keys = {
+            k
+            for (k,) in con.execute(
+                "select distinct key from metrics where run_uuid=?", (out["run_id"],)
+            )
+        }
+    assert status == ("FINISHED",)
+    assert {
+        "train/loss",
+        "return/n20",
+        "return/n50",
+        "exploitability",
+        "behaviour/return",
+        "behaviour/exploitability",
+    } <= keys
+    # Nothing escaped the working directory.
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mfd-work").exists()
