@@ -228,12 +228,13 @@ def evaluate(
                 checkpoint, ev.n_agents, episodes=ev.episodes, seeds=ev.seeds, seed=ev.seed
             )
         metrics = dict(out["metrics"])
-        try:
-            behaviour = read_manifest(meta["dataset"]).behaviour
-            metrics["behaviour/return"] = float(behaviour["return"])
-            metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
-        except (FileNotFoundError, KeyError, ValueError):
-            pass  # the dataset is gone; the policy's own metrics still stand
+        if "behaviour/return" not in _run_metrics(uri, run_id):
+            try:
+                behaviour = read_manifest(meta["dataset"]).behaviour
+                metrics["behaviour/return"] = float(behaviour["return"])
+                metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
+            except (FileNotFoundError, KeyError, ValueError):
+                pass  # the dataset is gone; the policy's own metrics still stand
         metrics["eval/seconds"] = time.perf_counter() - start
         tracking.log_metrics(uri, run_id, metrics)
         _log_json(
@@ -290,6 +291,12 @@ def quickstart(
     out["workdir"] = str(wd)
     out["mlflow_ui_command"] = f"mlflow ui --backend-store-uri {cfg.runtime.tracking_uri}"
     return out
+
+
+def _run_metrics(uri: str, run_id: str) -> dict[str, float]:
+    from mlflow.tracking import MlflowClient
+
+    return dict(MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics)
 
 
 def _existing_run(uri: str, run_id: str | None) -> str | None:

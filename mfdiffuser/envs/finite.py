@@ -17,6 +17,7 @@ moves; there is no reward after the last epoch (t = T-1).
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -63,13 +64,24 @@ class FiniteMeanFieldGame(ABC):
 
     @property
     def context_dim(self) -> int:
-        return 1 + self.n_states
+        return 1 + 2 * self._time_frequencies + self.n_states
+
+    @property
+    def _time_frequencies(self) -> int:
+        # Enough octaves that adjacent decision epochs differ clearly in some feature.
+        return math.ceil(math.log2(max(self.horizon, 2))) + 1
 
     def context(self, t: int, mu: FloatArray) -> Float32Array:
-        """Mean-field context [1 + S] = concat([t / horizon], mu)."""
-        return np.concatenate([[t / self.horizon], np.asarray(mu, dtype=np.float64)]).astype(
-            np.float32
-        )
+        """Mean-field context c = (t, mu_t): [t / T, sin(pi 2^j t/T), cos(pi 2^j t/T), mu].
+
+        The Fourier features of time let a planner tell t = 0 from t = 1 as sharply as it tells
+        two states apart (a lone t / T scalar was learned as an average over nearby epochs).
+        """
+        x = t / self.horizon
+        freqs = np.pi * 2.0 ** np.arange(self._time_frequencies)
+        return np.concatenate(
+            [[x], np.sin(freqs * x), np.cos(freqs * x), np.asarray(mu, dtype=np.float64)]
+        ).astype(np.float32)
 
 
 def _check_policy(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:

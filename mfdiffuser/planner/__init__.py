@@ -1,25 +1,31 @@
-"""MF-Diffuser planner: mean-field denoiser, particle-set diffusion and acting (METHOD.md §1–§5)."""
+"""MF-Diffuser planner: mean-field denoiser, particle-set diffusion and acting (METHOD.md §1–§5).
 
-from mfdiffuser.planner.acting import FiniteGame, FiniteStatePlannerPolicy, allocate
-from mfdiffuser.planner.config import PlannerConfig
-from mfdiffuser.planner.denoiser import MeanFieldDenoiser
-from mfdiffuser.planner.diffusion import (
-    MFDiffuser,
-    NoiseSchedule,
-    decode_actions,
-    encode_actions,
-    value_weights,
-)
+Names are loaded on first use, so that reading a config (`planner.config`, pure pydantic) does
+not import torch: the CLI validates input before paying for heavy imports.
+"""
 
-__all__ = [
-    "FiniteGame",
-    "FiniteStatePlannerPolicy",
-    "MFDiffuser",
-    "MeanFieldDenoiser",
-    "NoiseSchedule",
-    "PlannerConfig",
-    "allocate",
-    "decode_actions",
-    "encode_actions",
-    "value_weights",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FiniteGame": "acting",
+    "FiniteStatePlannerPolicy": "acting",
+    "allocate": "acting",
+    "PlannerConfig": "config",
+    "MeanFieldDenoiser": "denoiser",
+    "MFDiffuser": "diffusion",
+    "NoiseSchedule": "diffusion",
+    "decode_actions": "diffusion",
+    "encode_actions": "diffusion",
+    "value_weights": "diffusion",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -84,6 +84,7 @@ class MeanFieldDenoiser(nn.Module):
         n_blocks: int = 2,
         kernel_size: int = 3,
         interaction: bool = True,
+        state_dim: int = 0,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -104,6 +105,17 @@ class MeanFieldDenoiser(nn.Module):
             nn.Mish(),
             nn.Linear(2 * hidden, hidden),
         )
+        # Per-particle conditioning on its own in-painted first state x[:, :, 0, :state_dim]
+        # (the state of the agent it stands for): without it the state reaches the trunk only as
+        # one clean cell among noise, and the learned first-action law ignores the state.
+        self.state_dim = state_dim
+        self.state_embed = (
+            nn.Sequential(
+                nn.Linear(state_dim, 2 * hidden), nn.Mish(), nn.Linear(2 * hidden, hidden)
+            )
+            if state_dim > 0
+            else None
+        )
         self.inp = nn.Conv1d(transition_dim, hidden, kernel_size, padding=kernel_size // 2)
         self.blocks = nn.ModuleList(
             ResidualTemporalBlock(hidden, hidden, kernel_size) for _ in range(n_blocks)
@@ -119,6 +131,9 @@ class MeanFieldDenoiser(nn.Module):
         b, m = x.shape[0], x.shape[1]
         cond = self.step_embed(k) + self.ctx_embed(ctx)  # [B, hidden]
         cond = repeat(cond, "b c -> (b m) c", m=m)  # shared by every particle of a sample
+        if self.state_embed is not None:
+            first = rearrange(x[:, :, 0, : self.state_dim], "b m s -> (b m) s")
+            cond = cond + self.state_embed(first)
         h = self.inp(rearrange(x, "b m h d -> (b m) d h"))
         for i, block in enumerate(self.blocks):
             h = block(h, cond)

@@ -27,8 +27,7 @@ from mfdiffuser.planner.denoiser import MeanFieldDenoiser
 
 def encode_actions(actions: Tensor | np.ndarray, n_actions: int) -> Tensor:
     """actions[...] int -> float32[..., A]: one-hot scaled to [-1, 1]."""
-    a = torch.as_tensor(np.asarray(actions) if isinstance(actions, np.ndarray) else actions)
-    onehot = nn.functional.one_hot(a.long(), n_actions).float()
+    onehot = nn.functional.one_hot(torch.as_tensor(actions).long(), n_actions).float()
     return 2.0 * onehot - 1.0
 
 
@@ -128,13 +127,18 @@ class MFDiffuser:
         self.n_actions = n_actions  # A
         self.context_dim = context_dim  # C
         self.transition_dim = state_dim + n_actions  # D
-        self.model = model if model is not None else MeanFieldDenoiser(
-            transition_dim=self.transition_dim,
-            context_dim=context_dim,
-            hidden=cfg.hidden,
-            n_blocks=cfg.n_blocks,
-            kernel_size=cfg.kernel_size,
-            interaction=cfg.interaction,
+        self.model = (
+            model
+            if model is not None
+            else MeanFieldDenoiser(
+                transition_dim=self.transition_dim,
+                context_dim=context_dim,
+                hidden=cfg.hidden,
+                n_blocks=cfg.n_blocks,
+                kernel_size=cfg.kernel_size,
+                interaction=cfg.interaction,
+                state_dim=state_dim,
+            )
         )
         self.schedule = NoiseSchedule(cfg.diffusion_steps).to(self.device)
 
@@ -223,9 +227,7 @@ class MFDiffuser:
         weights = batch.get("weights")
         if weights is None:
             weights = torch.ones(b, m, device=x0.device)
-        k = torch.randint(
-            0, self.cfg.diffusion_steps, (b,), generator=generator, device=x0.device
-        )
+        k = torch.randint(0, self.cfg.diffusion_steps, (b,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_noisy = self.inpaint(self.q_sample(x0, k, noise), x0[:, :, 0, : self.state_dim])
         eps_hat = net(x_noisy, k, ctx)

@@ -154,8 +154,17 @@ def test_features_and_context() -> None:
     mu = np.array([0.1, 0.2, 0.3, 0.4, 0.0])
     ctx = game.context(1, mu)
     assert ctx.dtype == np.float32
-    assert ctx.shape == (game.context_dim,) == (6,)
-    np.testing.assert_allclose(ctx, [0.25, 0.1, 0.2, 0.3, 0.4, 0.0], rtol=1e-6)
+    # horizon 4: log2(4) + 1 = 3 octaves -> [t/T, 3 sines, 3 cosines, mu(5)]
+    assert ctx.shape == (game.context_dim,) == (12,)
+    x = 0.25
+    expected = [x]
+    expected += [np.sin(np.pi * 2**j * x) for j in range(3)]
+    expected += [np.cos(np.pi * 2**j * x) for j in range(3)]
+    np.testing.assert_allclose(ctx, [*expected, 0.1, 0.2, 0.3, 0.4, 0.0], rtol=1e-6, atol=1e-7)
+    # Every pair of decision epochs has distinct time features.
+    times = np.stack([game.context(t, mu)[:7] for t in range(game.horizon)])
+    gaps = np.abs(times[:, None] - times[None]).max(-1) + np.eye(game.horizon)
+    assert gaps.min() > 0.3
 
 
 def test_sample_actions_matches_policy_rows() -> None:
