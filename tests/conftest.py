@@ -23,7 +23,8 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     temp_dir = tmp_path_factory.mktemp("ray")
     ray.init(
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,  # serves the State API (Train's cleaner, fault tests)
+        dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
         _temp_dir=str(temp_dir),
         log_to_driver=False,

@@ -60,6 +60,14 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             loaded, _, meta, opt_state = load_checkpoint(d)
             planner.model.load_state_dict(loaded.model.state_dict())
             start_epoch = int(meta["epoch"])
+        if rank == 0 and loop_cfg.get("run_id"):
+            # Visible in MLflow: this run survived a failure and went on from this epoch.
+            tracking.log_metrics(
+                loop_cfg["tracking_uri"],
+                loop_cfg["run_id"],
+                {"train/resumed_from_epoch": float(start_epoch)},
+                step=start_epoch,
+            )
     planner.model.to(device)
     model = ray.train.torch.prepare_model(planner.model)
     sampler = WindowSampler(
