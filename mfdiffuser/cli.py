@@ -6,6 +6,7 @@ status 2 and one line per problem naming the field, the value and what is allowe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -55,12 +56,18 @@ Storage = Annotated[
 ]
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command; user errors become one clean message and exit code 2."""
+def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
+    """Run a command; user errors become one clean message and exit code 2.
+
+    With --json, everything the work prints (Ray forwards worker logs to stdout) goes to stderr,
+    so that stdout holds the one JSON object and nothing else.
+    """
     from mfdiffuser.platform.config import ConfigError
 
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
-        return fn()
+        with quiet:
+            return fn()
     except (ConfigError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -175,7 +182,7 @@ def generate(
     if episodes is not None:
         extra.append(f"data.episodes={episodes}")
     cfg = _guard(lambda: _config(config, settings, benchmark=benchmark, extra=extra))
-    result = _guard(lambda: api.generate(cfg))
+    result = _guard(lambda: api.generate(cfg), as_json)
     _emit(
         result,
         as_json,
@@ -206,7 +213,7 @@ def train(
     if dataset:
         extra.append(f"data.path={dataset}")
     cfg = _guard(lambda: _config(config, settings, extra=extra))
-    result = _guard(lambda: api.train(cfg))
+    result = _guard(lambda: api.train(cfg), as_json)
     _emit(
         result,
         as_json,
@@ -242,7 +249,8 @@ def evaluate(
             seeds=seeds,
             tracking_uri=tracking_uri,
             address=address,
-        )
+        ),
+        as_json,
     )
     _emit(
         result,
@@ -267,7 +275,7 @@ def run(
     from mfdiffuser import api
 
     cfg = _guard(lambda: _config(config, settings, extra=_runtime(address, tracking_uri, storage)))
-    result = _guard(lambda: api.run_experiment(cfg))
+    result = _guard(lambda: api.run_experiment(cfg), as_json)
     _emit(result, as_json, _summary)
 
 
@@ -282,7 +290,7 @@ def quickstart(
     """The whole flow on a small crowd_1d setting: data, DDP training, rollouts at N=100, 1000."""
     from mfdiffuser import api
 
-    result = _guard(lambda: api.quickstart(workdir, settings))
+    result = _guard(lambda: api.quickstart(workdir, settings), as_json)
     _emit(
         result,
         as_json,
