@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 
+from mfdiffuser.envs.behaviour import Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
 
@@ -25,6 +27,10 @@ class BenchmarkSpec:
     params_model: type[BaseModel]
     make_game: Callable[[BaseModel], FiniteMeanFieldGame]
     make_sim: Callable[[Any, int], Any]
+    # The reference/expert policy when it is not fictitious play (e.g. a welfare optimum).
+    expert: Callable[[FiniteMeanFieldGame], np.ndarray] | None = None
+    # Cooperative games: every policy is a Nash equilibrium, so quality is measured by return.
+    cooperative: bool = False
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
@@ -32,6 +38,9 @@ class BenchmarkSpec:
 
     def game(self, overrides: dict[str, Any] | None = None) -> FiniteMeanFieldGame:
         return self.make_game(self.params(overrides))
+
+    def behaviour(self, game: FiniteMeanFieldGame, quality: str) -> Behaviour:
+        return make_behaviour(game, quality, expert=self.expert, cooperative=self.cooperative)
 
     def describe(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return {

@@ -28,7 +28,7 @@ from mfdiffuser.data.manifest import (
 )
 from mfdiffuser.data.schema import SCHEMA_VERSION
 from mfdiffuser.envs import exploitability, policy_value
-from mfdiffuser.envs.behaviour import behaviour_policies
+from mfdiffuser.envs.behaviour import occupancy_mixture
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.provenance import code_version
@@ -114,7 +114,8 @@ def generate_dataset(
 
     bench = get_benchmark(cfg.benchmark.name)
     game = bench.game(cfg.benchmark.params)
-    policies = behaviour_policies(game, cfg.data.quality)
+    made = bench.behaviour(game, cfg.data.quality)
+    policies = made.policies
     n, horizon = cfg.data.n_agents, game.horizon
     ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
     done = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
@@ -137,7 +138,7 @@ def generate_dataset(
             ray.kill(a)
 
     shards = [done[i] for i in range(len(ranges))]
-    behaviour = behaviour_summary(game, policies)
+    behaviour = {**behaviour_summary(game, policies), "made_by": made.info}
     behaviour["data_mean_return"] = float(
         sum(s.mean_return * (s.episodes[1] - s.episodes[0]) for s in shards) / cfg.data.episodes
     )
@@ -157,13 +158,18 @@ def generate_dataset(
 
 
 def behaviour_summary(game: Any, policies: list[np.ndarray]) -> dict[str, Any]:
-    """Exact mean-field return and exploitability of each behaviour policy (finite games)."""
+    """Exact mean-field figures of the behaviour data (finite games).
+
+    `return`: mean over the policies of each one's value against its own flow (what the
+    episodes achieve on average); `exploitability`: of the occupancy-weighted mixture, the
+    behaviour policy pi_b of METHOD.md §3.
+    """
     values = [policy_value(game, p) for p in policies]
     expl = [exploitability(game, p) for p in policies]
     return {
         "policies": len(policies),
         "return": float(np.mean(values)),
-        "exploitability": float(np.mean(expl)),
+        "exploitability": float(exploitability(game, occupancy_mixture(game, policies))),
         "per_policy": [
             {"return": v, "exploitability": e} for v, e in zip(values, expl, strict=True)
         ],

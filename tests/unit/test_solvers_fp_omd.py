@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 
 from mfdiffuser.envs import (
-    QUALITIES,
     Crowd1D,
     SolveResult,
-    behaviour_policies,
     best_response,
     exploitability,
     fictitious_play,
@@ -118,16 +116,3 @@ def test_solve_result_is_frozen(game: Crowd1D) -> None:
     with pytest.raises(AttributeError):
         result.policy = uniform_policy(game)  # type: ignore[misc]
 
-
-def test_behaviour_policies_per_quality(game: Crowd1D, uniform_exploitability: float) -> None:
-    assert QUALITIES == ("random", "expert")
-    (random_policy,) = behaviour_policies(game, "random")
-    np.testing.assert_array_equal(random_policy, uniform_policy(game))
-    (expert,) = behaviour_policies(game, "expert", solver_iterations=30)
-    np.testing.assert_array_equal(expert, fictitious_play(game, 30).policy)
-    assert exploitability(game, expert) < 0.1 * uniform_exploitability
-
-
-def test_unknown_quality_names_it_and_the_allowed_ones(game: Crowd1D) -> None:
-    with pytest.raises(ValueError, match=r"'superb'.*random, expert"):
-        behaviour_policies(game, "superb")
