@@ -12,6 +12,8 @@ import hashlib
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from ray.util import ActorPool
 
@@ -48,19 +50,26 @@ class GeneratorActor:
     ) -> dict[str, Any]:
         from mfdiffuser.data.generate import generate_shard
 
-        table, returns = generate_shard(
+        table, _ = generate_shard(
             lambda: self.spec.make_sim(self.game, n_agents), self.policies, range(*episodes), seed
         )
         fs, path = storage.resolve(uri)
         data = storage.write_table_atomic(fs, storage.join(path, shard_file(index)), table)
-        return ShardInfo(
-            index=index,
-            file=shard_file(index),
-            episodes=list(episodes),
-            rows=table.num_rows,
-            sha256=hashlib.sha256(data).hexdigest(),
-            mean_return=float(returns.mean()),
-        ).model_dump()
+        return _shard_info(index, episodes, n_agents, data, table).model_dump()
+
+
+def _shard_info(
+    index: int, episodes: tuple[int, int], n_agents: int, data: bytes, table: pa.Table
+) -> ShardInfo:
+    rewards = table["reward"].to_numpy().astype(np.float64)
+    return ShardInfo(
+        index=index,
+        file=shard_file(index),
+        episodes=list(episodes),
+        rows=table.num_rows,
+        sha256=hashlib.sha256(data).hexdigest(),
+        mean_return=float(rewards.sum() / ((episodes[1] - episodes[0]) * n_agents)),
+    )
 
 
 def _existing_shard(
@@ -72,19 +81,10 @@ def _existing_shard(
     if not storage.exists(fs, target):
         return None
     data = storage.read_bytes(fs, target)
-    table = storage.read_table(fs, target)
+    table = pq.read_table(pa.BufferReader(data))
     if table.num_rows != (episodes[1] - episodes[0]) * n * t:
         return None
-    rewards = table["reward"].to_numpy().astype(np.float64)
-    mean_return = float(rewards.sum() / ((episodes[1] - episodes[0]) * n))
-    return ShardInfo(
-        index=index,
-        file=shard_file(index),
-        episodes=list(episodes),
-        rows=table.num_rows,
-        sha256=hashlib.sha256(data).hexdigest(),
-        mean_return=mean_return,
-    )
+    return _shard_info(index, episodes, n, data, table)
 
 
 def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
