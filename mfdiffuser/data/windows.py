@@ -7,6 +7,7 @@ to [-1, 1]) plus the context c = (t, mu_t), for a random subset of M of the epis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +15,9 @@ import pyarrow as pa
 from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import Manifest, read_manifest
 from mfdiffuser.envs import FiniteMeanFieldGame
+
+if TYPE_CHECKING:
+    from mfdiffuser.data.advantages import TabularAdvantage
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,20 @@ class EpisodeArrays:
         return int(self.states.shape[1])
 
 
+def episodes_from_table(table: pa.Table, n_agents: int, where: str = "table") -> EpisodeArrays:
+    """Dataset rows (any order) -> dense per-episode arrays [E, T, N]."""
+    table = table.sort_by([("episode", "ascending"), ("t", "ascending"), ("agent", "ascending")])
+    n_ep = len(np.unique(table["episode"].to_numpy()))
+    horizon = table.num_rows // max(n_ep * n_agents, 1)
+    if n_ep == 0 or horizon * n_ep * n_agents != table.num_rows:
+        raise ValueError(f"{where}: rows do not form complete episodes of {n_agents} agents")
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(table[name].to_numpy()).reshape(n_ep, horizon, n_agents)
+
+    return EpisodeArrays(col("state"), col("action"), col("reward"))
+
+
 def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[EpisodeArrays, Manifest]:
     """Read (a subset of) a dataset's shards into dense per-episode arrays."""
     manifest = read_manifest(uri)
@@ -39,17 +57,8 @@ def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[EpisodeArr
     if not chosen:
         raise ValueError(f"dataset {uri!r}: no shards selected")
     table = pa.concat_tables([storage.read_table(fs, storage.join(path, s.file)) for s in chosen])
-    table = table.sort_by([("episode", "ascending"), ("t", "ascending"), ("agent", "ascending")])
-    n = int(manifest.spec["n_agents"])
-    n_ep = len(np.unique(table["episode"].to_numpy()))
-    horizon = table.num_rows // (n_ep * n)
-    if horizon * n_ep * n != table.num_rows:
-        raise ValueError(f"dataset {uri!r}: rows do not form complete episodes of {n} agents")
-
-    def col(name: str) -> np.ndarray:
-        return np.asarray(table[name].to_numpy()).reshape(n_ep, horizon, n)
-
-    return EpisodeArrays(col("state"), col("action"), col("reward")), manifest
+    arrays = episodes_from_table(table, int(manifest.spec["n_agents"]), f"dataset {uri!r}")
+    return arrays, manifest
 
 
 def mean_fields(arrays: EpisodeArrays, n_states: int) -> np.ndarray:
@@ -86,7 +95,11 @@ def encode_actions(actions: np.ndarray, n_actions: int) -> np.ndarray:
 
 
 class WindowSampler:
-    """Draws batches {x[B, M, H, D], ctx[B, C]} of training windows, seeded."""
+    """Draws batches {x[B, M, H, D], ctx[B, C]} of training windows, seeded.
+
+    With `advantage` (a dataset-fitted TabularAdvantage, METHOD.md §3) batches also hold
+    advantages[B, M] (float32): A(s, a, t0) of each particle's first state and action.
+    """
 
     def __init__(
         self,
@@ -95,9 +108,18 @@ class WindowSampler:
         window: int,
         n_particles: int,
         seed: int,
+        advantage: TabularAdvantage | None = None,
     ) -> None:
         if window > arrays.horizon:
             raise ValueError(f"window = {window} is longer than the episodes ({arrays.horizon})")
+        if advantage is not None:
+            expected = (arrays.horizon, game.n_states, game.n_actions)
+            if advantage.counts.shape != expected:
+                raise ValueError(
+                    f"advantage: expected tables of shape [T, S, A] = {expected}, "
+                    f"got {advantage.counts.shape}"
+                )
+        self.advantage = advantage
         self.arrays, self.game = arrays, game
         self.window, self.n_particles = window, n_particles
         self.rng = np.random.default_rng(seed)
@@ -130,7 +152,7 @@ class WindowSampler:
         ctx = np.stack(
             [self.game.context(int(t), self.mu[e, t]) for e, t in zip(eps, t0, strict=True)]
         )
-        return {
+        out = {
             "x": x.astype(np.float32),
             "ctx": ctx.astype(np.float32),
             "episode": eps,
@@ -138,3 +160,7 @@ class WindowSampler:
             "first_states": states[:, :, 0],
             "first_actions": actions[:, :, 0],
         }
+        if self.advantage is not None:
+            adv = self.advantage.advantage(t0[:, None], states[:, :, 0], actions[:, :, 0])
+            out["advantages"] = adv.astype(np.float32)  # [B, M]
+        return out

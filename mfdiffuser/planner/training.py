@@ -19,8 +19,21 @@ from mfdiffuser.planner.diffusion import MFDiffuser
 EpochCallback = Callable[[int, dict[str, float], torch.optim.Optimizer], None]
 
 
-def to_batch(raw: dict[str, np.ndarray], device: torch.device | str) -> dict[str, torch.Tensor]:
-    return {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx")}
+def to_batch(
+    raw: dict[str, np.ndarray],
+    device: torch.device | str,
+    beta: float = 0.0,
+    weight_clip: float = 20.0,
+) -> dict[str, torch.Tensor]:
+    """Tensors x, ctx for `MFDiffuser.loss`, plus §3 weights[B, M] when the raw batch has
+    advantages[B, M] and beta > 0 (beta == 0 adds no weights: exactly the unweighted loss)."""
+    batch = {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx")}
+    if beta > 0.0 and "advantages" in raw:
+        from mfdiffuser.planner.diffusion import value_weights
+
+        advantages = torch.as_tensor(raw["advantages"], device=device)
+        batch["weights"] = value_weights(advantages, beta, weight_clip)
+    return batch
 
 
 def train_epochs(
@@ -47,7 +60,13 @@ def train_epochs(
     for epoch in range(start_epoch, epochs):
         losses = []
         for _ in range(steps_per_epoch):
-            loss, _info = planner.loss(to_batch(sampler.sample(batch_size), device), model=model)
+            batch = to_batch(
+                sampler.sample(batch_size),
+                device,
+                beta=planner.cfg.beta,
+                weight_clip=planner.cfg.weight_clip,
+            )
+            loss, _info = planner.loss(batch, model=model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

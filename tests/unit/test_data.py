@@ -15,6 +15,7 @@ from mfdiffuser.data.windows import (
     WindowSampler,
     behaviour_prior,
     encode_actions,
+    episodes_from_table,
     mean_fields,
 )
 from mfdiffuser.envs import fictitious_play, uniform_policy
@@ -27,15 +28,7 @@ def game() -> Crowd1D:
 
 
 def _arrays(table) -> EpisodeArrays:
-    t = table.sort_by([("episode", "ascending"), ("t", "ascending"), ("agent", "ascending")])
-    n_ep = len(np.unique(t["episode"].to_numpy()))
-    n = int(t["agent"].to_numpy().max()) + 1
-    shape = (n_ep, t.num_rows // (n_ep * n), n)
-    return EpisodeArrays(
-        t["state"].to_numpy().reshape(shape),
-        t["action"].to_numpy().reshape(shape),
-        t["reward"].to_numpy().reshape(shape),
-    )
+    return episodes_from_table(table, int(table["agent"].to_numpy().max()) + 1)
 
 
 def test_shard_rows_and_determinism(game: Crowd1D) -> None:
