@@ -45,7 +45,7 @@ __all__ = [
     "train",
 ]
 
-ALGORITHMS = ("uniform", "fp", "omd")
+ALGORITHMS = ("uniform", "expert", "fp", "omd")
 QUICKSTART_CONFIG = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
 
 
@@ -71,8 +71,15 @@ def solve(
     except Exception as err:  # pydantic ValidationError -> one line per field
         raise ConfigError(_pydantic_lines(err, "benchmark.params")) from None
     out: dict[str, Any] = {"benchmark": spec.describe(params), "algorithm": algorithm}
+    if spec.cooperative and algorithm in ("fp", "omd"):
+        raise ConfigError(
+            f"--algorithm = {algorithm!r}: {benchmark} is cooperative (every policy is a Nash "
+            "equilibrium), so there is nothing to solve; allowed: uniform, expert"
+        )
     if algorithm == "uniform":
         policy = uniform_policy(game)
+    elif algorithm == "expert":
+        policy = spec.behaviour(game, "expert").policies[0]
     else:
         start = time.perf_counter()
         result = (
@@ -91,6 +98,9 @@ def solve(
     out["value"] = float(policy_value(game, policy))
     out["best_response_value"] = float(br_value)
     out["exploitability"] = float(exploitability(game, policy))
+    if spec.reference_value is not None:
+        out["reference_value"] = float(spec.reference_value(game))
+        out["welfare_gap"] = out["reference_value"] - out["value"]
     return out
 
 

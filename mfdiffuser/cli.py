@@ -106,6 +106,12 @@ def _runtime(address: str | None, tracking_uri: str | None, storage: str | None)
     return out
 
 
+def _param_text(key: str, value: Any) -> str:
+    if isinstance(value, str) and "\n" in value:
+        return f"{key}=<{len(value.splitlines())}-line map>"
+    return f"{key}={value}"
+
+
 @app.command()
 def benchmarks(as_json: JsonOut = False) -> None:
     """List the registered benchmarks with their versions and default parameters."""
@@ -116,7 +122,12 @@ def benchmarks(as_json: JsonOut = False) -> None:
         typer.echo(json.dumps(items))
         return
     for b in items:
-        params = ", ".join(f"{k}={v}" for k, v in b["params"].items())
+        params = ", ".join(
+            f"{k}=<{len(v.splitlines())}-line map>"
+            if isinstance(v, str) and "\n" in v
+            else f"{k}={v}"
+            for k, v in b["params"].items()
+        )
         typer.echo(f"{b['name']} v{b['version']} [{b['family']}]  {params}\n    {b['description']}")
 
 
@@ -124,7 +135,9 @@ def benchmarks(as_json: JsonOut = False) -> None:
 def solve(
     benchmark: Annotated[str, typer.Argument(help="Benchmark name (see `mfd benchmarks`).")],
     settings: Settings = None,
-    algorithm: Annotated[str, typer.Option(help="uniform | fp | omd")] = "uniform",
+    algorithm: Annotated[
+        str, typer.Option(help="uniform | expert | fp | omd (cooperative games: uniform, expert)")
+    ] = "uniform",
     iterations: Annotated[int, typer.Option(help="Solver iterations (fp, omd).")] = 100,
     learning_rate: Annotated[float, typer.Option(help="Mirror-descent step size.")] = 0.1,
     as_json: JsonOut = False,
@@ -156,6 +169,7 @@ def solve(
         lambda r: (
             f"{benchmark} ({r['algorithm']}): value {r['value']:.6f}, best response "
             f"{r['best_response_value']:.6f}, exploitability {r['exploitability']:.6g}"
+            + (f", welfare gap {r['welfare_gap']:.6g}" if "welfare_gap" in r else "")
         ),
     )
 

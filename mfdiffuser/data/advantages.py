@@ -54,8 +54,14 @@ class TabularAdvantage:
         return self.table[np.asarray(t), np.asarray(s), np.asarray(a)]
 
 
-def fit_tabular_advantage(arrays: EpisodeArrays, n_states: int, n_actions: int) -> TabularAdvantage:
-    """Fit Q̂, V̂ by averaging returns-to-go over (t, s, a) and (t, s) (vectorised, bincount)."""
+def advantage_sums(
+    arrays: EpisodeArrays, n_states: int, n_actions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sufficient statistics: (sum of returns-to-go, count) per (t, s, a), each [T, S, A].
+
+    Sums and counts add across data shards, so DDP ranks all-reduce them and every rank fits the
+    same table from the whole dataset.
+    """
     _, horizon, _ = arrays.states.shape
     rtg = returns_to_go(arrays.rewards)
     t_idx = np.broadcast_to(np.arange(horizon)[None, :, None], arrays.states.shape)
@@ -64,15 +70,21 @@ def fit_tabular_advantage(arrays: EpisodeArrays, n_states: int, n_actions: int) 
     size = horizon * n_states * n_actions
     counts = np.bincount(tsa, minlength=size).astype(np.float64)
     sums = np.bincount(tsa, weights=rtg.ravel(), minlength=size)
-    q = np.divide(sums, counts, out=np.zeros(size), where=counts > 0)
-    s_counts = counts.reshape(-1, n_actions).sum(axis=1)
-    s_sums = sums.reshape(-1, n_actions).sum(axis=1)
-    v = np.divide(s_sums, s_counts, out=np.zeros_like(s_sums), where=s_counts > 0)
-    return TabularAdvantage(
-        q=q.reshape(horizon, n_states, n_actions),
-        v=v.reshape(horizon, n_states),
-        counts=counts.reshape(horizon, n_states, n_actions),
-    )
+    shape = (horizon, n_states, n_actions)
+    return sums.reshape(shape), counts.reshape(shape)
+
+
+def advantage_from_sums(sums: np.ndarray, counts: np.ndarray) -> TabularAdvantage:
+    """Q̂ = sums / counts per (t, s, a); V̂ = the same per (t, s), pooled over actions."""
+    q = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=counts > 0)
+    s_counts, s_sums = counts.sum(axis=-1), sums.sum(axis=-1)
+    v = np.divide(s_sums, s_counts, out=np.zeros_like(s_sums, dtype=np.float64), where=s_counts > 0)
+    return TabularAdvantage(q=q, v=v, counts=np.asarray(counts, dtype=np.float64))
+
+
+def fit_tabular_advantage(arrays: EpisodeArrays, n_states: int, n_actions: int) -> TabularAdvantage:
+    """Fit Q̂, V̂ by averaging returns-to-go over (t, s, a) and (t, s) (vectorised, bincount)."""
+    return advantage_from_sums(*advantage_sums(arrays, n_states, n_actions))
 
 
 def _advantage_table(adv: TabularAdvantage | npt.ArrayLike) -> np.ndarray:

@@ -50,6 +50,44 @@ class FiniteMeanFieldGame(ABC):
     def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
         """Adjoint of `push`: [S, A] with E[v_next(s') | s, a] under the epoch-t dynamics."""
 
+    def sample_next(
+        self,
+        t: int,
+        mu: FloatArray,
+        states: IntArray,
+        actions: IntArray,
+        rng: np.random.Generator,
+    ) -> IntArray:
+        """One next state per agent under the epoch-t dynamics (population mu): next_states[N].
+
+        Generic default for small games (S * A * S <= 10**6): builds the rows
+        P[s, a, :] = push(t, mu, unit mass at (s, a)) and samples by inverse CDF with one uniform
+        per agent, next = #{k < S-1 : cdf[s, a, k] <= u}; O(N) per next state, no loop over
+        agents. Rows are normalised so cdf[s, a, S-1] is exactly 1 > u, and a zero-probability
+        state leaves the CDF unchanged, so it is never drawn. Large games override this.
+        """
+        n_s, n_a = self.n_states, self.n_actions
+        if n_s * n_a * n_s > 10**6:
+            raise NotImplementedError(
+                f"{type(self).__name__}.sample_next: the generic default builds dense transition"
+                f" rows ({n_s} x {n_a} x {n_s} > 10**6 entries); override sample_next"
+            )
+        rows = np.empty((n_s * n_a, n_s))  # rows[s * A + a, s']
+        unit = np.zeros((n_s, n_a))
+        for s in range(n_s):
+            for a in range(n_a):
+                unit[s, a] = 1.0
+                rows[s * n_a + a] = self.push(t, mu, unit)
+                unit[s, a] = 0.0
+        cdf = np.cumsum(np.maximum(rows, 0.0), axis=1)
+        cdf /= cdf[:, -1:]
+        flat = np.asarray(states, dtype=np.int64) * n_a + np.asarray(actions, dtype=np.int64)
+        u = rng.random(flat.shape[0])
+        next_states = np.zeros(flat.shape[0], dtype=np.int64)
+        for k in range(n_s - 1):  # a loop over next states, not agents
+            next_states += np.take(cdf[:, k], flat) <= u
+        return next_states
+
     # Per-agent features and mean-field context for a planner. The defaults suit small S;
     # a game with a large state space overrides them with a compact encoding.
     @property

@@ -15,7 +15,20 @@ from pydantic import BaseModel
 
 from mfdiffuser.envs.behaviour import Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim
+from mfdiffuser.envs.crowd_2d import Crowd2DParams, Crowd2DSim, FourRoomsParams, make_crowd_2d
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
+from mfdiffuser.envs.simulate import FiniteGameSim
+from mfdiffuser.envs.sis import SIS, SISParams
+from mfdiffuser.envs.stage_games import (
+    GaussianSqueeze,
+    GaussianSqueezeParams,
+    LeftRight,
+    LeftRightParams,
+    RockPaperScissors,
+    RockPaperScissorsParams,
+    expert_policy,
+    welfare_optimum,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +44,8 @@ class BenchmarkSpec:
     expert: Callable[[FiniteMeanFieldGame], np.ndarray] | None = None
     # Cooperative games: every policy is a Nash equilibrium, so quality is measured by return.
     cooperative: bool = False
+    # J of the reference policy when it is not an equilibrium (the welfare optimum).
+    reference_value: Callable[[FiniteMeanFieldGame], float] | None = None
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
@@ -39,8 +54,16 @@ class BenchmarkSpec:
     def game(self, overrides: dict[str, Any] | None = None) -> FiniteMeanFieldGame:
         return self.make_game(self.params(overrides))
 
-    def behaviour(self, game: FiniteMeanFieldGame, quality: str) -> Behaviour:
-        return make_behaviour(game, quality, expert=self.expert, cooperative=self.cooperative)
+    def behaviour(
+        self, game: FiniteMeanFieldGame, quality: str, solver_iterations: int = 200
+    ) -> Behaviour:
+        return make_behaviour(
+            game,
+            quality,
+            expert=self.expert,
+            cooperative=self.cooperative,
+            solver_iterations=solver_iterations,
+        )
 
     def describe(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -51,16 +74,87 @@ class BenchmarkSpec:
         }
 
 
+def _finite_sim(game: Any, n: int) -> FiniteGameSim:
+    return FiniteGameSim(game, n)
+
+
+def _crowd_2d_sim(game: Any, n: int) -> Crowd2DSim:
+    return Crowd2DSim(game, n)
+
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {
-    "crowd_1d": BenchmarkSpec(
-        name="crowd_1d",
-        version=1,
-        family="sequential",
-        description="1-D crowd modelling on a torus (OpenSpiel's crowd_modelling, exact values)",
-        params_model=Crowd1DParams,
-        make_game=lambda p: Crowd1D(**p.model_dump()),
-        make_sim=lambda game, n: Crowd1DSim(game, n),
-    ),
+    spec.name: spec
+    for spec in (
+        BenchmarkSpec(
+            name="left_right",
+            version=1,
+            family="stage",
+            description="left-right stage game (MFGLib 0.3.0, T=1): 2/3 go left at equilibrium",
+            params_model=LeftRightParams,
+            make_game=lambda p: LeftRight(),
+            make_sim=_finite_sim,
+        ),
+        BenchmarkSpec(
+            name="rock_paper_scissors",
+            version=1,
+            family="stage",
+            description="generalised Shapley rock-paper-scissors (MFGLib 0.3.0, T=1)",
+            params_model=RockPaperScissorsParams,
+            make_game=lambda p: RockPaperScissors(),
+            make_sim=_finite_sim,
+        ),
+        BenchmarkSpec(
+            name="gaussian_squeeze",
+            version=1,
+            family="stage",
+            description="cooperative Gaussian squeeze (after Yang et al. 2018): welfare gap",
+            params_model=GaussianSqueezeParams,
+            make_game=lambda p: GaussianSqueeze(**p.model_dump()),
+            make_sim=_finite_sim,
+            expert=lambda g: expert_policy(g),  # type: ignore[arg-type]
+            cooperative=True,
+            reference_value=lambda g: welfare_optimum(g)[1],  # type: ignore[arg-type]
+        ),
+        BenchmarkSpec(
+            name="crowd_1d",
+            version=1,
+            family="sequential",
+            description="1-D crowd modelling on a torus "
+            "(OpenSpiel's crowd_modelling, exact values)",
+            params_model=Crowd1DParams,
+            make_game=lambda p: Crowd1D(**p.model_dump()),
+            make_sim=lambda game, n: Crowd1DSim(game, n),
+        ),
+        BenchmarkSpec(
+            name="crowd_2d",
+            version=1,
+            family="sequential",
+            description="2-D crowd modelling on a torus with optional ASCII walls "
+            "(OpenSpiel's crowd_modelling_2d, exact values)",
+            params_model=Crowd2DParams,
+            make_game=lambda p: make_crowd_2d(**p.model_dump()),
+            make_sim=_crowd_2d_sim,
+        ),
+        BenchmarkSpec(
+            name="four_rooms",
+            version=1,
+            family="sequential",
+            description="crowd_2d on OpenSpiel's 13x13 four-rooms map, horizon 40, all mass at "
+            "(1, 1), reward -log mu only",
+            params_model=FourRoomsParams,
+            make_game=lambda p: make_crowd_2d(**p.model_dump()),
+            make_sim=_crowd_2d_sim,
+        ),
+        BenchmarkSpec(
+            name="sis",
+            version=1,
+            family="sequential",
+            description="SIS epidemic (MFGLib 0.3.0 susceptible_infected, T=50: horizon 51)",
+            params_model=SISParams,
+            make_game=lambda p: SIS(**p.model_dump()),
+            make_sim=_finite_sim,
+        ),
+    )
 }
 
 

@@ -5,6 +5,14 @@ sample them conditioned on (t, μ_t), and read the empirical distribution of fir
 first state as π̂_t(a | s). Every agent samples its action from π̂_t(· | s_i): O(N) for any N.
 States without a particle fall back to the behaviour prior π_b(· | s, t).
 
+Coarse-to-fine (§4, cfg.stages > 1): the final stage's M_L particles get the stratified
+allocation above (sorted by state index, one per drawn agent). The parents maps of the stage plan
+are sorted, so every particle of a coarser stage stands for a contiguous block of that sorted
+allocation (the final-stage descendants of its children); its first state is the block's median
+state. Coarser stages are thus systematic (stratified) subsamples of the allocation, and a
+parent's children are the contiguous sub-blocks around its own state: for states sorted by index,
+the final-stage states nearest to the parent's first state (`stage_assignment`).
+
 Planning windows that run past the horizon: at t with t + H > T the planner still samples a full
 window of H steps (the context is only (t, μ_t), nothing indexes beyond T); acting reads only each
 particle's first action, so the steps past the end of the episode are never used.
@@ -64,6 +72,32 @@ def allocate(weights: np.ndarray, m: int) -> np.ndarray:
     return np.repeat(np.arange(w.shape[0]), n_per_state)
 
 
+def stage_assignment(
+    first_state_indices: np.ndarray, parents: list[torch.Tensor]
+) -> list[np.ndarray]:
+    """First-state indices of every stage of a coarse-to-fine plan, finest = the allocation.
+
+    first_state_indices[M_L] sorted (from `allocate`); parents[l][M_{l+1}] sorted (see
+    `MFDiffuser.plan_stages`). Returns states[l][M_l] for l = 1..L: a stage-l particle covers the
+    contiguous block [lo, hi) of final particles descending from it and gets the state of its
+    median, first_state_indices[(lo + hi - 1) // 2]; the last entry is first_state_indices.
+    """
+    idx = np.asarray(first_state_indices)
+    bounds = np.arange(idx.shape[0] + 1)  # bounds[j], bounds[j + 1]: block of particle j
+    out = [idx]
+    for par in reversed(parents):
+        p = par.cpu().numpy()
+        if p.shape[0] != bounds.shape[0] - 1 or np.any(np.diff(p) < 0):
+            raise ValueError("parents must be sorted and match the next stage's particle count")
+        n_children = np.bincount(p, minlength=int(p.max()) + 1)
+        if np.any(n_children == 0):
+            raise ValueError("every parent needs at least one child")
+        starts = np.concatenate([[0], np.cumsum(n_children)])
+        bounds = bounds[starts]  # parent block = union of its children's (contiguous) blocks
+        out.append(idx[(bounds[:-1] + bounds[1:] - 1) // 2])
+    return out[::-1]
+
+
 def _draw_seed(seed: int, t: int) -> int:
     return int(np.random.SeedSequence([seed, t]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -105,14 +139,30 @@ class FiniteStatePlannerPolicy:
         generator: torch.Generator,
         n_draws: int,
     ) -> np.ndarray:
-        """n_draws independent particle sets in one batch -> tables[n_draws, S, A]."""
+        """n_draws independent particle sets in one batch -> tables[n_draws, S, A].
+
+        Flat sampler when cfg.stages == 1, coarse-to-fine (§4) otherwise; the draws of one batch
+        share the stage plan (counts and parents) and differ in their noise.
+        """
         n_s, n_a, d_s = self.game.n_states, self.game.n_actions, self.planner.state_dim
         idx = self.allocate(alloc_weights, m)  # first_state_indices[m]
         feats = torch.as_tensor(np.asarray(self.game.features(idx), dtype=np.float32))
         first = feats.unsqueeze(0).expand(n_draws, m, d_s)  # [B, M, d_s]
         ctx = torch.as_tensor(np.asarray(self.game.context(t, mu), dtype=np.float32))
         ctx = ctx.unsqueeze(0).expand(n_draws, -1)  # [B, C]
-        x0 = self.planner.sample(ctx, first, generator)  # [B, M, H, D]
+        if self.cfg.stages > 1:
+            plan = self.planner.plan_stages(m, generator, self.cfg)
+            firsts = [
+                torch.as_tensor(np.asarray(self.game.features(si), dtype=np.float32))
+                .unsqueeze(0)
+                .expand(n_draws, -1, d_s)
+                for si in stage_assignment(idx, plan.parents)
+            ]
+            x0 = self.planner.sample_coarse_to_fine(
+                ctx, firsts, plan.parents, generator, plan.steps
+            )  # [B, M, H, D]: the final stage's particles are in the order of idx
+        else:
+            x0 = self.planner.sample(ctx, first, generator)  # [B, M, H, D]
         first_actions = decode_actions(x0[:, :, 0, d_s:]).cpu().numpy()  # [B, M]
         counts = np.zeros((n_draws, n_s, n_a))
         draw = np.repeat(np.arange(n_draws), m)

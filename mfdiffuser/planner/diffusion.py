@@ -7,14 +7,24 @@ never noised and never in the loss.
 
 The sampler is written as stages of denoising steps (`_denoise_steps`) plus a clean estimate
 (`predict_x0`) so that the coarse-to-fine sampler of §4 (stages with growing M; at a boundary each
-particle branches into children re-noised from its parent's x̂_0) reuses them; only the flat
-single-stage sampler exists now, and it stays the ablation.
+particle branches into children re-noised from its parent's x̂_0) reuses them. The flat
+single-stage sampler (`sample`) stays the ablation; `sample_coarse_to_fine` with one stage
+reproduces it exactly (same random draws in the same order).
+
+Coarse-to-fine (§4): `plan_stages` turns a final count M_L into stage counts M_1 < … < M_L, steps
+K_l and `parents[l][M_{l+1}]` (the parent of each child, sorted, so the children of a parent are a
+contiguous block; the parents that get an extra child when M_{l+1} is not a multiple of M_l are
+drawn from the generator). `sample_coarse_to_fine` denoises stage l with M_l particles for K_l
+steps, then `branch_particles` re-noises each child from its parent's clean estimate,
+child = sqrt(ᾱ_k)·x̂_0(parent) + sqrt(1 − ᾱ_k)·ε_new at the next step k, and in-paints the
+children with their own first states. Cost Σ_l M_l·K_l network evaluations instead of M_L·K.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -109,6 +119,39 @@ class NoiseSchedule(nn.Module):
             self.extract(self.sqrt_alphas_cumprod, k) * x0
             + self.extract(self.sqrt_one_minus_alphas_cumprod, k) * noise
         )
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A coarse-to-fine schedule: counts[L] (strictly increasing, ending at M_L), steps[L] (K_l,
+    summing to K) and parents[L-1], parents[l][M_{l+1}] long = index in stage l of each child of
+    stage l + 1 (sorted: children of one parent are contiguous; every parent has >= 1 child)."""
+
+    counts: list[int]
+    steps: list[int]
+    parents: list[Tensor]
+
+
+def branch_counts(m_parent: int, m_child: int, generator: torch.Generator) -> Tensor:
+    """Children per parent, counts[m_parent] long summing to m_child >= m_parent.
+
+    Every parent gets floor(m_child / m_parent); the remainder r = m_child mod m_parent extra
+    children go to r distinct parents drawn uniformly (one randperm from `generator`, drawn only
+    when r > 0, so an exact multiple consumes no randomness).
+    """
+    if not 1 <= m_parent <= m_child:
+        raise ValueError(f"need 1 <= m_parent <= m_child, got {m_parent}, {m_child}")
+    q, r = divmod(m_child, m_parent)
+    counts = torch.full((m_parent,), q, dtype=torch.long)
+    if r:
+        extra = torch.randperm(m_parent, generator=generator, device=generator.device)[:r]
+        counts[extra.cpu()] += 1
+    return counts
+
+
+def parents_from_counts(counts: Tensor) -> Tensor:
+    """counts[M_l] -> parents[sum(counts)]: parent index of every child, sorted (contiguous)."""
+    return torch.repeat_interleave(torch.arange(counts.shape[0]), counts.cpu())
 
 
 class MFDiffuser:
@@ -304,4 +347,103 @@ class MFDiffuser:
         x = self.inpaint(self._randn(shape, generator), first_states)
         steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
         x, _ = self._denoise_steps(x, steps, ctx, first_states, generator)
+        return x
+
+    # ------------------------------------------------------------------ coarse-to-fine (§4)
+
+    def plan_stages(
+        self, m_final: int, generator: torch.Generator, cfg: PlannerConfig | None = None
+    ) -> StagePlan:
+        """Stage counts, steps and sampled parent maps for a final count M_L = m_final.
+
+        Counts are `cfg.stage_particles(m_final)` and steps `cfg.resolved_stage_steps()` (cfg
+        defaults to self.cfg). Consecutive stages with equal counts (small M_L) are merged, their
+        steps added, so counts are strictly increasing; one stage left = the flat sampler, and then
+        nothing is drawn from `generator`. Branching draws (see `branch_counts`) are made here,
+        coarsest boundary first, before any noise of the sampler.
+        """
+        cfg = self.cfg if cfg is None else cfg
+        counts: list[int] = []
+        steps: list[int] = []
+        for m, k in zip(cfg.stage_particles(m_final), cfg.resolved_stage_steps(), strict=True):
+            if counts and counts[-1] == m:
+                steps[-1] += k
+            else:
+                counts.append(m)
+                steps.append(k)
+        parents = [
+            parents_from_counts(branch_counts(counts[i], counts[i + 1], generator))
+            for i in range(len(counts) - 1)
+        ]
+        return StagePlan(counts=counts, steps=steps, parents=parents)
+
+    def branch_particles(self, x0_hat: Tensor, parents: Tensor, k: int, noise: Tensor) -> Tensor:
+        """Children at step k from parents' clean estimates (no in-painting, no randomness).
+
+        x0_hat[B, M_l, H, D], parents[M_{l+1}] long, noise[B, M_{l+1}, H, D] ->
+        x_k[B, M_{l+1}, H, D] = sqrt(ᾱ_k)·x̂_0[:, parents] + sqrt(1 − ᾱ_k)·noise.
+        """
+        s = self.schedule
+        kk = torch.full((x0_hat.shape[0],), k, device=x0_hat.device, dtype=torch.long)
+        return s.q_sample(x0_hat[:, parents.to(x0_hat.device)], kk, noise)
+
+    @torch.no_grad()
+    def sample_coarse_to_fine(
+        self,
+        ctx: Tensor,
+        stage_first_states: Sequence[Tensor],
+        parents: Sequence[Tensor],
+        generator: torch.Generator,
+        stage_steps: Sequence[int] | None = None,
+    ) -> Tensor:
+        """Hierarchical sampler of §4 -> x0[B, M_L, H, D].
+
+        ctx[B, C]; stage_first_states[l][B, M_l, d_s], the in-painted first states of every stage;
+        parents[l][M_{l+1}] long, the parent (index in stage l) of every particle of stage l + 1;
+        stage_steps[L] (K_l, summing to K; None = cfg.resolved_stage_steps()). Stage l runs its K_l
+        steps on M_l particles (the last step of a non-final stage only estimates x̂_0); the first
+        step k of the next stage starts from `branch_particles` of those x̂_0 with fresh noise,
+        in-painted with the children's first states.
+        All randomness comes from `generator`; with one stage this is exactly `sample`.
+        """
+        n_stages = len(stage_first_states)
+        steps_l = list(self.cfg.resolved_stage_steps() if stage_steps is None else stage_steps)
+        if len(steps_l) != n_stages or len(parents) != n_stages - 1:
+            raise ValueError(
+                f"need one stage_steps entry per stage and one parents map per boundary: "
+                f"{n_stages} stages, {len(steps_l)} stage_steps, {len(parents)} parents"
+            )
+        if any(k < 1 for k in steps_l) or sum(steps_l) != self.schedule.n_steps:
+            raise ValueError(
+                f"stage_steps must be >= 1 and sum to K = {self.schedule.n_steps}, got {steps_l}"
+            )
+        firsts = [f.to(self.device, torch.float32) for f in stage_first_states]
+        b = firsts[0].shape[0]
+        for i, p in enumerate(parents):
+            m_par, m_child = firsts[i].shape[1], firsts[i + 1].shape[1]
+            if p.shape != (m_child,) or int(p.min()) < 0 or int(p.max()) >= m_par:
+                raise ValueError(
+                    f"parents[{i}] must be [M_{i + 2}] = [{m_child}] indices in [0, {m_par}), "
+                    f"got shape {tuple(p.shape)}"
+                )
+        ctx = ctx.to(self.device, torch.float32)
+        all_steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
+        shape = (b, firsts[0].shape[1], self.cfg.window, self.transition_dim)
+        x = self.inpaint(self._randn(shape, generator), firsts[0])
+        start = 0
+        for i in range(n_stages):
+            stage = all_steps[start : start + steps_l[i]]
+            start += steps_l[i]
+            if i == n_stages - 1:
+                x, _ = self._denoise_steps(x, stage, ctx, firsts[i], generator)
+                break
+            # A non-final stage needs only x̂_0 at its last step (its children are re-noised
+            # from it), so that step is a clean estimate, not an ancestral step.
+            x, _ = self._denoise_steps(x, stage[:-1], ctx, firsts[i], generator)
+            x0_hat = self.predict_x0(x, stage[-1], ctx)
+            k = all_steps[start]  # the next step: children are noised to level k
+            child_shape = (b, firsts[i + 1].shape[1], self.cfg.window, self.transition_dim)
+            noise = self._randn(child_shape, generator)
+            x = self.branch_particles(x0_hat, parents[i], k, noise)
+            x = self.inpaint(x, firsts[i + 1])
         return x

@@ -58,7 +58,7 @@ def train_epochs(
         optimizer.load_state_dict(optimizer_state)
     model.train()
     for epoch in range(start_epoch, epochs):
-        losses = []
+        losses, unweighted, weight_max = [], [], 0.0
         for _ in range(steps_per_epoch):
             batch = to_batch(
                 sampler.sample(batch_size),
@@ -66,14 +66,19 @@ def train_epochs(
                 beta=planner.cfg.beta,
                 weight_clip=planner.cfg.weight_clip,
             )
-            loss, _info = planner.loss(batch, model=model)
+            loss, info = planner.loss(batch, model=model)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            unweighted.append(info.get("loss_unweighted", losses[-1]))
+            weight_max = max(weight_max, info.get("weight_max", 1.0))
         metrics = {
             "train/loss": reduce_mean(float(np.mean(losses))),
             "train/loss_last": reduce_mean(float(np.mean(losses[-max(1, len(losses) // 10) :]))),
+            "train/loss_unweighted": reduce_mean(float(np.mean(unweighted))),
+            # The largest value weight seen (1.0 when beta = 0; at most planner.weight_clip).
+            "train/weight_max": weight_max,
             "train/epoch": float(epoch + 1),
         }
         on_epoch(epoch, metrics, optimizer)

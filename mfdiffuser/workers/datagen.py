@@ -139,6 +139,8 @@ def generate_dataset(
 
     shards = [done[i] for i in range(len(ranges))]
     behaviour = {**behaviour_summary(game, policies), "made_by": made.info}
+    if bench.reference_value is not None:
+        behaviour["welfare_gap"] = float(bench.reference_value(game)) - behaviour["return"]
     behaviour["data_mean_return"] = float(
         sum(s.mean_return * (s.episodes[1] - s.episodes[0]) for s in shards) / cfg.data.episodes
     )

@@ -23,12 +23,8 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     import torch
     import torch.distributed as dist
 
-    from mfdiffuser.data.windows import (
-        WindowSampler,
-        action_counts,
-        load_episodes,
-        normalise_counts,
-    )
+    from mfdiffuser.data.advantages import advantage_from_sums, advantage_sums
+    from mfdiffuser.data.windows import WindowSampler, load_episodes, normalise_counts
     from mfdiffuser.envs.registry import get_benchmark
     from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
     from mfdiffuser.planner.diffusion import MFDiffuser
@@ -45,11 +41,15 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     n_shards = int(loop_cfg["n_shards"])
     mine = list(range(rank, n_shards, world)) or list(range(n_shards))
     arrays, manifest = load_episodes(loop_cfg["dataset"], mine)
-    # Behaviour prior over the whole dataset: sum every rank's action counts.
-    counts = torch.as_tensor(action_counts(arrays, game.n_states, game.n_actions))
+    # Whole-dataset statistics from every rank's shards: action counts (the behaviour prior) and
+    # return-to-go sums (the advantages of the value weighting, METHOD.md §3).
+    sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+    stats = torch.as_tensor(np.stack([sums, counts]))
     if world > 1:
-        dist.all_reduce(counts)
-    prior = normalise_counts(counts.numpy())
+        dist.all_reduce(stats)
+    sums, counts = stats[0].numpy(), stats[1].numpy()
+    prior = normalise_counts(counts)
+    advantage = advantage_from_sums(sums, counts) if cfg.planner.beta > 0 else None
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     planner = MFDiffuser.from_spec(cfg.planner, game.feature_dim, game.n_actions, game.context_dim)
@@ -75,6 +75,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         game,
         cfg.planner.window,
         cfg.planner.n_particles,
+        advantage=advantage,
         seed=int(np.random.SeedSequence([cfg.train.seed, rank, start_epoch]).generate_state(1)[0]),
     )
 

@@ -84,6 +84,7 @@ def trained(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "planner.n_particles=16",
         "planner.max_particles=32",
         "planner.diffusion_steps=10",
+        "planner.beta=1.0",  # value weighting on: advantages all-reduced across both ranks
     )
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     out = api.train(cfg, tracking_uri=uri)
@@ -102,6 +103,8 @@ def test_ddp_training_reduces_loss_and_logs_to_mlflow(trained: dict[str, Any]) -
     assert losses[-1] < 0.8 * losses[0], losses
     world = client.get_metric_history(trained["run_id"], "train/world_size")
     assert {m.value for m in world} == {2.0}  # both DDP ranks took part
+    weight_max = [m.value for m in client.get_metric_history(trained["run_id"], "train/weight_max")]
+    assert all(1.0 < w <= 20.0 for w in weight_max), weight_max  # exp(beta A) weights in use
     assert "behaviour/exploitability" in run.data.metrics
     arts = {a.path for a in client.list_artifacts(trained["run_id"])}
     assert {"checkpoint", "dataset", "config.yaml"} <= arts
