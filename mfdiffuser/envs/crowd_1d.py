@@ -30,10 +30,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
+from mfdiffuser.envs.simulate import FiniteGameSim
 
 MOVES = np.array([-1, 0, 1], dtype=np.int64)  # move(a) for actions a = 0, 1, 2
 NEUTRAL_ACTION = 1
@@ -98,7 +98,7 @@ def make_crowd_1d(**params: Any) -> Crowd1D:
     return Crowd1D(**Crowd1DParams(**params).model_dump())
 
 
-class Crowd1DSim:
+class Crowd1DSim(FiniteGameSim):
     """N-agent crowd_1d simulator: batched numpy, O(N) per step, seeded.
 
     Rewards are the literal per-step rewards r_t at x_t (movement cost of the previous action,
@@ -106,46 +106,18 @@ class Crowd1DSim:
     under the exact model's epoch reward.
     """
 
+    game: Crowd1D
+
     def __init__(self, game: Crowd1D, n_agents: int) -> None:
-        if n_agents < 1:
-            raise ValueError(f"n_agents: must be >= 1, got {n_agents}")
-        self.game = game
-        self.n_agents = n_agents
-        self.t = 0
-        self.states: IntArray = np.zeros(n_agents, dtype=np.int64)  # states[N]
+        super().__init__(game, n_agents)
         self.prev_actions: IntArray = np.full(n_agents, NEUTRAL_ACTION, dtype=np.int64)
-        self.rng = np.random.default_rng(0)
-        self._started = False
         # _wrap[j] = (j - _WRAP_OFFSET) mod n for every x + move + eps in [-2, n + 1]
         self._wrap = (np.arange(game.size + 2 * _WRAP_OFFSET) - _WRAP_OFFSET) % game.size
 
-    def reset(self, seed: int) -> IntArray:
-        """Draw initial states[N] i.i.d. from mu0 and restart at t = 0."""
-        self.rng = np.random.default_rng(seed)
-        cdf = np.cumsum(self.game.mu0)
-        u = self.rng.random(self.n_agents) * cdf[-1]
-        self.states = np.searchsorted(cdf, u, side="right").astype(np.int64)
+    def _on_reset(self) -> None:
         self.prev_actions = np.full(self.n_agents, NEUTRAL_ACTION, dtype=np.int64)
-        self.t = 0
-        self._started = True
-        return self.states.copy()
 
-    def mean_field(self) -> FloatArray:
-        """Empirical distribution hist[S] of the current states."""
-        counts = np.bincount(self.states, minlength=self.game.size)
-        return counts / self.n_agents
-
-    def step(self, actions: npt.ArrayLike) -> tuple[IntArray, FloatArray, bool]:
-        """Act at x_t: (next_states[N], rewards[N] received at x_t, done)."""
-        if not self._started:
-            raise RuntimeError("Crowd1DSim.step: call reset(seed) first")
-        if self.t >= self.game.horizon:
-            raise RuntimeError("Crowd1DSim.step: episode is done; call reset(seed)")
-        actions = np.asarray(actions, dtype=np.int64)
-        if actions.shape != (self.n_agents,):
-            raise ValueError(f"actions: expected shape ({self.n_agents},), got {actions.shape}")
-        if actions.min() < 0 or actions.max() >= len(MOVES):
-            raise ValueError(f"actions: must lie in 0..{len(MOVES) - 1}")
+    def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
         game = self.game
         cell_reward = game.position_and_crowd_reward(self.mean_field())  # [S]
         rewards = cell_reward[self.states] - game.move_cost[self.prev_actions]
@@ -154,7 +126,5 @@ class Crowd1DSim:
         shifted = self.states + MOVES[actions]
         shifted += self.rng.integers(0, len(NOISE), size=self.n_agents)
         shifted += _WRAP_OFFSET - 1
-        self.states = self._wrap[shifted]
         self.prev_actions = actions
-        self.t += 1
-        return self.states.copy(), rewards, self.t >= game.horizon
+        return rewards, self._wrap[shifted]

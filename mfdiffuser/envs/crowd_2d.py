@@ -57,6 +57,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
+from mfdiffuser.envs.simulate import FiniteGameSim
 
 MOVE_X = np.array([0, -1, 0, 1, 0], dtype=np.int64)  # dx(a) for actions a = 0..4
 MOVE_Y = np.array([-1, 0, 0, 0, 1], dtype=np.int64)  # dy(a)
@@ -353,7 +354,7 @@ def make_four_rooms(**overrides: Any) -> Crowd2D:
     return Crowd2D(Crowd2DParams(**{**four_rooms_params(), **overrides}))
 
 
-class Crowd2DSim:
+class Crowd2DSim(FiniteGameSim):
     """N-agent crowd_2d simulator: batched numpy, O(N) per step, seeded.
 
     Rewards are the literal per-step rewards r_t at the current cell (movement cost of the previous
@@ -361,47 +362,18 @@ class Crowd2DSim:
     under the exact model's epoch reward.
     """
 
+    game: Crowd2D
+
     def __init__(self, game: Crowd2D, n_agents: int) -> None:
-        if n_agents < 1:
-            raise ValueError(f"n_agents: must be >= 1, got {n_agents}")
-        self.game = game
-        self.n_agents = n_agents
-        self.t = 0
-        self.states: IntArray = np.zeros(n_agents, dtype=np.int64)  # states[N]
+        super().__init__(game, n_agents)
         self.prev_actions: IntArray = np.full(n_agents, NEUTRAL_ACTION, dtype=np.int64)
-        self.rng = np.random.default_rng(0)
-        self._started = False
         self._move_flat = game.move_target.ravel()  # [S * A]
         self._noise_flat = game.noise_target.ravel()  # [S * 5]
 
-    def reset(self, seed: int) -> IntArray:
-        """Draw initial states[N] i.i.d. from mu0 and restart at t = 0."""
-        self.rng = np.random.default_rng(seed)
-        cdf = np.cumsum(self.game.mu0)
-        u = self.rng.random(self.n_agents) * cdf[-1]
-        states = np.searchsorted(cdf, u, side="right")
-        self.states = np.minimum(states, self.game.n_states - 1).astype(np.int64)
+    def _on_reset(self) -> None:
         self.prev_actions = np.full(self.n_agents, NEUTRAL_ACTION, dtype=np.int64)
-        self.t = 0
-        self._started = True
-        return self.states.copy()
 
-    def mean_field(self) -> FloatArray:
-        """Empirical distribution hist[S] of the current states."""
-        counts = np.bincount(self.states, minlength=self.game.n_states)
-        return counts / self.n_agents
-
-    def step(self, actions: npt.ArrayLike) -> tuple[IntArray, FloatArray, bool]:
-        """Act at the current cells: (next_states[N], rewards[N] received there, done)."""
-        if not self._started:
-            raise RuntimeError("Crowd2DSim.step: call reset(seed) first")
-        if self.t >= self.game.horizon:
-            raise RuntimeError("Crowd2DSim.step: episode is done; call reset(seed)")
-        actions = np.asarray(actions, dtype=np.int64)
-        if actions.shape != (self.n_agents,):
-            raise ValueError(f"actions: expected shape ({self.n_agents},), got {actions.shape}")
-        if actions.min() < 0 or actions.max() >= N_ACTIONS:
-            raise ValueError(f"actions: must lie in 0..{N_ACTIONS - 1}")
+    def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
         game = self.game
         cell_reward = game.position_and_crowd_reward(self.mean_field())  # [S]
         rewards = cell_reward[self.states] - game.move_cost[self.prev_actions]
@@ -411,7 +383,5 @@ class Crowd2DSim:
         noise = np.zeros(self.n_agents, dtype=np.int64)
         for k in range(N_ACTIONS - 1):
             noise += np.take(game.noise_cdf[:, k], moved) <= u
-        self.states = self._noise_flat[moved * N_ACTIONS + noise]
         self.prev_actions = actions
-        self.t += 1
-        return self.states.copy(), rewards, self.t >= game.horizon
+        return rewards, self._noise_flat[moved * N_ACTIONS + noise]

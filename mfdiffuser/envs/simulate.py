@@ -40,7 +40,11 @@ class FiniteGameSim:
         self.states = np.minimum(states, self.game.n_states - 1).astype(np.int64)
         self.t = 0
         self._started = True
+        self._on_reset()
         return self.states.copy()
+
+    def _on_reset(self) -> None:
+        """Hook for subclasses with more per-agent state (e.g. the previous action)."""
 
     def mean_field(self) -> FloatArray:
         """Empirical distribution hist[S] of the current states."""
@@ -59,8 +63,12 @@ class FiniteGameSim:
             raise ValueError(f"actions: expected shape ({self.n_agents},), got {actions.shape}")
         if actions.min() < 0 or actions.max() >= self.game.n_actions:
             raise ValueError(f"actions: must lie in 0..{self.game.n_actions - 1}")
-        mu = self.mean_field()
-        rewards = self.game.reward(self.t, mu)[self.states, actions]
-        self.states = self.game.sample_next(self.t, mu, self.states, actions, self.rng)
+        rewards, self.states = self._advance(actions)
         self.t += 1
         return self.states.copy(), rewards, self.t >= self.game.horizon
+
+    def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
+        """(rewards[N] received at epoch t, next_states[N]) for validated actions[N]."""
+        mu = self.mean_field()
+        rewards = self.game.reward(self.t, mu)[self.states, actions]
+        return rewards, self.game.sample_next(self.t, mu, self.states, actions, self.rng)
