@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
-from mfdiffuser.envs.simulate import FiniteGameSim
+from mfdiffuser.envs.simulate import LastActionSim
 
 MOVES = np.array([-1, 0, 1], dtype=np.int64)  # move(a) for actions a = 0, 1, 2
 NEUTRAL_ACTION = 1
@@ -98,7 +98,7 @@ def make_crowd_1d(**params: Any) -> Crowd1D:
     return Crowd1D(**Crowd1DParams(**params).model_dump())
 
 
-class Crowd1DSim(FiniteGameSim):
+class Crowd1DSim(LastActionSim):
     """N-agent crowd_1d simulator: batched numpy, O(N) per step, seeded.
 
     Rewards are the literal per-step rewards r_t at x_t (movement cost of the previous action,
@@ -109,13 +109,9 @@ class Crowd1DSim(FiniteGameSim):
     game: Crowd1D
 
     def __init__(self, game: Crowd1D, n_agents: int) -> None:
-        super().__init__(game, n_agents)
-        self.prev_actions: IntArray = np.full(n_agents, NEUTRAL_ACTION, dtype=np.int64)
+        super().__init__(game, n_agents, NEUTRAL_ACTION)
         # _wrap[j] = (j - _WRAP_OFFSET) mod n for every x + move + eps in [-2, n + 1]
         self._wrap = (np.arange(game.size + 2 * _WRAP_OFFSET) - _WRAP_OFFSET) % game.size
-
-    def _on_reset(self) -> None:
-        self.prev_actions = np.full(self.n_agents, NEUTRAL_ACTION, dtype=np.int64)
 
     def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
         game = self.game

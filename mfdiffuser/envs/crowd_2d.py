@@ -57,7 +57,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
-from mfdiffuser.envs.simulate import FiniteGameSim
+from mfdiffuser.envs.simulate import LastActionSim
 
 MOVE_X = np.array([0, -1, 0, 1, 0], dtype=np.int64)  # dx(a) for actions a = 0..4
 MOVE_Y = np.array([-1, 0, 0, 0, 1], dtype=np.int64)  # dy(a)
@@ -354,7 +354,7 @@ def make_four_rooms(**overrides: Any) -> Crowd2D:
     return Crowd2D(Crowd2DParams(**{**four_rooms_params(), **overrides}))
 
 
-class Crowd2DSim(FiniteGameSim):
+class Crowd2DSim(LastActionSim):
     """N-agent crowd_2d simulator: batched numpy, O(N) per step, seeded.
 
     Rewards are the literal per-step rewards r_t at the current cell (movement cost of the previous
@@ -365,13 +365,9 @@ class Crowd2DSim(FiniteGameSim):
     game: Crowd2D
 
     def __init__(self, game: Crowd2D, n_agents: int) -> None:
-        super().__init__(game, n_agents)
-        self.prev_actions: IntArray = np.full(n_agents, NEUTRAL_ACTION, dtype=np.int64)
+        super().__init__(game, n_agents, NEUTRAL_ACTION)
         self._move_flat = game.move_target.ravel()  # [S * A]
         self._noise_flat = game.noise_target.ravel()  # [S * 5]
-
-    def _on_reset(self) -> None:
-        self.prev_actions = np.full(self.n_agents, NEUTRAL_ACTION, dtype=np.int64)
 
     def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
         game = self.game

@@ -72,3 +72,16 @@ class FiniteGameSim:
         mu = self.mean_field()
         rewards = self.game.reward(self.t, mu)[self.states, actions]
         return rewards, self.game.sample_next(self.t, mu, self.states, actions, self.rng)
+
+
+class LastActionSim(FiniteGameSim):
+    """A simulator whose rewards charge the previous action (crowd games' literal last-move
+    cost): keeps prev_actions[N], neutral at t = 0."""
+
+    def __init__(self, game: FiniteMeanFieldGame, n_agents: int, neutral_action: int) -> None:
+        super().__init__(game, n_agents)
+        self.neutral_action = neutral_action
+        self.prev_actions: IntArray = np.full(n_agents, neutral_action, dtype=np.int64)
+
+    def _on_reset(self) -> None:
+        self.prev_actions = np.full(self.n_agents, self.neutral_action, dtype=np.int64)
