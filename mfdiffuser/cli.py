@@ -56,6 +56,17 @@ Storage = Annotated[
 ]
 
 
+def _loopback_if_local(address: str | None) -> None:
+    """A local Ray (no --address, no RAY_ADDRESS) binds to 127.0.0.1 only.
+
+    Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported (the commands import it
+    lazily, after this runs); set to 0 it takes the loopback address as its node address, as it
+    does on macOS. Never set when connecting to a cluster: the driver must be reachable there.
+    """
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     """Run a command; user errors become one clean message and exit code 2.
 
@@ -196,6 +207,7 @@ def generate(
     if episodes is not None:
         extra.append(f"data.episodes={episodes}")
     cfg = _guard(lambda: _config(config, settings, benchmark=benchmark, extra=extra))
+    _loopback_if_local(cfg.runtime.address)
     result = _guard(lambda: api.generate(cfg), as_json)
     _emit(
         result,
@@ -227,6 +239,7 @@ def train(
     if dataset:
         extra.append(f"data.path={dataset}")
     cfg = _guard(lambda: _config(config, settings, extra=extra))
+    _loopback_if_local(cfg.runtime.address)
     result = _guard(lambda: api.train(cfg), as_json)
     _emit(
         result,
@@ -255,6 +268,7 @@ def evaluate(
     """Roll the planner out at each N with Ray actors; log returns and exploitability."""
     from mfdiffuser import api
 
+    _loopback_if_local(address)
     result = _guard(
         lambda: api.evaluate(
             checkpoint,
@@ -289,6 +303,7 @@ def run(
     from mfdiffuser import api
 
     cfg = _guard(lambda: _config(config, settings, extra=_runtime(address, tracking_uri, storage)))
+    _loopback_if_local(cfg.runtime.address)
     result = _guard(lambda: api.run_experiment(cfg), as_json)
     _emit(result, as_json, _summary)
 
@@ -304,6 +319,7 @@ def quickstart(
     """The whole flow on a small crowd_1d setting: data, DDP training, rollouts at N=100, 1000."""
     from mfdiffuser import api
 
+    _loopback_if_local(None)
     result = _guard(lambda: api.quickstart(workdir, settings), as_json)
     _emit(
         result,

@@ -12,6 +12,9 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+# Ray reads this at import: with it, a local Ray takes 127.0.0.1 as its node address and binds its
+# servers to loopback only (Ray 2.60 ignores _node_ip_address="127.0.0.1" for that).
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +25,7 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     # Ray's socket paths must stay short: use a short temp dir of our own.
     temp_dir = tmp_path_factory.mktemp("ray")
     ray.init(
+        address="local",  # never attach to another cluster running on this machine
         num_cpus=2,
         include_dashboard=True,  # serves the State API (Train's cleaner, fault tests)
         dashboard_host="127.0.0.1",

@@ -26,6 +26,8 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # The dashboard (on loopback only) also serves the State API, which Ray Train's
         # placement-group cleaner polls; without it that actor logs a warning every second.
         ray.init(
+            # "local": always a fresh instance, never an unrelated cluster found on this machine
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
