@@ -115,4 +115,3 @@ def test_solve_result_is_frozen(game: Crowd1D) -> None:
     assert isinstance(result, SolveResult)
     with pytest.raises(AttributeError):
         result.policy = uniform_policy(game)  # type: ignore[misc]
-
