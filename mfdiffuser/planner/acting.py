@@ -36,8 +36,13 @@ class FiniteGame(Protocol):
     n_states: int
     n_actions: int
     horizon: int
-    feature_dim: int
-    context_dim: int
+
+    @property
+    def feature_dim(self) -> int: ...
+
+    @property
+    def context_dim(self) -> int: ...
+
     mu0: np.ndarray
 
     def features(self, states: np.ndarray) -> np.ndarray: ...
