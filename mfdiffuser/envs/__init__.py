@@ -3,7 +3,7 @@
 Plain numpy only: no Ray, MLflow or torch here.
 """
 
-from mfdiffuser.envs.behaviour import QUALITIES, behaviour_policies
+from mfdiffuser.envs.behaviour import QUALITIES, Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim, make_crowd_1d
 from mfdiffuser.envs.finite import (
     FiniteMeanFieldGame,
@@ -19,15 +19,16 @@ from mfdiffuser.envs.solvers import SolveResult, fictitious_play, online_mirror_
 
 __all__ = [
     "QUALITIES",
+    "Behaviour",
     "Crowd1D",
     "Crowd1DParams",
     "Crowd1DSim",
     "FiniteMeanFieldGame",
     "SolveResult",
-    "behaviour_policies",
     "best_response",
     "exploitability",
     "fictitious_play",
+    "make_behaviour",
     "make_crowd_1d",
     "online_mirror_descent",
     "policy_value",

@@ -150,10 +150,3 @@ def occupancy_mixture(game: FiniteMeanFieldGame, policies: list[FloatArray]) -> 
         den += d
     uniform = uniform_policy(game)
     return np.where(den[..., None] > 0, num / np.maximum(den, 1e-300)[..., None], uniform)
-
-
-def behaviour_policies(
-    game: FiniteMeanFieldGame, quality: str, *, solver_iterations: int = 200
-) -> list[FloatArray]:
-    """The policies of `make_behaviour` alone (default expert: fictitious play)."""
-    return make_behaviour(game, quality, solver_iterations=solver_iterations).policies

@@ -39,9 +39,5 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
-def cluster_cpus() -> float:
-    return float(ray.cluster_resources().get("CPU", 1.0))
-
-
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
