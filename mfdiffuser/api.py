@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from mfdiffuser.envs import (
     best_response,
@@ -30,7 +31,12 @@ from mfdiffuser.envs import (
     uniform_policy,
 )
 from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
-from mfdiffuser.platform.config import ConfigError, ExperimentConfig, load_config
+from mfdiffuser.platform.config import (
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    validation_lines,
+)
 
 __all__ = [
     "ConfigError",
@@ -68,8 +74,8 @@ def solve(
         raise ConfigError(f"--iterations = {iterations}: must be >= 1")
     try:
         game = spec.game(params)
-    except Exception as err:  # pydantic ValidationError -> one line per field
-        raise ConfigError(_pydantic_lines(err, "benchmark.params")) from None
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err, "benchmark.params")) from None
     out: dict[str, Any] = {"benchmark": spec.describe(params), "algorithm": algorithm}
     if spec.cooperative and algorithm in ("fp", "omd"):
         raise ConfigError(
@@ -104,15 +110,6 @@ def solve(
     return out
 
 
-def _pydantic_lines(err: Exception, prefix: str) -> str:
-    errors = getattr(err, "errors", None)
-    if errors is None:
-        return str(err)
-    from mfdiffuser.platform.config import _format_error
-
-    return "\n".join(_format_error(e, prefix=prefix) for e in errors())
-
-
 @contextmanager
 def _ray(cfg: ExperimentConfig) -> Iterator[None]:
     from mfdiffuser.platform.runtime import ray_session
@@ -121,10 +118,10 @@ def _ray(cfg: ExperimentConfig) -> Iterator[None]:
         yield
 
 
-def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".") -> str:
+def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".", explicit: str | None = None) -> str:
     from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
 
-    uri = resolve_tracking_uri(cfg.runtime.tracking_uri, workdir)
+    uri = resolve_tracking_uri(explicit or cfg.runtime.tracking_uri, workdir)
     check_tracking_uri(uri)
     return uri
 
@@ -226,9 +223,10 @@ def evaluate(
         updates["seeds"] = seeds
     try:
         ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
-    except Exception as err:
-        raise ConfigError(_pydantic_lines(err, "eval")) from None
-    uri = tracking_uri or _tracking(cfg)
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err, "eval")) from None
+    # Default: the store the training logged to, so the evaluation lands in the training run.
+    uri = _tracking(cfg, explicit=tracking_uri or meta.get("tracking_uri"))
     run_id = run_id or _existing_run(uri, meta.get("run_id"))
     run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-evaluate")
     start = time.perf_counter()

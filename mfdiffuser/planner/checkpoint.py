@@ -43,11 +43,7 @@ def save_checkpoint(
         **meta,
         "checkpoint_schema": CHECKPOINT_SCHEMA,
         "planner": planner.cfg.model_dump(),
-        "dims": {
-            "state_dim": planner.state_dim,
-            "n_actions": planner.n_actions,
-            "context_dim": planner.context_dim,
-        },
+        "dims": planner.dims(),
     }
     for name, write in (
         (WEIGHTS, lambda f: torch.save(blob, f)),

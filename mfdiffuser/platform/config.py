@@ -43,9 +43,7 @@ class BenchmarkSection(_Section):
         try:
             validated = spec.params(self.params).model_dump()
         except ValidationError as err:
-            raise ValueError(
-                "; ".join(_format_error(e, prefix="params") for e in err.errors())
-            ) from None
+            raise ValueError(validation_lines(err, prefix="params").replace("\n", "; ")) from None
         # Store the complete, defaulted parameter set so every artifact records all of it.
         object.__setattr__(self, "params", validated)
         return self
@@ -141,11 +139,16 @@ def _format_error(err: Any, prefix: str = "") -> str:
     return f"{field}: {msg}" if field else msg
 
 
+def validation_lines(err: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line per problem: field (under `prefix`), value, what is allowed."""
+    return "\n".join(_format_error(e, prefix=prefix) for e in err.errors())
+
+
 def _validate(data: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError("\n".join(_format_error(e) for e in err.errors())) from None
+        raise ConfigError(validation_lines(err)) from None
 
 
 def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, str]:

@@ -105,7 +105,7 @@ def run_tags(cfg: ExperimentConfig, method: str = "mf_diffuser") -> dict[str, st
 
 def start_run(cfg: ExperimentConfig, uri: str, run_name: str) -> str:
     """Create a run with the config's params and tags; returns its id (the run is left open)."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -113,12 +113,8 @@ def start_run(cfg: ExperimentConfig, uri: str, run_name: str) -> str:
     tags = {**run_tags(cfg), "mlflow.runName": run_name}
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(
-            run.info.run_id,
-            params=params[i : i + 100],
-            tags=[RunTag("mfd.kind", "run")] if i == 0 else [],
-        )
+    for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
     return str(run.info.run_id)
 
 

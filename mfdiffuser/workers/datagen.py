@@ -128,14 +128,16 @@ def generate_dataset(
             for _ in range(n_actors)
         ]
         pool = ActorPool(actors)
-        results = pool.map_unordered(
-            lambda a, i: a.write_shard.remote(uri, i, ranges[i], n, cfg.data.seed), todo
-        )
-        for info in results:
-            shard = ShardInfo.model_validate(info)
-            done[shard.index] = shard
-        for a in actors:
-            ray.kill(a)
+        try:
+            results = pool.map_unordered(
+                lambda a, i: a.write_shard.remote(uri, i, ranges[i], n, cfg.data.seed), todo
+            )
+            for info in results:
+                shard = ShardInfo.model_validate(info)
+                done[shard.index] = shard
+        finally:  # shards already written stay; a re-run resumes from them
+            for a in actors:
+                ray.kill(a)
 
     shards = [done[i] for i in range(len(ranges))]
     behaviour = {**behaviour_summary(game, policies), "made_by": made.info}

@@ -65,12 +65,16 @@ def evaluate_checkpoint(
     jobs = [(n, seed + s) for n in n_agents for s in range(seeds)]
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1.0)))
     actors = [RolloutActor.remote(str(checkpoint)) for _ in range(min(len(jobs) + 1, cpus))]
-    table_ref = actors[-1].table.remote(seed)
-    refs = [actors[i % len(actors)].returns.remote(n, episodes, s) for i, (n, s) in enumerate(jobs)]
-    results = ray.get(refs)
-    table = ray.get(table_ref)
-    for a in actors:
-        ray.kill(a)
+    try:
+        table_ref = actors[-1].table.remote(seed)
+        refs = [
+            actors[i % len(actors)].returns.remote(n, episodes, s) for i, (n, s) in enumerate(jobs)
+        ]
+        results = ray.get(refs)
+        table = ray.get(table_ref)
+    finally:  # a failed rollout must not leave actors holding CPUs
+        for a in actors:
+            ray.kill(a)
 
     metrics: dict[str, float] = {
         "exploitability": float(table["exploitability"]),

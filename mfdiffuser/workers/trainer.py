@@ -102,6 +102,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
                 "dataset_id": manifest.dataset_id,
                 "dataset": loop_cfg["dataset"],
                 "run_id": loop_cfg.get("run_id"),
+                "tracking_uri": loop_cfg.get("tracking_uri"),
                 "code_version": loop_cfg["code_version"],
                 "metrics": metrics,
             }

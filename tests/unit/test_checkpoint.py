@@ -1,0 +1,53 @@
+"""Planner checkpoints: exact round trip, weights-only loading, clear errors on foreign files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mfdiffuser.planner.checkpoint import META, WEIGHTS, load_checkpoint, save_checkpoint
+from mfdiffuser.planner.config import PlannerConfig
+from mfdiffuser.planner.diffusion import MFDiffuser
+
+
+def _planner() -> MFDiffuser:
+    torch.manual_seed(0)
+    return MFDiffuser.from_spec(PlannerConfig(hidden=16, n_blocks=1), 5, 3, 8)
+
+
+def test_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
+    planner = _planner()
+    prior = np.random.default_rng(0).dirichlet(np.ones(3), size=(4, 5))
+    opt = torch.optim.Adam(planner.model.parameters())
+    save_checkpoint(tmp_path, planner, prior, {"epoch": 2, "run_id": "r"}, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [META, WEIGHTS]  # no temp files left
+
+    loaded, prior2, meta, opt_state = load_checkpoint(tmp_path)
+    np.testing.assert_array_equal(prior2, prior)
+    assert meta["epoch"] == 2 and meta["dims"] == planner.dims()
+    assert loaded.cfg == planner.cfg and opt_state is not None
+    x, k, ctx = torch.randn(2, 4, 4, 8), torch.tensor([0, 5]), torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x, k, ctx), planner.model(x, k, ctx))
+
+
+def test_foreign_schema_and_non_checkpoints_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, _planner(), np.full((4, 5, 3), 1 / 3), {})
+    meta = json.loads((tmp_path / META).read_text())
+    meta["checkpoint_schema"] = 99
+    (tmp_path / META).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="checkpoint_schema 99"):
+        load_checkpoint(tmp_path)
+
+
+def test_weights_file_refuses_arbitrary_objects(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _planner(), np.full((4, 5, 3), 1 / 3), {})
+    torch.save({"model": {}, "prior": torch.zeros(1), "evil": object()}, tmp_path / WEIGHTS)
+    with pytest.raises(Exception, match=r"[Ww]eights only|weights_only"):
+        load_checkpoint(tmp_path)
