@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from mfdiffuser.envs import (
     best_response,
+    damped_fictitious_play,
     exploitability,
     fictitious_play,
     online_mirror_descent,
@@ -51,7 +52,7 @@ __all__ = [
     "train",
 ]
 
-ALGORITHMS = ("uniform", "expert", "fp", "omd")
+ALGORITHMS = ("uniform", "expert", "fp", "damped_fp", "omd")
 QUICKSTART_CONFIG = Path(__file__).resolve().parent / "presets" / "quickstart.yaml"
 
 
@@ -65,19 +66,30 @@ def solve(
     algorithm: str = "uniform",
     iterations: int = 100,
     learning_rate: float = 0.1,
+    episodes: int = 10,
 ) -> dict[str, Any]:
-    """Exact mean-field quantities of a policy: the uniform one, or a solver's result."""
+    """Exact mean-field quantities of a policy: the uniform one, or a solver's result.
+
+    Benchmarks without an exact model (battle) report the policy's simulated return, win rate
+    and kill ratio over `episodes` episodes instead (`uniform` = random, `expert` = scripted).
+    `expert` is the benchmark's registered expert (its `expert_solver` setting, e.g. damped
+    fictitious play for sis); `damped_fp` is damped fictitious play with `iterations` and the
+    benchmark's step exponent. For multi-population games (predator_prey) `exploitability` is the
+    mean of the per-population gains, listed in `exploitability_per_population`.
+    """
     spec = get_benchmark(benchmark)
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"--algorithm = {algorithm!r}: allowed: {', '.join(ALGORITHMS)}")
     if iterations < 1:
         raise ConfigError(f"--iterations = {iterations}: must be >= 1")
+    if not spec.exact_model:
+        return _solve_simulated(spec, params, algorithm, episodes)
     try:
         game = spec.game(params)
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "benchmark.params")) from None
     out: dict[str, Any] = {"benchmark": spec.describe(params), "algorithm": algorithm}
-    if spec.cooperative and algorithm in ("fp", "omd"):
+    if spec.cooperative and algorithm in ("fp", "damped_fp", "omd"):
         raise ConfigError(
             f"--algorithm = {algorithm!r}: {benchmark} is cooperative (every policy is a Nash "
             "equilibrium), so there is nothing to solve; allowed: uniform, expert"
@@ -88,11 +100,15 @@ def solve(
         policy = spec.behaviour(game, "expert").policies[0]
     else:
         start = time.perf_counter()
-        result = (
-            fictitious_play(game, iterations)
-            if algorithm == "fp"
-            else online_mirror_descent(game, iterations, learning_rate=learning_rate)
-        )
+        if algorithm == "fp":
+            result = fictitious_play(game, iterations)
+        elif algorithm == "damped_fp":
+            result = damped_fictitious_play(
+                game, iterations, step_exponent=spec.expert_solver.step_exponent
+            )
+            out["step_exponent"] = spec.expert_solver.step_exponent
+        else:
+            result = online_mirror_descent(game, iterations, learning_rate=learning_rate)
         out["solve_seconds"] = time.perf_counter() - start
         out["iterations"] = iterations
         if algorithm == "omd":
@@ -104,10 +120,41 @@ def solve(
     out["value"] = float(policy_value(game, policy))
     out["best_response_value"] = float(br_value)
     out["exploitability"] = float(exploitability(game, policy))
+    per_population = getattr(game, "exploitability_per_population", None)
+    if per_population is not None:
+        out["exploitability_per_population"] = [float(x) for x in per_population(policy)]
+        out["exploitability_aggregation"] = "mean over populations"
     if spec.reference_value is not None:
         out["reference_value"] = float(spec.reference_value(game))
         out["welfare_gap"] = out["reference_value"] - out["value"]
     return out
+
+
+def _solve_simulated(
+    spec: Any, params: dict[str, Any] | None, algorithm: str, episodes: int
+) -> dict[str, Any]:
+    from mfdiffuser.envs.battle import battle_stats
+
+    if algorithm not in ("uniform", "expert"):
+        raise ConfigError(
+            f"--algorithm = {algorithm!r}: {spec.name} has no exact mean-field model, so there "
+            "is nothing to solve or exploit; allowed: uniform, expert"
+        )
+    if episodes < 1:
+        raise ConfigError(f"episodes = {episodes}: must be >= 1")
+    try:
+        validated = spec.params(params)
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err, "benchmark.params")) from None
+    start = time.perf_counter()
+    stats = battle_stats(validated, "random" if algorithm == "uniform" else "expert", episodes)
+    return {
+        "benchmark": spec.describe(params),
+        "algorithm": algorithm,
+        **stats,
+        "exploitability": None,  # no exact model: not defined
+        "seconds": time.perf_counter() - start,
+    }
 
 
 @contextmanager
@@ -128,8 +175,13 @@ def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".", explicit: str | 
 
 def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Generate (or reuse) the offline dataset of `cfg` with a pool of Ray actors."""
-    from mfdiffuser.workers.datagen import generate_dataset
+    from mfdiffuser.workers.datagen import dataset_params, generate_dataset
 
+    try:  # battle: n_agents (agents per team) must fit the map; checked before any Ray work
+        dataset_params(cfg)
+    except (ValueError, ValidationError) as err:
+        msg = validation_lines(err, "benchmark.params") if isinstance(err, ValidationError) else err
+        raise ConfigError(str(msg)) from None
     start = time.perf_counter()
     with _ray(cfg):
         uri, manifest = generate_dataset(cfg)
@@ -156,6 +208,12 @@ def train(
     from mfdiffuser.workers.datagen import generate_dataset
     from mfdiffuser.workers.trainer import train_planner
 
+    if not get_benchmark(cfg.benchmark.name).exact_model:
+        raise ConfigError(
+            f"benchmark.name = {cfg.benchmark.name!r}: the planner trains on finite-state "
+            "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
+            f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
+        )
     uri = tracking_uri or _tracking(cfg)
     run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-train")
     start = time.perf_counter()
@@ -233,7 +291,14 @@ def evaluate(
     try:
         with ray_session(address or cfg.runtime.address, cfg.runtime.num_cpus):
             out = evaluate_checkpoint(
-                checkpoint, ev.n_agents, episodes=ev.episodes, seeds=ev.seeds, seed=ev.seed
+                checkpoint,
+                ev.n_agents,
+                episodes=ev.episodes,
+                seeds=ev.seeds,
+                seed=ev.seed,
+                decomposition=ev.decomposition,
+                actor_cpus=ev.actor_cpus,
+                max_actors=ev.max_actors,
             )
         metrics = dict(out["metrics"])
         if "behaviour/return" not in _run_metrics(uri, run_id):
@@ -248,7 +313,11 @@ def evaluate(
         _log_json(
             uri,
             run_id,
-            {"returns": out["returns"], "table": out["table"]},
+            {
+                "returns": out["returns"],
+                "table_returns": out["table_returns"],
+                "table": out["table"],
+            },
             "evaluation",
             "evaluation.json",
         )

@@ -178,7 +178,13 @@ def solve(
         result,
         as_json,
         lambda r: (
-            f"{benchmark} ({r['algorithm']}): value {r['value']:.6f}, best response "
+            (  # no exact model (battle): simulated figures instead
+                f"{benchmark} ({r['algorithm']}): return {r['return']:.4f} ± "
+                f"{r['return_std']:.4f}, win rate {r['win_rate']:.3f}, draw rate "
+                f"{r['draw_rate']:.3f}, kill ratio {r['kill_ratio']:.3f} ({r['episodes']} episodes)"
+            )
+            if "win_rate" in r
+            else f"{benchmark} ({r['algorithm']}): value {r['value']:.6f}, best response "
             f"{r['best_response_value']:.6f}, exploitability {r['exploitability']:.6g}"
             + (f", welfare gap {r['welfare_gap']:.6g}" if "welfare_gap" in r else "")
         ),
@@ -214,8 +220,14 @@ def generate(
         as_json,
         lambda r: (
             f"dataset {r['dataset']}\n  {r['rows']} rows, {r['episodes']} episodes, {r['shards']} "
-            f"shards; behaviour return {r['behaviour']['return']:.4f}, exploitability "
-            f"{r['behaviour']['exploitability']:.4f} ({r['seconds']:.1f} s)"
+            f"shards; behaviour return {r['behaviour']['return']:.4f}, "
+            + (
+                f"exploitability {r['behaviour']['exploitability']:.4f}"
+                if r["behaviour"].get("exploitability") is not None
+                else f"win rate {r['behaviour']['win_rate']:.3f}, kill ratio "
+                f"{r['behaviour']['kill_ratio']:.3f}"
+            )
+            + f" ({r['seconds']:.1f} s)"
         ),
     )
 
@@ -332,6 +344,59 @@ def quickstart(
             )
         ),
     )
+
+
+@app.command()
+def sweep(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Sweep YAML (see configs/sweep_*.yaml).")
+    ],
+    settings: Settings = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue an interrupted sweep; finished trials are not run again."
+        ),
+    ] = False,
+    storage: Storage = None,
+    address: Address = None,
+    tracking_uri: TrackingUri = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A Ray Tune sweep: every grid point is dataset -> train (Ray Train) -> evaluate.
+
+    Exit status 1 when a trial failed (its MLflow run is FAILED with the error; fix and --resume).
+    """
+    from mfdiffuser.tuning.sweep import load_sweep, run_sweep
+
+    extra = _runtime(address, tracking_uri, storage)
+    spec = _guard(lambda: load_sweep(config, extra + (settings or [])))
+    first = spec.experiment_config(spec.trials[0])
+    _loopback_if_local(first.runtime.address)
+
+    def go() -> dict[str, Any]:
+        from mfdiffuser.platform.runtime import ray_session
+
+        with ray_session(first.runtime.address, first.runtime.num_cpus):
+            return run_sweep(spec, resume=resume)
+
+    result = _guard(go, as_json)
+    _emit(
+        result,
+        as_json,
+        lambda r: "\n".join(
+            [
+                f"sweep {r['sweep']} ({r['sweep_id']}): {r['trials_finished']:.0f} of "
+                f"{r['trials']:.0f} trials finished, {r['trials_failed']:.0f} failed, "
+                f"{r['concurrency']:.0f} at a time, {r['wall_seconds']:.1f} s",
+                f"MLflow parent run {r['parent_run_id']} in {r['tracking_uri']}",
+                f"Tune experiment {r['tune_path']}",
+                *[f"  failed: {e}" for e in r["errors"]],
+            ]
+        ),
+    )
+    if result["trials_failed"]:
+        raise typer.Exit(1)
 
 
 def _summary(r: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mfdiffuser.data import storage
 from mfdiffuser.data.schema import SCHEMA_VERSION
@@ -27,6 +27,8 @@ class ShardInfo(BaseModel):
     rows: int
     sha256: str
     mean_return: float  # mean per-agent episode return over the shard's episodes
+    # team games: the shard's episodes, wins, draws and kills of each team (absent otherwise)
+    outcomes: dict[str, float] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class Manifest(BaseModel):
@@ -40,6 +42,8 @@ class Manifest(BaseModel):
     behaviour: dict[str, Any]  # return, exploitability, how the policy was made
     code_version: str
     created: str
+    # which row schema the shards use (`data.schema.ROW_SCHEMAS`); absent = "finite"
+    row_schema: str = Field(default="finite", exclude_if=lambda v: v == "finite")
 
 
 def dataset_spec(

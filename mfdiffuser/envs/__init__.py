@@ -3,6 +3,7 @@
 Plain numpy only: no Ray, MLflow or torch here.
 """
 
+from mfdiffuser.envs.battle import BattleParams, BattleSim, battle_stats
 from mfdiffuser.envs.behaviour import QUALITIES, Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim, make_crowd_1d
 from mfdiffuser.envs.finite import (
@@ -15,17 +16,28 @@ from mfdiffuser.envs.finite import (
     sample_actions,
     uniform_policy,
 )
-from mfdiffuser.envs.solvers import SolveResult, fictitious_play, online_mirror_descent
+from mfdiffuser.envs.solvers import (
+    SolveResult,
+    SolverSetting,
+    damped_fictitious_play,
+    fictitious_play,
+    online_mirror_descent,
+)
 
 __all__ = [
     "QUALITIES",
+    "BattleParams",
+    "BattleSim",
     "Behaviour",
     "Crowd1D",
     "Crowd1DParams",
     "Crowd1DSim",
     "FiniteMeanFieldGame",
     "SolveResult",
+    "SolverSetting",
+    "battle_stats",
     "best_response",
+    "damped_fictitious_play",
     "exploitability",
     "fictitious_play",
     "make_behaviour",

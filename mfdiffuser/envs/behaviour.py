@@ -2,12 +2,13 @@
 
 BENCHMARKS.md, "Offline data qualities":
 - `random`: uniform actions;
-- `expert`: the reference policy (converged fictitious play, or the benchmark's own expert, e.g.
+- `expert`: the reference policy (the benchmark's solver setting run to convergence: fictitious
+  play by default, `BenchmarkSpec.expert_solver` otherwise; or the benchmark's own expert, e.g.
   the welfare optimum of a cooperative game);
 - `medium`: the expert with epsilon-noise, epsilon chosen by bisection so that the policy sits
   halfway between random and expert: by exploitability where it is meaningful, by exact
   mean-field return for cooperative games (where every policy has exploitability 0);
-- `mixed`: the union of episodes from fictitious play's average policies at log-spaced
+- `mixed`: the union of episodes from the solver's policies at log-spaced
   iterations (a learning "replay"); where there is no solver (cooperative games), the union of
   random, medium and expert;
 - `medium-expert`: half medium, half expert episodes.
@@ -31,7 +32,7 @@ from mfdiffuser.envs.finite import (
     propagate,
     uniform_policy,
 )
-from mfdiffuser.envs.solvers import fictitious_play
+from mfdiffuser.envs.solvers import SolverSetting
 
 QUALITIES = ("random", "medium", "expert", "mixed", "medium-expert")
 
@@ -76,13 +77,18 @@ def make_behaviour(
     *,
     expert: ExpertFn | None = None,
     cooperative: bool = False,
-    solver_iterations: int = 200,
+    solver_iterations: int | None = None,
+    solver: SolverSetting | None = None,
 ) -> Behaviour:
     """The behaviour policies of a data quality, with a record of how they were made.
 
-    `expert` overrides the default expert (fictitious play); `cooperative` games measure
-    'halfway' by return, since exploitability is 0 for every policy there.
+    `expert` overrides the default expert (the solver's last iterate); `solver` is the solver
+    setting (default: fictitious play, 200 iterations), `solver_iterations` overrides its
+    iterations; `cooperative` games measure 'halfway' by return, since exploitability is 0 for
+    every policy there.
     """
+    setting = solver or SolverSetting()
+    n_iter = setting.iterations if solver_iterations is None else solver_iterations
     if quality not in QUALITIES:
         raise ValueError(f"quality: unknown quality {quality!r}; allowed: {', '.join(QUALITIES)}")
     uniform = uniform_policy(game)
@@ -92,8 +98,8 @@ def make_behaviour(
     if expert is not None:
         expert_pol, expert_src = expert(game), "benchmark expert"
     else:
-        expert_pol = fictitious_play(game, solver_iterations).policy
-        expert_src = f"fictitious play, {solver_iterations} iterations"
+        expert_pol = setting.run(game, n_iter).policy
+        expert_src = setting.describe(n_iter)
     if quality == "expert":
         return Behaviour([expert_pol], {"quality": quality, "source": expert_src})
 
@@ -121,13 +127,13 @@ def make_behaviour(
             [uniform, medium, expert_pol],
             {"quality": quality, "source": "union of random, medium and expert", **medium_info},
         )
-    checkpoints = sorted({int(k) for k in np.geomspace(1, solver_iterations, 8)})
-    iterates = [fictitious_play(game, k).policy for k in checkpoints]
+    checkpoints = sorted({int(k) for k in np.geomspace(1, n_iter, 8)})
+    iterates = [setting.run(game, k).policy for k in checkpoints]
     return Behaviour(
         iterates,
         {
             "quality": quality,
-            "source": "fictitious-play average policies",
+            "source": f"iterates of {setting.describe(n_iter)}",
             "iterations": checkpoints,
         },
     )

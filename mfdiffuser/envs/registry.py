@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from mfdiffuser.envs.battle import BattleParams, BattleSim
 from mfdiffuser.envs.behaviour import Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim
 from mfdiffuser.envs.crowd_2d import Crowd2DParams, Crowd2DSim, FourRoomsParams, make_crowd_2d
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
+from mfdiffuser.envs.predator_prey import PredatorPreyParams, PredatorPreySim, make_predator_prey
 from mfdiffuser.envs.simulate import FiniteGameSim
 from mfdiffuser.envs.sis import SIS, SISParams
+from mfdiffuser.envs.solvers import SolverSetting
 from mfdiffuser.envs.stage_games import (
     GaussianSqueeze,
     GaussianSqueezeParams,
@@ -46,23 +49,36 @@ class BenchmarkSpec:
     cooperative: bool = False
     # J of the reference policy when it is not an equilibrium (the welfare optimum).
     reference_value: Callable[[FiniteMeanFieldGame], float] | None = None
+    # False for simulator-only benchmarks (battle): no FiniteMeanFieldGame, so no exact value,
+    # best response or exploitability; `game()` and `behaviour()` raise a clear error.
+    exact_model: bool = True
+    # How the expert (and the `mixed` replay) is solved: fictitious play, 200 iterations, unless a
+    # benchmark needs another solver to converge (sis: damped fictitious play; see solvers.py).
+    expert_solver: SolverSetting = SolverSetting()  # noqa: RUF009 (frozen, immutable)
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
         return self.params_model(**(overrides or {}))
 
     def game(self, overrides: dict[str, Any] | None = None) -> FiniteMeanFieldGame:
+        if not self.exact_model:
+            raise ValueError(
+                f"{self.name} has no exact mean-field model (no value, best response or "
+                "exploitability); use its simulator (`make_sim`) and its own statistics"
+            )
         return self.make_game(self.params(overrides))
 
     def behaviour(
-        self, game: FiniteMeanFieldGame, quality: str, solver_iterations: int = 200
+        self, game: FiniteMeanFieldGame, quality: str, solver_iterations: int | None = None
     ) -> Behaviour:
+        """Behaviour policies of a quality; `solver_iterations` overrides expert_solver's."""
         return make_behaviour(
             game,
             quality,
             expert=self.expert,
             cooperative=self.cooperative,
             solver_iterations=solver_iterations,
+            solver=self.expert_solver,
         )
 
     def describe(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -76,6 +92,15 @@ class BenchmarkSpec:
 
 def _finite_sim(game: Any, n: int) -> FiniteGameSim:
     return FiniteGameSim(game, n)
+
+
+def _no_game(params: Any) -> FiniteMeanFieldGame:
+    raise ValueError("this benchmark has no exact mean-field model")
+
+
+def _battle_sim(params: Any, n: int) -> BattleSim:
+    # battle has no game object: make_sim takes its validated params, n = agents per team
+    return BattleSim(params.with_team_size(n))
 
 
 def _crowd_2d_sim(game: Any, n: int) -> Crowd2DSim:
@@ -153,6 +178,30 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             params_model=SISParams,
             make_game=lambda p: SIS(**p.model_dump()),
             make_sim=_finite_sim,
+            # plain fictitious play oscillates here (exploitability 0.78 after 100 iterations,
+            # 0.66 after 1000); damped fictitious play gets to ~1e-6 in 400
+            expert_solver=SolverSetting(algorithm="damped_fp", iterations=500, step_exponent=0.4),
+        ),
+        BenchmarkSpec(
+            name="predator_prey",
+            version=1,
+            family="team",
+            description="three populations on a 5x5 grid after OpenSpiel's predator_prey, exact "
+            "model over (population, cell); exploitability = mean of per-population gains",
+            params_model=PredatorPreyParams,
+            make_game=lambda p: make_predator_prey(**p.model_dump()),
+            make_sim=lambda game, n: PredatorPreySim(game, n),
+        ),
+        BenchmarkSpec(
+            name="battle",
+            version=1,
+            family="team",
+            description="two-team grid combat after MAgent's battle (0.04·map² agents per team; "
+            "n_agents = agents per team); no exact model: return, win rate, kill ratio",
+            params_model=BattleParams,
+            make_game=_no_game,
+            make_sim=_battle_sim,
+            exact_model=False,
         ),
     )
 }

@@ -18,6 +18,9 @@ def episode_return(sim: Any, act: ActFn, horizon: int, seed: int) -> float:
     """Mean per-agent return of one episode (J^N for a single draw)."""
     rng = np.random.default_rng(seed + 1)
     states = sim.reset(seed)
+    reset = getattr(act, "reset", None)
+    if reset is not None:  # a planner policy that keeps a plan across steps starts afresh
+        reset()
     total = np.zeros(len(states))
     for t in range(horizon):
         states, rewards, _ = sim.step(act(t, states, rng))

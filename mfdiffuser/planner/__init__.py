@@ -12,9 +12,13 @@ from typing import Any
 _EXPORTS = {
     "FiniteGame": "acting",
     "FiniteStatePlannerPolicy": "acting",
+    "MatchingPlannerPolicy": "acting",
+    "PlannerPolicy": "acting",
+    "balanced_assignment": "acting",
     "allocate": "acting",
     "PlannerConfig": "config",
     "MeanFieldDenoiser": "denoiser",
+    "InverseDynamics": "denoiser",
     "MFDiffuser": "diffusion",
     "NoiseSchedule": "diffusion",
     "decode_actions": "diffusion",

@@ -1,7 +1,9 @@
 """Planner checkpoints: a directory with `weights.pt` (tensors only) and `meta.json`.
 
-`weights.pt` holds the denoiser's state dict, the behaviour prior and, optionally, the optimizer
-state; it is loaded with `torch.load(weights_only=True)`, so a checkpoint can never execute code.
+`weights.pt` holds the denoiser's state dict, the behaviour prior, the planner's optional parts
+(under "extra": inverse-dynamics head, EMA weights, return normaliser of the guidance; each only
+when the config enables it) and, optionally, the optimizer state; it is loaded with
+`torch.load(weights_only=True)`, so a checkpoint can never execute code.
 `meta.json` holds the full config, the planner's dimensions, the dataset id and the code version.
 """
 
@@ -19,7 +21,8 @@ import torch
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 
-CHECKPOINT_SCHEMA = 1
+# 2: "extra" (inverse-dynamics head, EMA weights, return normaliser) added to weights.pt.
+CHECKPOINT_SCHEMA = 2
 WEIGHTS, META = "weights.pt", "meta.json"
 
 
@@ -33,9 +36,16 @@ def save_checkpoint(
     """Write atomically: files go to a temporary name and are renamed into place."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    state = planner.state_dict()
+    extra = {
+        name: {k: v.detach().cpu() for k, v in state[name].items()}
+        for name in ("inverse", "ema_model", "ema_inverse", "returns")
+        if name in state
+    }
     blob: dict[str, Any] = {
         "model": {k: v.detach().cpu() for k, v in planner.model.state_dict().items()},
         "prior": torch.as_tensor(prior, dtype=torch.float64),
+        "extra": extra,
     }
     if optimizer is not None:
         blob["optimizer"] = optimizer.state_dict()
@@ -77,5 +87,5 @@ def load_checkpoint(
     meta = read_meta(directory)
     blob = torch.load(Path(directory) / WEIGHTS, map_location=map_location, weights_only=True)
     planner = MFDiffuser.from_spec(PlannerConfig(**meta["planner"]), **meta["dims"])
-    planner.model.load_state_dict(blob["model"])
+    planner.load_state_dict({"model": blob["model"], **blob.get("extra", {})})
     return planner, blob["prior"].numpy(), meta, blob.get("optimizer")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,7 +27,8 @@ class PlannerConfig(BaseModel):
     kernel_size: int = Field(3, ge=1, description="Temporal convolution kernel (odd, 'same').")
     interaction: bool = Field(
         True,
-        description="Mean-field pooling after every block. False = per-agent Diffuser ablation.",
+        description="Mean-field pooling after every block. False = per-agent Diffuser ablation "
+        "(`-s interaction=false`).",
     )
     clip_denoised: bool = Field(
         True,
@@ -39,7 +40,8 @@ class PlannerConfig(BaseModel):
     stages: int = Field(
         1,
         ge=1,
-        description="L: denoising stages with growing particle counts; 1 = the flat sampler.",
+        description="L: denoising stages with growing particle counts; 1 = the flat sampler "
+        "(the coarse-to-fine ablation, `-s stages=1`).",
     )
     growth: int = Field(
         4,
@@ -48,13 +50,19 @@ class PlannerConfig(BaseModel):
     )
     stage_steps: list[int] | None = Field(
         None,
-        description="K_l: denoising steps per stage (coarsest first), summing to diffusion_steps. "
+        description="K_l: denoising steps per stage (coarsest first), summing to diffusion_steps "
+        "(to sampling_steps for 'ddim'). "
         "None = the K steps apportioned ∝ 2^(L-l) (a halving geometric series, coarse stages "
         "get more: L = 3, K = 20 gives [11, 6, 3]), largest remainder, at least 1 per stage.",
     )
 
     # §3 value-weighted objective (slot: beta = 0 is unweighted trajectory modelling)
-    beta: float = Field(0.0, ge=0.0, description="β: inverse temperature of the advantage tilt.")
+    beta: float = Field(
+        0.0,
+        ge=0.0,
+        description="β: inverse temperature of the advantage tilt; 0 = unweighted "
+        "trajectory modelling (the value-weighting ablation, `-s beta=0`).",
+    )
     weight_clip: float = Field(20.0, gt=0.0, description="w_max: clip of normalised weights.")
 
     # §5 acting
@@ -62,12 +70,127 @@ class PlannerConfig(BaseModel):
         0.1, ge=0.0, description="Additive smoothing of per-state first-action counts."
     )
     draws: int = Field(4, ge=1, description="Seeded draws averaged into the expected policy table.")
+    acting: Literal["finite", "matching", "auto"] = Field(
+        "finite",
+        description="How agents read actions off particles (§5). 'finite': per-state table of "
+        "first actions, each agent samples from π̂_t(· | s_i) (finite S). 'matching': agents are "
+        "matched to particles by their state features with balanced loads (floor/ceil(N/M) "
+        "agents per particle, sort-based, O(N log N)) and take their particle's action; works "
+        "for any game with per-agent features. 'auto': 'finite' when the game has n_states <= "
+        "max_particles, else 'matching'. The frozen evaluation table (expected_table) always uses "
+        "the finite rule.",
+    )
+    replan_every: int = Field(
+        1,
+        ge=1,
+        description="r: replan every r steps (§5); between replans each agent follows its "
+        "particle's planned actions. 1 = plan at every step. Must be <= window.",
+    )
+
+    # §2 classifier-free return guidance (off by default)
+    return_guidance: bool = Field(
+        False,
+        description="Condition the denoiser on the normalised population return-to-go of the "
+        "window's episode from the window start (classifier-free guidance). False = no return "
+        "embedding at all (the model is exactly the unguided one).",
+    )
+    cfg_dropout: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="p: probability that a training sample's return embedding is replaced by "
+        "the learned null embedding (only with return_guidance).",
+    )
+    guidance: float = Field(
+        1.0,
+        ge=0.0,
+        description="w: eps = eps_uncond + w·(eps_cond − eps_uncond); 0 = unconditional, "
+        "1 = conditional, > 1 extrapolates (only with return_guidance).",
+    )
+    guidance_quantile: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Target return at decision time t: this quantile of the dataset's "
+        "population returns-to-go at t, normalised as in training.",
+    )
+
+    # Decision-Diffuser style inverse dynamics (an alternative to diffusing actions)
+    action_head: Literal["diffuse", "inverse_dynamics"] = Field(
+        "diffuse",
+        description="'diffuse': actions are diffused with the states. 'inverse_dynamics': the "
+        "diffusion models states only and an MLP f(s_t, s_{t+1}, context) -> action logits, "
+        "trained with cross-entropy on the same windows, reads the actions (needs window >= 2).",
+    )
+    inverse_hidden: int = Field(64, ge=1, description="Width of the inverse-dynamics MLP.")
+
+    # Sampler
+    sampler: Literal["ddpm", "ddim"] = Field(
+        "ddpm", description="'ddpm': ancestral K steps. 'ddim': strided DDIM with sampling_steps."
+    )
+    sampling_steps: int | None = Field(
+        None,
+        ge=1,
+        description="DDIM steps (<= diffusion_steps) on an evenly strided sub-schedule of the K "
+        "training steps; None = K. Only 'ddim' may use fewer than K.",
+    )
+    ddim_eta: float = Field(
+        0.0,
+        ge=0.0,
+        description="η of DDIM: 0 = deterministic given the initial noise; 1 with "
+        "sampling_steps = K = DDPM's posterior variance (the ancestral sampler).",
+    )
+
+    # Training
+    ema_decay: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Decay of an exponential moving average of the weights, updated after every "
+        "optimizer step and used for acting and evaluation; 0 = off.",
+    )
+
+    @property
+    def n_sampling_steps(self) -> int:
+        """Denoiser evaluations per particle of one sample (K for 'ddpm')."""
+        if self.sampler == "ddim" and self.sampling_steps is not None:
+            return self.sampling_steps
+        return self.diffusion_steps
+
+    @model_validator(mode="after")
+    def _check_options(self) -> Self:
+        if self.sampling_steps is not None and self.sampling_steps > self.diffusion_steps:
+            raise ValueError(
+                f"sampling_steps = {self.sampling_steps} must be <= diffusion_steps "
+                f"({self.diffusion_steps}); allowed: 1..{self.diffusion_steps}"
+            )
+        if (
+            self.sampler == "ddpm"
+            and self.sampling_steps is not None
+            and self.sampling_steps != self.diffusion_steps
+        ):
+            raise ValueError(
+                f"sampling_steps = {self.sampling_steps}: fewer steps than diffusion_steps "
+                f"({self.diffusion_steps}) need sampler = 'ddim'"
+            )
+        if self.replan_every > self.window:
+            raise ValueError(
+                f"replan_every = {self.replan_every} must be <= window ({self.window}): a plan "
+                f"has only window steps; allowed: 1..{self.window}"
+            )
+        if self.action_head == "inverse_dynamics" and self.window < 2:
+            raise ValueError(
+                f"action_head = 'inverse_dynamics' needs window >= 2 (a state pair), "
+                f"got window = {self.window}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_stages(self) -> Self:
-        if self.stages > self.diffusion_steps:
+        n_steps = self.n_sampling_steps
+        if self.stages > n_steps:
             raise ValueError(
-                f"stages ({self.stages}) must be <= diffusion_steps ({self.diffusion_steps}): "
+                f"stages ({self.stages}) must be <= the sampling steps ({n_steps}): "
                 "every stage needs at least one denoising step"
             )
         if self.stage_steps is not None:
@@ -79,18 +202,21 @@ class PlannerConfig(BaseModel):
                 )
             if any(k < 1 for k in steps):
                 raise ValueError(f"stage_steps entries must be >= 1, got {steps}")
-            if sum(steps) != self.diffusion_steps:
+            if sum(steps) != n_steps:
                 raise ValueError(
-                    f"stage_steps must sum to diffusion_steps ({self.diffusion_steps}), "
-                    f"got sum({steps}) = {sum(steps)}"
+                    f"stage_steps must sum to the sampling steps ({n_steps}: diffusion_steps, "
+                    f"or sampling_steps for 'ddim'), got sum({steps}) = {sum(steps)}"
                 )
         return self
 
     def resolved_stage_steps(self) -> list[int]:
-        """K_l per stage, coarsest first: `stage_steps`, or the default documented there."""
+        """K_l per stage, coarsest first: `stage_steps`, or the default documented there.
+
+        The steps are those of the sampler: K, or sampling_steps for 'ddim' (stage boundaries lie
+        on the strided schedule)."""
         if self.stage_steps is not None:
             return list(self.stage_steps)
-        n, k = self.stages, self.diffusion_steps
+        n, k = self.stages, self.n_sampling_steps
         # One step per stage first, the rest ∝ 2^(L-l) by largest remainder (ties to coarse).
         weights = [2.0 ** (n - 1 - i) for i in range(n)]
         quota = [(k - n) * w / sum(weights) for w in weights]

@@ -85,6 +85,7 @@ class MeanFieldDenoiser(nn.Module):
         kernel_size: int = 3,
         interaction: bool = True,
         state_dim: int = 0,
+        return_embedding: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
@@ -92,8 +93,9 @@ class MeanFieldDenoiser(nn.Module):
         self.transition_dim = transition_dim
         self.context_dim = context_dim
         self.interaction = interaction
-        # Conditioning: diffusion-step embedding + context (t, μ_t) embedding, summed. A return
-        # embedding for classifier-free guidance would be a third summand here.
+        # Conditioning: diffusion-step embedding + context (t, μ_t) embedding, summed; with
+        # `return_embedding` a third summand embeds the normalised return (classifier-free
+        # guidance), see `forward`.
         self.step_embed = nn.Sequential(
             SinusoidalEmbedding(hidden),
             nn.Linear(hidden, 2 * hidden),
@@ -126,10 +128,38 @@ class MeanFieldDenoiser(nn.Module):
         self.out = nn.Sequential(
             nn.GroupNorm(_groups(hidden), hidden), nn.Mish(), nn.Conv1d(hidden, transition_dim, 1)
         )
+        # Built last, and only when asked for: without it the parameters (and the RNG draws of
+        # their initialisation) are exactly those of the unguided model.
+        self.ret_embed = (
+            nn.Sequential(nn.Linear(1, 2 * hidden), nn.Mish(), nn.Linear(2 * hidden, hidden))
+            if return_embedding
+            else None
+        )
+        # The "no return given" embedding of classifier-free guidance, learned.
+        self.null_return = nn.Parameter(torch.zeros(hidden)) if return_embedding else None
 
-    def forward(self, x: Tensor, k: Tensor, ctx: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        ctx: Tensor,
+        ret: Tensor | None = None,
+        drop: Tensor | None = None,
+    ) -> Tensor:
+        """ret[B]: normalised return (None = unconditional: the null embedding for every
+        sample); drop[B] bool: samples whose return is replaced by the null embedding. Both are
+        ignored by a model built without `return_embedding`."""
         b, m = x.shape[0], x.shape[1]
         cond = self.step_embed(k) + self.ctx_embed(ctx)  # [B, hidden]
+        if self.ret_embed is not None and self.null_return is not None:
+            null = self.null_return.expand(b, -1)
+            if ret is None:
+                cond = cond + null
+            else:
+                emb = self.ret_embed(ret.reshape(b, 1).to(cond.dtype))
+                if drop is not None:
+                    emb = torch.where(drop.reshape(b, 1), null, emb)
+                cond = cond + emb
         cond = repeat(cond, "b c -> (b m) c", m=m)  # shared by every particle of a sample
         if self.state_embed is not None:
             first = rearrange(x[:, :, 0, : self.state_dim], "b m s -> (b m) s")
@@ -142,3 +172,51 @@ class MeanFieldDenoiser(nn.Module):
                 h = rearrange(self.mixers[i](hp), "b m h c -> (b m) c h")
         eps = self.out(h)
         return rearrange(eps, "(b m) d h -> b m h d", b=b, m=m)
+
+
+class InverseDynamics(nn.Module):
+    """Decision-Diffuser style action head: f(s_t, s_{t+1}, c) -> action logits[A].
+
+    Applied per particle and step, so it is permutation-equivariant and independent of M and N.
+    """
+
+    def __init__(self, state_dim: int, context_dim: int, n_actions: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(2 * state_dim + context_dim, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, n_actions),
+        )
+
+    def forward(self, s: Tensor, s_next: Tensor, ctx: Tensor) -> Tensor:
+        """s, s_next[..., d_s], ctx[..., C] (broadcast to s's leading axes) -> logits[..., A]."""
+        ctx = ctx.expand(*s.shape[:-1], ctx.shape[-1])
+        return self.net(torch.cat([s, s_next, ctx], dim=-1))
+
+
+class JointNet(nn.Module):
+    """Denoiser and inverse-dynamics head as one module, so that one DDP wrapper (and one
+    optimizer) covers both: forward returns (ε̂, logits of the state pairs of x0)."""
+
+    def __init__(self, denoiser: MeanFieldDenoiser, inverse: InverseDynamics) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.inverse = inverse
+
+    def forward(
+        self,
+        x: Tensor,
+        k: Tensor,
+        ctx: Tensor,
+        ret: Tensor | None = None,
+        drop: Tensor | None = None,
+        x0: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        eps = self.denoiser(x, k, ctx, ret=ret, drop=drop)
+        if x0 is None:
+            return eps, None
+        # x0[B, M, H, d_s] clean states: pairs (s_h, s_{h+1}) for h = 0..H-2.
+        logits = self.inverse(x0[:, :, :-1], x0[:, :, 1:], ctx[:, None, None, :])
+        return eps, logits

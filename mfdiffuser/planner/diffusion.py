@@ -18,10 +18,32 @@ drawn from the generator). `sample_coarse_to_fine` denoises stage l with M_l par
 steps, then `branch_particles` re-noises each child from its parent's clean estimate,
 child = sqrt(ᾱ_k)·x̂_0(parent) + sqrt(1 − ᾱ_k)·ε_new at the next step k, and in-paints the
 children with their own first states. Cost Σ_l M_l·K_l network evaluations instead of M_L·K.
+
+Options (all off by default, each a PlannerConfig field):
+- Classifier-free return guidance (`return_guidance`): the conditioning return of a training
+  window is the normalised population return-to-go of its episode from the window start (mean
+  over the episode's N agents of Σ_{t'≥t0} r): the planner plans for the population, and that
+  return is defined for every batch (no agent index needed). It is dropped (null embedding) with
+  probability `cfg_dropout` per sample; sampling uses ε = ε_u + w·(ε_c − ε_u), w = `guidance`,
+  with the target return at t = the `guidance_quantile` quantile of the data's returns-to-go at t.
+  Normalisation: 2·(R − min)/(max − min) − 1 over all (episode, t) of the dataset.
+- Inverse dynamics (`action_head = 'inverse_dynamics'`): x holds states only (D = d_s); an MLP
+  f(s_h, s_{h+1}, c) -> action logits is trained jointly with cross-entropy on the windows' actions
+  (value-weighted per particle like the score loss), and `plan_actions` reads the actions off
+  consecutive planned states (H − 1 actions per particle).
+- DDIM (`sampler = 'ddim'`): `sampling_steps` S ≤ K evenly strided schedule indices
+  round(linspace(K − 1, 0, S)); the update from k to the next index k' (ᾱ_{-1} = 1) is
+  x' = sqrt(ᾱ_k')·x̂_0 + sqrt(1 − ᾱ_k' − σ²)·ε̂ + σ·z,
+  σ = η·sqrt((1 − ᾱ_k')/(1 − ᾱ_k)·(1 − ᾱ_k/ᾱ_k')), with ε̂ recomputed from the
+  (clipped) x̂_0. With S = K and η = 1 this is the DDPM step exactly.
+  Coarse-to-fine stages split the strided sequence; in-painting is applied after every step.
+- EMA (`ema_decay` > 0): a moving average of the weights (denoiser and inverse head), updated by
+  `update_ema` after every optimizer step and used by every sampling method.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from mfdiffuser.planner.config import PlannerConfig
-from mfdiffuser.planner.denoiser import MeanFieldDenoiser
+from mfdiffuser.planner.denoiser import InverseDynamics, JointNet, MeanFieldDenoiser
 
 
 def encode_actions(actions: Tensor | np.ndarray, n_actions: int) -> Tensor:
@@ -104,6 +126,7 @@ class NoiseSchedule(nn.Module):
             "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
             "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         }
+        self.alphas_cumprod64 = ac  # float64 copy for the DDIM coefficients
         for name, value in buffers.items():
             # Schedules are not learned state: rebuilt from K, so kept out of the state_dict.
             self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=False)
@@ -154,6 +177,34 @@ def parents_from_counts(counts: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(counts.shape[0]), counts.cpu())
 
 
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model for every parameter; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(b)
+
+
+def cfg_drop_mask(batch: int, p: float, generator: torch.Generator | None, device: Any) -> Tensor:
+    """drop[B] bool: each sample's return replaced by the null embedding with probability p."""
+    u = torch.rand((batch,), generator=generator, device=device)
+    return u < p
+
+
+def returns_to_go(rewards: np.ndarray) -> np.ndarray:
+    """rewards[E, T, N] -> population return-to-go[E, T] = mean_i Σ_{t' ≥ t} r_{i,t'}."""
+    r = np.asarray(rewards, dtype=np.float64).mean(axis=2)
+    return np.flip(np.cumsum(np.flip(r, axis=1), axis=1), axis=1).copy()
+
+
+def ddim_sequence(n_steps: int, n_sampling: int) -> list[int]:
+    """Descending schedule indices round(linspace(K − 1, 0, S)): distinct for S ≤ K."""
+    if not 1 <= n_sampling <= n_steps:
+        raise ValueError(f"sampling steps must be in 1..{n_steps}, got {n_sampling}")
+    return [int(v) for v in np.rint(np.linspace(n_steps - 1, 0, n_sampling))]
+
+
 class MFDiffuser:
     """The MF-Diffuser planner: a MeanFieldDenoiser, its noise schedule and its dimensions."""
 
@@ -169,7 +220,9 @@ class MFDiffuser:
         self.state_dim = state_dim  # d_s
         self.n_actions = n_actions  # A
         self.context_dim = context_dim  # C
-        self.transition_dim = state_dim + n_actions  # D
+        self.inverse_dynamics = cfg.action_head == "inverse_dynamics"
+        # D: states ⊕ actions, or states only when an inverse-dynamics head reads the actions.
+        self.transition_dim = state_dim if self.inverse_dynamics else state_dim + n_actions
         self.model = (
             model
             if model is not None
@@ -181,8 +234,23 @@ class MFDiffuser:
                 kernel_size=cfg.kernel_size,
                 interaction=cfg.interaction,
                 state_dim=state_dim,
+                return_embedding=cfg.return_guidance,
             )
         )
+        # Built after the denoiser, so the denoiser's initial weights do not depend on it.
+        self.inverse: InverseDynamics | None = None
+        self.joint: JointNet | None = None
+        if self.inverse_dynamics:
+            self.inverse = InverseDynamics(state_dim, context_dim, n_actions, cfg.inverse_hidden)
+            self.joint = JointNet(self.model, self.inverse)
+        self.ema_model: MeanFieldDenoiser | None = None
+        self.ema_inverse: InverseDynamics | None = None
+        if cfg.ema_decay > 0.0:
+            self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+            if self.inverse is not None:
+                self.ema_inverse = copy.deepcopy(self.inverse).requires_grad_(False)
+        # Return normaliser and per-t targets of the guidance (see `set_return_stats`).
+        self.return_stats: dict[str, Tensor] | None = None
         self.schedule = NoiseSchedule(cfg.diffusion_steps).to(self.device)
 
     @classmethod
@@ -211,9 +279,66 @@ class MFDiffuser:
         return next(self.model.parameters()).device
 
     def to(self, device: torch.device | str) -> MFDiffuser:
-        self.model.to(device)
+        for module in (self.model, self.inverse, self.ema_model, self.ema_inverse):
+            if module is not None:
+                module.to(device)
         self.schedule.to(device)
         return self
+
+    def train_module(self) -> nn.Module:
+        """The module to optimise (and wrap for DDP): the denoiser, or denoiser + inverse head."""
+        return self.joint if self.joint is not None else self.model
+
+    def update_ema(self) -> None:
+        """One EMA step after an optimizer step (no-op when ema_decay = 0)."""
+        if self.ema_model is not None:
+            ema_update(self.ema_model, self.model, self.cfg.ema_decay)
+        if self.ema_inverse is not None and self.inverse is not None:
+            ema_update(self.ema_inverse, self.inverse, self.cfg.ema_decay)
+
+    def sampling_model(self) -> MeanFieldDenoiser:
+        """The denoiser used for sampling and acting: the EMA copy when enabled."""
+        return self.ema_model if self.ema_model is not None else self.model
+
+    def sampling_inverse(self) -> InverseDynamics | None:
+        return self.ema_inverse if self.ema_inverse is not None else self.inverse
+
+    # ------------------------------------------------------------------ returns (guidance)
+
+    def set_return_stats(self, rtg: np.ndarray) -> None:
+        """Fit the return normaliser and the per-t guidance targets from returns-to-go[E, T]."""
+        r = np.asarray(rtg, dtype=np.float64)
+        if r.ndim != 2 or r.size == 0:
+            raise ValueError(f"returns-to-go must be [E, T] and non-empty, got {r.shape}")
+        lo, hi = float(r.min()), float(r.max())
+        target = np.quantile(r, self.cfg.guidance_quantile, axis=0)  # [T]
+        self.return_stats = {
+            "lo": torch.tensor(lo, dtype=torch.float64),
+            "hi": torch.tensor(hi, dtype=torch.float64),
+            "target": torch.as_tensor(self.normalise_returns(target, lo, hi)),
+        }
+
+    def normalise_returns(
+        self, rtg: np.ndarray, lo: float | None = None, hi: float | None = None
+    ) -> np.ndarray:
+        """Returns -> [-1, 1] by the dataset's min/max (0 when the data has one value)."""
+        if lo is None or hi is None:
+            if self.return_stats is None:
+                raise ValueError("no return statistics: call set_return_stats first")
+            lo, hi = float(self.return_stats["lo"]), float(self.return_stats["hi"])
+        r = np.asarray(rtg, dtype=np.float64)
+        if hi <= lo:
+            return np.zeros_like(r)
+        return 2.0 * (r - lo) / (hi - lo) - 1.0
+
+    def guidance_target(self, t: int) -> float | None:
+        """Normalised target return at decision time t; None when guidance is off."""
+        if not self.cfg.return_guidance:
+            return None
+        if self.return_stats is None:
+            raise ValueError("return_guidance is on but the planner has no return statistics")
+        target = self.return_stats["target"]
+        return float(target[min(max(t, 0), target.shape[0] - 1)])
 
     def dims(self) -> dict[str, int]:
         return {
@@ -224,16 +349,45 @@ class MFDiffuser:
 
     def state_dict(self) -> dict[str, Any]:
         """Weights plus config and dims, only tensors and primitives (torch.load(weights_only))."""
-        return {
+        state: dict[str, Any] = {
             "model": self.model.state_dict(),
             "config": self.cfg.model_dump(),
             "dims": self.dims(),
         }
+        extra = {
+            "inverse": self.inverse,
+            "ema_model": self.ema_model,
+            "ema_inverse": self.ema_inverse,
+        }
+        for name, module in extra.items():
+            if module is not None:
+                state[name] = module.state_dict()
+        if self.return_stats is not None:
+            state["returns"] = dict(self.return_stats)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "dims" in state and dict(state["dims"]) != self.dims():
             raise ValueError(f"dims mismatch: saved {state['dims']}, planner {self.dims()}")
         self.model.load_state_dict(state["model"])
+        extra = {
+            "inverse": self.inverse,
+            "ema_model": self.ema_model,
+            "ema_inverse": self.ema_inverse,
+        }
+        for name, module in extra.items():
+            if module is None:
+                continue
+            if name in state:
+                module.load_state_dict(state[name])
+            elif name == "inverse":
+                raise ValueError("the state has no inverse-dynamics head, this planner needs one")
+            else:  # a state saved without EMA: the average starts from the loaded weights
+                source = self.model if name == "ema_model" else self.inverse
+                assert source is not None
+                module.load_state_dict(source.state_dict())
+        if "returns" in state:
+            self.return_stats = {k: torch.as_tensor(v) for k, v in state["returns"].items()}
 
     # ------------------------------------------------------------------ training
 
@@ -264,8 +418,13 @@ class MFDiffuser:
         batch: x[B, M, H, D], ctx[B, C], optional weights[B, M] (already normalised and clipped,
         see `value_weights`; None = all ones). `model` overrides self.model (e.g. a DDP wrapper).
         """
-        net = self.model if model is None else model
+        net = self.train_module() if model is None else model
         x0, ctx = batch["x"], batch["ctx"]
+        actions: Tensor | None = None
+        if self.inverse_dynamics:
+            # Windows hold states ⊕ actions; the diffusion sees the states, the head the actions.
+            actions = decode_actions(x0[..., self.state_dim :])
+            x0 = x0[..., : self.state_dim]
         b, m, h, _ = x0.shape
         weights = batch.get("weights")
         if weights is None:
@@ -273,15 +432,37 @@ class MFDiffuser:
         k = torch.randint(0, self.cfg.diffusion_steps, (b,), generator=generator, device=x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_noisy = self.inpaint(self.q_sample(x0, k, noise), x0[:, :, 0, : self.state_dim])
-        eps_hat = net(x_noisy, k, ctx)
+        kwargs: dict[str, Any] = {}
+        if self.cfg.return_guidance:
+            if "ret" not in batch:
+                raise ValueError("return_guidance is on: the batch needs ret[B] (see to_batch)")
+            # Drawn after k and the noise, so the unguided loss consumes the same randomness.
+            drop = cfg_drop_mask(b, self.cfg.cfg_dropout, generator, x0.device)
+            kwargs = {"ret": batch["ret"], "drop": drop}
+        logits: Tensor | None = None
+        if self.inverse_dynamics:
+            eps_hat, logits = net(x_noisy, k, ctx, x0=x0, **kwargs)
+        else:
+            eps_hat = net(x_noisy, k, ctx, **kwargs)
         mask = self.loss_mask(h, x0.device)
         per_particle = ((noise - eps_hat) ** 2 * mask).sum(dim=(2, 3)) / mask.sum()  # [B, M]
         loss = (weights * per_particle).mean()
         info = {
-            "loss": float(loss.detach()),
             "loss_unweighted": float(per_particle.detach().mean()),
             "weight_max": float(weights.detach().max()),
         }
+        if logits is not None and actions is not None:
+            ce = nn.functional.cross_entropy(
+                logits.reshape(-1, self.n_actions),
+                actions[:, :, :-1].reshape(-1),
+                reduction="none",
+            ).view(b, m, h - 1)
+            ce_loss = (weights * ce.mean(dim=2)).mean()
+            loss = loss + ce_loss
+            info["loss_inverse"] = float(ce_loss.detach())
+        if "drop" in kwargs:
+            info["cfg_dropped"] = float(kwargs["drop"].sum())
+        info["loss"] = float(loss.detach())
         return loss, info
 
     # ------------------------------------------------------------------ sampling
@@ -292,11 +473,57 @@ class MFDiffuser:
             self.device
         )
 
+    def sampling_sequence(self) -> list[int]:
+        """Descending schedule indices the sampler visits: K − 1..0 (DDPM) or strided (DDIM)."""
+        if self.cfg.sampler == "ddim":
+            return ddim_sequence(self.cfg.diffusion_steps, self.cfg.n_sampling_steps)
+        return list(range(self.cfg.diffusion_steps - 1, -1, -1))
+
     @torch.no_grad()
-    def predict_x0(self, x: Tensor, k: int, ctx: Tensor) -> Tensor:
+    def guided_eps(self, x: Tensor, kk: Tensor, ctx: Tensor, ret: Tensor | None = None) -> Tensor:
+        """ε̂ of the sampling model; with a return, ε_u + w·(ε_c − ε_u) (w = 0: ε_u only)."""
+        net = self.sampling_model()
+        if ret is None or not self.cfg.return_guidance:
+            return net(x, kk, ctx)
+        w = self.cfg.guidance
+        eps_u = net(x, kk, ctx)
+        if w == 0.0:
+            return eps_u
+        eps_c = net(x, kk, ctx, ret=ret)
+        return eps_u + w * (eps_c - eps_u)
+
+    def _ret(self, ret: Tensor | float | None, batch: int) -> Tensor | None:
+        if ret is None:
+            return None
+        r = torch.as_tensor(ret, dtype=torch.float32, device=self.device)
+        return r.expand(batch) if r.ndim == 0 else r
+
+    @torch.no_grad()
+    def predict_x0(
+        self, x: Tensor, k: int, ctx: Tensor, ret: Tensor | float | None = None
+    ) -> Tensor:
         """Clean estimate x̂_0 from x_k (used at every step, and by §4 to branch particles)."""
         kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        return self._x0_from_eps(x, kk, self.model(x, kk, ctx))
+        return self._x0_from_eps(x, kk, self.guided_eps(x, kk, ctx, self._ret(ret, x.shape[0])))
+
+    def ddim_sigma(self, k: int, k_prev: int) -> float:
+        """σ of the DDIM step k -> k_prev (k_prev = -1: the clean end, ᾱ = 1)."""
+        ac = self.schedule.alphas_cumprod64
+        a_k, a_p = float(ac[k]), (float(ac[k_prev]) if k_prev >= 0 else 1.0)
+        return self.cfg.ddim_eta * math.sqrt((1.0 - a_p) / (1.0 - a_k) * (1.0 - a_k / a_p))
+
+    @torch.no_grad()
+    def plan_actions(self, x0: Tensor, ctx: Tensor) -> Tensor:
+        """Planned actions of sampled particles: x0[B, M, H, D], ctx[B, C] -> long[B, M, H'].
+
+        H' = H when actions are diffused (argmax of the action features), H − 1 with the
+        inverse-dynamics head (argmax of f(s_h, s_{h+1}, c) on consecutive planned states).
+        """
+        inverse = self.sampling_inverse()
+        if inverse is None:
+            return decode_actions(x0[..., self.state_dim :])
+        ctx = ctx.to(x0.device, torch.float32)[:, None, None, :]
+        return inverse(x0[:, :, :-1], x0[:, :, 1:], ctx).argmax(dim=-1)
 
     def _x0_from_eps(self, x: Tensor, kk: Tensor, eps: Tensor) -> Tensor:
         s = self.schedule
@@ -313,41 +540,88 @@ class MFDiffuser:
         ctx: Tensor,
         first_states: Tensor,
         generator: torch.Generator,
+        ret: Tensor | float | None = None,
+        targets: Sequence[int] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Ancestral steps x_k -> x_{k-1} for k in `steps` (descending), in-painting after each.
+        """Steps x_k -> x_{k'} for k in `steps` (descending), in-painting after each.
 
+        k' = targets[i] (the next index of the sampling sequence, -1 = clean); None = k − 1.
+        DDPM: ancestral posterior step (needs k' = k − 1); DDIM: the step of the module doc.
         Returns (x after the last step, x̂_0 estimated at the last step).
         """
         s = self.schedule
         x0_hat = x
-        for k in steps:
-            x0_hat = self.predict_x0(x, k, ctx)
+        targets = [k - 1 for k in steps] if targets is None else list(targets)
+        ddim = self.cfg.sampler == "ddim"
+        for k, k_prev in zip(steps, targets, strict=True):
+            x0_hat = self.predict_x0(x, k, ctx, ret)
             kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-            mean = (
-                s.extract(s.posterior_mean_coef1, kk) * x0_hat
-                + s.extract(s.posterior_mean_coef2, kk) * x
-            )
-            if k > 0:
-                x = mean + s.extract(s.posterior_std, kk) * self._randn(x.shape, generator)
+            if ddim:
+                ac = s.alphas_cumprod64
+                a_k, a_p = float(ac[k]), (float(ac[k_prev]) if k_prev >= 0 else 1.0)
+                eps = (x - math.sqrt(a_k) * x0_hat) / math.sqrt(1.0 - a_k)
+                sigma = self.ddim_sigma(k, k_prev)
+                x = math.sqrt(a_p) * x0_hat + math.sqrt(max(1.0 - a_p - sigma**2, 0.0)) * eps
+                if sigma > 0.0:
+                    x = x + sigma * self._randn(x.shape, generator)
             else:
-                x = mean
+                mean = (
+                    s.extract(s.posterior_mean_coef1, kk) * x0_hat
+                    + s.extract(s.posterior_mean_coef2, kk) * x
+                )
+                if k > 0:
+                    x = mean + s.extract(s.posterior_std, kk) * self._randn(x.shape, generator)
+                else:
+                    x = mean
             x = self.inpaint(x, first_states)
         return x, x0_hat
 
     @torch.no_grad()
-    def sample(self, ctx: Tensor, first_states: Tensor, generator: torch.Generator) -> Tensor:
+    def sample(
+        self,
+        ctx: Tensor,
+        first_states: Tensor,
+        generator: torch.Generator,
+        ret: Tensor | float | None = None,
+    ) -> Tensor:
         """Flat sampler: ctx[B, C], first_states[B, M, d_s] -> x0[B, M, H, D], H = cfg.window.
 
         All randomness comes from `generator`, so a seeded generator reproduces the sample.
+        ret: normalised target return (scalar or [B]) for guidance; None = unconditional.
         """
         b, m, _ = first_states.shape
         ctx = ctx.to(self.device, torch.float32)
         first_states = first_states.to(self.device, torch.float32)
         shape = (b, m, self.cfg.window, self.transition_dim)
         x = self.inpaint(self._randn(shape, generator), first_states)
-        steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
-        x, _ = self._denoise_steps(x, steps, ctx, first_states, generator)
+        steps = self.sampling_sequence()
+        ret_t = self._ret(ret, b)
+        x, _ = self._denoise_steps(
+            x, steps, ctx, first_states, generator, ret_t, targets=[*steps[1:], -1]
+        )
         return x
+
+    @torch.no_grad()
+    def sample_transitions(
+        self,
+        ctx: Tensor,
+        first_states: Tensor,
+        generator: torch.Generator,
+        t: int | None = None,
+    ) -> Tensor:
+        """Flat sample in the data layout x[B, M, H, d_s + A] (states ⊕ action one-hots) for any
+        action head, e.g. to compare plans with data windows; with return guidance the target
+        return at decision time t. With the inverse-dynamics head the actions are the head's
+        (H − 1 of them) and the last step repeats the one before it. Without guidance and with
+        diffused actions this is exactly `sample`."""
+        x0 = self.sample(
+            ctx, first_states, generator, ret=None if t is None else self.guidance_target(t)
+        )
+        if not self.inverse_dynamics:
+            return x0
+        actions = self.plan_actions(x0, ctx)  # [B, M, H - 1]
+        actions = torch.cat([actions, actions[..., -1:]], dim=-1)
+        return torch.cat([x0, encode_actions(actions, self.n_actions).to(x0)], dim=-1)
 
     # ------------------------------------------------------------------ coarse-to-fine (§4)
 
@@ -395,6 +669,7 @@ class MFDiffuser:
         parents: Sequence[Tensor],
         generator: torch.Generator,
         stage_steps: Sequence[int] | None = None,
+        ret: Tensor | float | None = None,
     ) -> Tensor:
         """Hierarchical sampler of §4 -> x0[B, M_L, H, D].
 
@@ -413,10 +688,14 @@ class MFDiffuser:
                 f"need one stage_steps entry per stage and one parents map per boundary: "
                 f"{n_stages} stages, {len(steps_l)} stage_steps, {len(parents)} parents"
             )
-        if any(k < 1 for k in steps_l) or sum(steps_l) != self.schedule.n_steps:
+        all_steps = self.sampling_sequence()
+        if any(k < 1 for k in steps_l) or sum(steps_l) != len(all_steps):
             raise ValueError(
-                f"stage_steps must be >= 1 and sum to K = {self.schedule.n_steps}, got {steps_l}"
+                f"stage_steps must be >= 1 and sum to the sampling steps ({len(all_steps)}), "
+                f"got {steps_l}"
             )
+        # Target of every step: the next index of the (possibly strided) sequence, -1 = clean.
+        nxt = dict(zip(all_steps, [*all_steps[1:], -1], strict=True))
         firsts = [f.to(self.device, torch.float32) for f in stage_first_states]
         b = firsts[0].shape[0]
         for i, p in enumerate(parents):
@@ -427,7 +706,7 @@ class MFDiffuser:
                     f"got shape {tuple(p.shape)}"
                 )
         ctx = ctx.to(self.device, torch.float32)
-        all_steps = list(range(self.cfg.diffusion_steps - 1, -1, -1))
+        ret_t = self._ret(ret, b)
         shape = (b, firsts[0].shape[1], self.cfg.window, self.transition_dim)
         x = self.inpaint(self._randn(shape, generator), firsts[0])
         start = 0
@@ -435,12 +714,16 @@ class MFDiffuser:
             stage = all_steps[start : start + steps_l[i]]
             start += steps_l[i]
             if i == n_stages - 1:
-                x, _ = self._denoise_steps(x, stage, ctx, firsts[i], generator)
+                x, _ = self._denoise_steps(
+                    x, stage, ctx, firsts[i], generator, ret_t, [nxt[k] for k in stage]
+                )
                 break
             # A non-final stage needs only x̂_0 at its last step (its children are re-noised
             # from it), so that step is a clean estimate, not an ancestral step.
-            x, _ = self._denoise_steps(x, stage[:-1], ctx, firsts[i], generator)
-            x0_hat = self.predict_x0(x, stage[-1], ctx)
+            x, _ = self._denoise_steps(
+                x, stage[:-1], ctx, firsts[i], generator, ret_t, [nxt[k] for k in stage[:-1]]
+            )
+            x0_hat = self.predict_x0(x, stage[-1], ctx, ret_t)
             k = all_steps[start]  # the next step: children are noised to level k
             child_shape = (b, firsts[i + 1].shape[1], self.cfg.window, self.transition_dim)
             noise = self._randn(child_shape, generator)

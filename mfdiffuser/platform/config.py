@@ -93,6 +93,19 @@ class EvalSection(_Section):
     episodes: int = Field(2, ge=1, description="episodes per (N, seed)")
     seeds: int = Field(1, ge=1, description="independent seeds per N")
     seed: int = Field(0, ge=0)
+    decomposition: bool = Field(
+        True, description="log the four-term suboptimality decomposition (finite games)"
+    )
+    plan_windows: int = Field(
+        8, ge=0, description="held-out windows for trajectory MMD and dynamics (0 = skip)"
+    )
+    held_out_episodes: int = Field(
+        2, ge=1, description="fresh behaviour episodes the plans are compared with"
+    )
+    actor_cpus: float = Field(1.0, gt=0, description="CPUs each rollout actor asks for")
+    max_actors: int | None = Field(
+        None, ge=1, description="rollout actors per evaluation (None = one per cluster CPU)"
+    )
 
     @field_validator("n_agents")
     @classmethod

@@ -2,10 +2,12 @@
 
 Naming scheme (one for the whole platform):
 - experiment: the benchmark name (e.g. `crowd_1d`) unless `runtime.experiment` says otherwise;
-- run: one per train/evaluate flow, params flattened from the config, tags `mfd.benchmark`,
-  `mfd.n_agents`, `mfd.window`, `mfd.quality`, `mfd.method`, `mfd.seed`, `mfd.code_version`;
+- run: one per train/evaluate flow, params flattened from the config (plus `benchmark.version`),
+  tags `mfd.benchmark`, `mfd.benchmark_version`, `mfd.n_agents`, `mfd.window`, `mfd.quality`,
+  `mfd.method`, `mfd.seed`, `mfd.code_version`;
 - metrics: `train/…` (per epoch), `return/n{N}` (mean per-agent return at N), `exploitability`,
-  `behaviour/return`, `behaviour/exploitability`, later `subopt/…`;
+  `behaviour/return`, `behaviour/exploitability`, `subopt/…`, `trajectory/…`, `dynamics/…`
+  (README.md lists every name); sweep trials are child runs of the sweep's parent run;
 - artifacts: `config.yaml`, `dataset/manifest.json`, `checkpoint/`.
 """
 
@@ -88,12 +90,20 @@ def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
             out[prefix] = json.dumps(node) if isinstance(node, list | dict) else str(node)
 
     walk("", cfg.model_dump(exclude={"runtime"}))
+    out["benchmark.version"] = str(_benchmark_version(cfg))
     return out
+
+
+def _benchmark_version(cfg: ExperimentConfig) -> int:
+    from mfdiffuser.envs.registry import get_benchmark
+
+    return get_benchmark(cfg.benchmark.name).version
 
 
 def run_tags(cfg: ExperimentConfig, method: str = "mf_diffuser") -> dict[str, str]:
     return {
         "mfd.benchmark": cfg.benchmark.name,
+        "mfd.benchmark_version": str(_benchmark_version(cfg)),
         "mfd.n_agents": str(cfg.data.n_agents),
         "mfd.window": str(cfg.planner.window),
         "mfd.quality": cfg.data.quality,

@@ -40,16 +40,34 @@ from mfdiffuser.platform.provenance import code_version
 class GeneratorActor:
     """Holds one benchmark instance and its behaviour policies; writes shards on request."""
 
-    def __init__(self, benchmark: str, params: dict[str, Any], policies: list[np.ndarray]) -> None:
+    def __init__(
+        self,
+        benchmark: str,
+        params: dict[str, Any],
+        policies: list[np.ndarray],
+        quality: str | None = None,
+    ) -> None:
         self.spec = get_benchmark(benchmark)
-        self.game = self.spec.game(params)
+        # team games (battle) have no game object: their shards come from their own simulator
+        self.game = self.spec.game(params) if self.spec.exact_model else None
+        self.params = params
         self.policies = policies
+        self.quality = quality
 
     def write_shard(
         self, uri: str, index: int, episodes: tuple[int, int], n_agents: int, seed: int
     ) -> dict[str, Any]:
-        from mfdiffuser.data.generate import generate_shard
+        from mfdiffuser.data.generate import generate_battle_shard, generate_shard
 
+        if self.game is None:
+            table, outcomes = generate_battle_shard(
+                self.spec.params(self.params), str(self.quality), range(*episodes), seed
+            )
+            fs, path = storage.resolve(uri)
+            data = storage.write_table_atomic(fs, storage.join(path, shard_file(index)), table)
+            info = _shard_info(index, episodes, n_agents, data, table)
+            info.outcomes = outcomes
+            return info.model_dump()
         table, _ = generate_shard(
             lambda: self.spec.make_sim(self.game, n_agents), self.policies, range(*episodes), seed
         )
@@ -62,6 +80,8 @@ def _shard_info(
     index: int, episodes: tuple[int, int], n_agents: int, data: bytes, table: pa.Table
 ) -> ShardInfo:
     rewards = table["reward"].to_numpy().astype(np.float64)
+    if "team" in table.column_names:  # team games: the return of the behaviour's team (0)
+        rewards = rewards[table["team"].to_numpy() == 0]
     return ShardInfo(
         index=index,
         file=shard_file(index),
@@ -82,15 +102,36 @@ def _existing_shard(
         return None
     data = storage.read_bytes(fs, target)
     table = pq.read_table(pa.BufferReader(data))
+    if "team" in table.column_names:  # battle: episodes end early, so check episode coverage
+        from mfdiffuser.data.generate import battle_outcomes
+
+        got = np.unique(table["episode"].to_numpy())
+        if not np.array_equal(got, np.arange(*episodes)):
+            return None
+        info = _shard_info(index, episodes, n, data, table)
+        info.outcomes = battle_outcomes(table, n)
+        return info
     if table.num_rows != (episodes[1] - episodes[0]) * n * t:
         return None
     return _shard_info(index, episodes, n, data, table)
 
 
+def dataset_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The benchmark parameters the dataset is generated with (raises ValueError if invalid).
+
+    Finite games: the config's. battle: `data.n_agents` is the agents per team, so it fills
+    `agents_per_team` (and through it the map, when map_size is unset: 0.04·map² per team).
+    """
+    bench = get_benchmark(cfg.benchmark.name)
+    if bench.exact_model:
+        return cfg.benchmark.params
+    return bench.params(cfg.benchmark.params).with_team_size(cfg.data.n_agents).model_dump()
+
+
 def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     """Where the dataset of this config lives (content-addressed) and its generating spec."""
     spec = dataset_spec(
-        get_benchmark(cfg.benchmark.name).describe(cfg.benchmark.params),
+        get_benchmark(cfg.benchmark.name).describe(dataset_params(cfg)),
         cfg.data.quality,
         cfg.data.n_agents,
         cfg.data.episodes,
@@ -113,10 +154,14 @@ def generate_dataset(
     storage.makedirs(fs, path)
 
     bench = get_benchmark(cfg.benchmark.name)
-    game = bench.game(cfg.benchmark.params)
-    made = bench.behaviour(game, cfg.data.quality)
-    policies = made.policies
-    n, horizon = cfg.data.n_agents, game.horizon
+    params = dataset_params(cfg)
+    if bench.exact_model:
+        game = bench.game(params)
+        made = bench.behaviour(game, cfg.data.quality)
+        policies, horizon = made.policies, game.horizon
+    else:  # battle: scripted behaviours, played inside the actors
+        policies, horizon = [], 0
+    n = cfg.data.n_agents
     ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
     done = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
     todo = [i for i in range(len(ranges)) if i not in done]
@@ -124,7 +169,9 @@ def generate_dataset(
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         n_actors = max(1, min(len(todo), max_actors or int(cpus / 0.5)))
         actors = [
-            GeneratorActor.remote(cfg.benchmark.name, cfg.benchmark.params, policies)
+            GeneratorActor.options(scheduling_strategy="DEFAULT").remote(  # type: ignore[attr-defined]
+                cfg.benchmark.name, params, policies, cfg.data.quality
+            )
             for _ in range(n_actors)
         ]
         pool = ActorPool(actors)
@@ -140,7 +187,10 @@ def generate_dataset(
                 ray.kill(a)
 
     shards = [done[i] for i in range(len(ranges))]
-    behaviour = {**behaviour_summary(game, policies), "made_by": made.info}
+    if not bench.exact_model:
+        behaviour = team_behaviour_summary(shards, cfg.data.quality)
+    else:
+        behaviour = {**behaviour_summary(game, policies), "made_by": made.info}
     if bench.reference_value is not None:
         behaviour["welfare_gap"] = float(bench.reference_value(game)) - behaviour["return"]
     behaviour["data_mean_return"] = float(
@@ -156,9 +206,35 @@ def generate_dataset(
         behaviour=behaviour,
         code_version=code_version(),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        row_schema="finite" if bench.exact_model else "battle",
     )
     write_manifest(uri, manifest)
     return uri, manifest
+
+
+def team_behaviour_summary(shards: list[ShardInfo], quality: str) -> dict[str, Any]:
+    """battle: the behaviour's figures measured on the dataset's own episodes (no exact model).
+
+    `return`: mean over episodes of team 0's mean per-agent return; `win_rate`, `draw_rate`:
+    fractions of episodes; `kill_ratio`: team 0's kills / team 1's (a zero denominator counts as
+    1, so it stays finite). There is no exploitability (None).
+    """
+    from mfdiffuser.envs.battle import behaviour_info
+
+    tot: dict[str, float] = {}
+    for s in shards:
+        for k, v in (s.outcomes or {}).items():
+            tot[k] = tot.get(k, 0.0) + v
+    episodes = max(tot.get("episodes", 0.0), 1.0)
+    return {
+        "return": tot.get("return_sum", 0.0) / episodes,
+        "exploitability": None,
+        "win_rate": tot.get("wins", 0.0) / episodes,
+        "draw_rate": tot.get("draws", 0.0) / episodes,
+        "kill_ratio": tot.get("kills0", 0.0) / max(tot.get("kills1", 0.0), 1.0),
+        "kills": [tot.get("kills0", 0.0), tot.get("kills1", 0.0)],
+        "made_by": behaviour_info(quality),
+    }
 
 
 def behaviour_summary(game: Any, policies: list[np.ndarray]) -> dict[str, Any]:

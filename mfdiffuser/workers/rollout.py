@@ -1,7 +1,10 @@
 """Evaluation by Ray actors: each actor loads a checkpoint once and plays the planner at a given N.
 
-Rollouts at several N and seeds run in parallel; the frozen policy table (METHOD.md §5) and its
-exact exploitability are computed by one more actor at the same time.
+Rollouts at several N and seeds run in parallel. One more actor freezes the planner into its policy
+table (METHOD.md §5) and computes the exact parts of the evaluation at the same time: the table's
+exploitability and J^∞, the N-free terms of the suboptimality decomposition (§6) and the quality of
+the generated plans. The table is then also played by N agents ("table rollouts"): the pure
+mean-field error of a fixed policy, next to the live planner's.
 """
 
 from __future__ import annotations
@@ -26,20 +29,51 @@ class RolloutActor:
 
         torch.set_num_threads(1)
         planner, prior, meta, _ = load_checkpoint(checkpoint)
-        cfg = ExperimentConfig.model_validate(meta["config"])
-        self.spec = get_benchmark(cfg.benchmark.name)
-        self.game = self.spec.game(cfg.benchmark.params)
+        self.cfg = ExperimentConfig.model_validate(meta["config"])
+        self.meta = meta
+        self.planner, self.prior = planner, prior
+        self.spec = get_benchmark(self.cfg.benchmark.name)
+        self.game = self.spec.game(self.cfg.benchmark.params)
         self.policy = FiniteStatePlannerPolicy(planner, self.game, prior, planner.cfg)
 
     def returns(self, n_agents: int, episodes: int, seed: int) -> dict[str, Any]:
+        """Per-episode J^N of the live planner (one planner call per step)."""
         import torch
 
         from mfdiffuser.evaluation.rollout import rollout_returns
+        from mfdiffuser.planner.acting import PlannerPolicy
 
-        gen = torch.Generator().manual_seed(seed)
+        # The acting rule and replanning (planner.acting, planner.replan_every) live in the
+        # policy object; with the defaults it is exactly one finite-rule planner call per step.
+        live = PlannerPolicy(
+            self.planner,
+            self.game,
+            self.prior,
+            self.planner.cfg,
+            torch.Generator().manual_seed(seed),
+        )
 
         def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return np.asarray(self.policy.act(t, states, rng, gen))
+            return np.asarray(live.act(t, states, rng))
+
+        act.reset = live.reset  # type: ignore[attr-defined]  # called by episode_return
+
+        rets = rollout_returns(
+            lambda: self.spec.make_sim(self.game, n_agents), act, self.game.horizon, episodes, seed
+        )
+        return {"n_agents": n_agents, "seed": seed, "returns": rets}
+
+    def table_returns(
+        self, table: list[list[list[float]]], n_agents: int, episodes: int, seed: int
+    ) -> dict[str, Any]:
+        """Per-episode J^N of the frozen table played by N agents (no planner noise)."""
+        from mfdiffuser.envs import sample_actions
+        from mfdiffuser.evaluation.rollout import rollout_returns
+
+        pol = np.asarray(table, dtype=np.float64)
+
+        def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return sample_actions(pol[t], states, rng)
 
         rets = rollout_returns(
             lambda: self.spec.make_sim(self.game, n_agents), act, self.game.horizon, episodes, seed
@@ -52,6 +86,67 @@ class RolloutActor:
         table = self.policy.expected_table(propagate_fn(self.game), seed)
         return {"table": table, **table_metrics(self.game, table)}
 
+    def diagnostics(self, table: list[list[list[float]]], seed: int) -> dict[str, Any]:
+        """Exact decomposition values (J^∞ of π_ref, π_β*, π_β^D, π̂) and plan quality."""
+        from mfdiffuser.data.advantages import fit_tabular_advantage
+        from mfdiffuser.data.generate import generate_shard
+        from mfdiffuser.data.windows import episodes_from_table, load_episodes
+        from mfdiffuser.envs import policy_value
+        from mfdiffuser.envs.behaviour import occupancy_mixture
+        from mfdiffuser.evaluation.decomposition import exact_terms
+        from mfdiffuser.evaluation.plan_quality import plan_quality
+
+        game, cfg, pcfg = self.game, self.cfg, self.planner.cfg
+        arrays, _ = load_episodes(self.meta["dataset"])
+        advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
+        made = self.spec.behaviour(game, cfg.data.quality)
+        if self.spec.reference_value is not None:
+            j_ref = float(self.spec.reference_value(game))
+        else:
+            j_ref = policy_value(game, self.spec.behaviour(game, "expert").policies[0])
+        values = exact_terms(
+            game,
+            j_ref=j_ref,
+            behaviour=occupancy_mixture(game, made.policies),
+            prior=self.prior,
+            advantage=advantage,
+            table=np.asarray(table, dtype=np.float64),
+            beta=pcfg.beta,
+            weight_clip=pcfg.weight_clip,
+            window=pcfg.window,
+        )
+        out: dict[str, Any] = {"values": values, "metrics": {}}
+        if cfg.eval.plan_windows > 0:
+            import torch
+
+            # Held-out episodes: the behaviour policies again, from a seed the dataset never used.
+            held, _ = generate_shard(
+                lambda: self.spec.make_sim(game, cfg.data.n_agents),
+                made.policies,
+                range(cfg.eval.held_out_episodes),
+                seed=cfg.data.seed + 1_000_003,
+            )
+            ho = episodes_from_table(held, cfg.data.n_agents, "held-out episodes")
+
+            def sample(t: int, mu: np.ndarray, first: np.ndarray, s: int) -> np.ndarray:
+                gen = torch.Generator().manual_seed(s)
+                ctx = torch.as_tensor(np.asarray(game.context(t, mu), dtype=np.float32))[None]
+                fs = torch.as_tensor(np.asarray(game.features(first), dtype=np.float32))[None]
+                # Data layout states ⊕ actions for any action head (inverse dynamics included).
+                return self.planner.sample_transitions(ctx, fs, gen, t=t)[0].cpu().numpy()
+
+            out["metrics"] = plan_quality(
+                game,
+                sample,
+                ho.states,
+                ho.actions,
+                window=pcfg.window,
+                n_particles=pcfg.n_particles,
+                n_windows=cfg.eval.plan_windows,
+                seed=seed,
+            )
+        return out
+
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
@@ -60,18 +155,42 @@ def evaluate_checkpoint(
     episodes: int,
     seeds: int,
     seed: int = 0,
+    decomposition: bool = True,
+    actor_cpus: float = 1.0,
+    max_actors: int | None = None,
 ) -> dict[str, Any]:
     """Returns metrics named by the MLflow scheme plus the raw per-episode returns."""
+    from mfdiffuser.evaluation.decomposition import Decomposition
+
     jobs = [(n, seed + s) for n in n_agents for s in range(seeds)]
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1.0)))
-    actors = [RolloutActor.remote(str(checkpoint)) for _ in range(min(len(jobs) + 1, cpus))]
+    # As many actors as the CPUs free right now hold (at least one): work is bound to actors
+    # up front, so an actor that could never be placed (e.g. inside a Tune trial, which holds
+    # part of a CPU itself) would stall the evaluation forever.
+    free = max(1, int(ray.available_resources().get("CPU", 0.0) / actor_cpus + 1e-9))
+    n_actors = min(len(jobs) + 1, free, max_actors or free)
+    actors = [
+        # "DEFAULT": outside the caller's placement group (a Tune trial's holds only its own
+        # 0.01 CPU); the actors ask the cluster for their CPUs like any other work.
+        RolloutActor.options(  # type: ignore[attr-defined]
+            num_cpus=actor_cpus, scheduling_strategy="DEFAULT"
+        ).remote(str(checkpoint))
+        for _ in range(n_actors)
+    ]
     try:
         table_ref = actors[-1].table.remote(seed)
         refs = [
             actors[i % len(actors)].returns.remote(n, episodes, s) for i, (n, s) in enumerate(jobs)
         ]
-        results = ray.get(refs)
         table = ray.get(table_ref)
+        frozen = table["table"].tolist()
+        diag_ref = actors[-1].diagnostics.remote(frozen, seed) if decomposition else None
+        table_refs = [
+            actors[i % len(actors)].table_returns.remote(frozen, n, episodes, s)
+            for i, (n, s) in enumerate(jobs)
+        ]
+        results = ray.get(refs)
+        table_results = ray.get(table_refs)
+        diag = ray.get(diag_ref) if diag_ref is not None else None
     finally:  # a failed rollout must not leave actors holding CPUs
         for a in actors:
             ray.kill(a)
@@ -80,14 +199,37 @@ def evaluate_checkpoint(
         "exploitability": float(table["exploitability"]),
         "return_mf": float(table["return_mf"]),
     }
-    per_n: dict[int, list[float]] = {}
-    for r in results:
-        per_n.setdefault(r["n_agents"], []).extend(r["returns"])
-    for n, rets in sorted(per_n.items()):
+
+    def by_n(rs: list[dict[str, Any]]) -> dict[int, list[float]]:
+        out: dict[int, list[float]] = {}
+        for r in rs:
+            out.setdefault(r["n_agents"], []).extend(r["returns"])
+        return dict(sorted(out.items()))
+
+    per_n, per_n_table = by_n(results), by_n(table_results)
+    for n, rets in per_n.items():
         metrics[f"return/n{n}"] = float(np.mean(rets))
         metrics[f"return/n{n}_std"] = float(np.std(rets))
+        metrics[f"return/table_n{n}"] = float(np.mean(per_n_table[n]))
+    j_hat = float(table["return_mf"])
+    for n, rets in per_n_table.items():
+        # The frozen table's own mean-field error: N-agent fluctuation only, no planner noise.
+        metrics[f"subopt/mf_error_table/n{n}"] = j_hat - float(np.mean(rets))
+        metrics[f"subopt/mf_abs_dev_table/n{n}"] = float(np.mean(np.abs(np.asarray(rets) - j_hat)))
+    if diag is not None:
+        v = diag["values"]
+        dec = Decomposition(
+            j_ref=v["j_ref"],
+            j_beta_star=v["j_beta_star"],
+            j_beta_data=v["j_beta_data"],
+            j_hat=v["j_hat"],
+            episode_returns=per_n,
+        )
+        metrics.update(dec.metrics())
+        metrics.update(diag["metrics"])
     return {
         "metrics": metrics,
         "returns": {str(n): r for n, r in per_n.items()},
+        "table_returns": {str(n): r for n, r in per_n_table.items()},
         "table": table["table"].tolist(),
     }

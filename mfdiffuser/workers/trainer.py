@@ -27,7 +27,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     from mfdiffuser.data.windows import WindowSampler, load_episodes, normalise_counts
     from mfdiffuser.envs.registry import get_benchmark
     from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
-    from mfdiffuser.planner.diffusion import MFDiffuser
+    from mfdiffuser.planner.diffusion import MFDiffuser, returns_to_go
     from mfdiffuser.planner.training import train_epochs
     from mfdiffuser.platform import tracking
 
@@ -53,12 +53,21 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     planner = MFDiffuser.from_spec(cfg.planner, game.feature_dim, game.n_actions, game.context_dim)
+    if cfg.planner.return_guidance:
+        # Return normaliser and guidance targets from every rank's episodes (identical on all).
+        rtg = returns_to_go(arrays.rewards)
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rtg)
+            rtg = np.concatenate(gathered)
+        planner.set_return_stats(rtg)
     start_epoch, opt_state = 0, None
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
             loaded, _, meta, opt_state = load_checkpoint(d)
-            planner.model.load_state_dict(loaded.model.state_dict())
+            # Denoiser plus the optional parts (EMA, inverse head, return normaliser).
+            planner.load_state_dict(loaded.state_dict())
             start_epoch = int(meta["epoch"])
         if rank == 0 and loop_cfg.get("run_id"):
             # Visible in MLflow: this run survived a failure and went on from this epoch.
@@ -68,8 +77,9 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
                 {"train/resumed_from_epoch": float(start_epoch)},
                 step=start_epoch,
             )
-    planner.model.to(device)
-    model = ray.train.torch.prepare_model(planner.model)
+    planner.to(device)
+    # The denoiser, or denoiser + inverse-dynamics head: one DDP wrapper syncs both.
+    model = ray.train.torch.prepare_model(planner.train_module())
     sampler = WindowSampler(
         arrays,
         game,
@@ -87,6 +97,13 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         return float(t.item() / world)
 
     def on_epoch(epoch: int, metrics: dict[str, float], optimizer: torch.optim.Optimizer) -> None:
+        loss = metrics.get("train/loss", 0.0)
+        if not np.isfinite(loss):
+            # Diverged: a checkpoint of these weights is worthless, and a restart repeats it.
+            raise FloatingPointError(
+                f"train/loss = {loss} in epoch {epoch + 1}: training diverged; "
+                f"lower train.lr (now {cfg.train.lr}) or planner.weight_clip"
+            )
         metrics = {**metrics, "train/world_size": float(world)}
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)

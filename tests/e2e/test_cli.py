@@ -51,6 +51,7 @@ def test_solve_json_contract() -> None:
         (["generate", "crowd_1d", "-s", "n_agents=0"], "data.n_agents = 0"),
         (["generate", "crowd_1d", "--quality", "superb"], "superb"),
         (["train", "-s", "planner.window=50"], "planner.window = 50"),
+        (["train", "-s", "benchmark=battle"], "finite-state benchmarks only"),
         (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
         (["train", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["evaluate", "/no/such/checkpoint"], "/no/such/checkpoint"),
@@ -66,8 +67,29 @@ def test_bad_input_is_one_clear_line_and_exit_2(
     assert list(tmp_path.iterdir()) == []  # failed before writing anything
 
 
+def test_bad_sweep_fails_before_launch_with_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nsweep:\n  grid:\n    temperature: [1, 2]\n")
+    r = mfd("sweep", "--config", str(bad), "--storage", str(tmp_path / "store"))
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "sweep.grid.temperature: unknown axis" in r.stderr and "Traceback" not in r.stderr
+    bad.write_text("name: x\nsweep:\n  grid: {}\n")
+    r = mfd("sweep", "--config", str(bad))
+    assert r.returncode == 2 and "empty grid" in r.stderr, r.stderr
+    assert not (tmp_path / "store").exists()  # nothing launched, nothing written
+
+
 def test_help_for_every_command() -> None:
-    for cmd in ("quickstart", "solve", "generate", "train", "evaluate", "run", "benchmarks"):
+    for cmd in (
+        "quickstart",
+        "solve",
+        "generate",
+        "train",
+        "evaluate",
+        "run",
+        "benchmarks",
+        "sweep",
+    ):
         r = mfd(cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, (cmd, r.stderr)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
@@ -57,7 +58,10 @@ def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path) 
         time.sleep(0.2)
     assert len(list(train_dir.glob("*/checkpoint_2*"))) >= 2, "no checkpoints in time"
     workers = list_actors(
-        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True
+        # This test's own cluster, even when another Ray runs on the machine.
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        detail=True,
     )
     assert len(workers) == 2
     os.kill(int(workers[1].pid), signal.SIGKILL)  # a worker process this test's Ray started

@@ -1,4 +1,4 @@
-"""`mfd run` submitted with `ray job submit` to a head node this test starts on loopback.
+"""`mfd sweep` submitted with `ray job submit` to a head node this test starts on loopback.
 
 The cluster is ours alone: its own temp dir and free ports, started with `ray start --head --block`
 as a subprocess in a new session, and stopped by signalling exactly the processes of that session
@@ -191,16 +191,37 @@ def _json_result(stdout: str) -> dict[str, Any]:
             obj = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(obj, dict) and "run_id" in obj:
+        if isinstance(obj, dict) and "parent_run_id" in obj:
             return obj
-    raise AssertionError(f"no JSON result with run_id in the job output:\n{stdout[-4000:]}")
+    raise AssertionError(f"no JSON sweep result in the job output:\n{stdout[-4000:]}")
 
 
-def test_mfd_run_as_ray_job(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_mfd_sweep_as_ray_job(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    """A one-trial sweep as a Ray job: Tune, the Train run inside the trial, rollout actors."""
     address, env = ray_head
     workdir = tmp_path / "job"  # uploaded to the cluster: keep it empty
     workdir.mkdir()
     db = tmp_path / "mlflow.db"
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        json.dumps(  # JSON is YAML
+            {
+                "name": "job",
+                "data": {"n_agents": 20, "episodes": 2, "shards": 2},
+                # 2 DDP workers and the trial's own 0.01 CPU on a 2-CPU head
+                "train": {
+                    "epochs": 1,
+                    "steps_per_epoch": 5,
+                    "batch_size": 4,
+                    "num_workers": 2,
+                    "cpus_per_worker": 0.99,
+                },
+                "planner": {"diffusion_steps": 4, "n_particles": 8, "max_particles": 8},
+                "eval": {"episodes": 1, "plan_windows": 2},
+                "sweep": {"grid": {"seed": [0]}},
+            }
+        )
+    )
     cmd = [
         RAY,
         "job",
@@ -214,30 +235,36 @@ def test_mfd_run_as_ray_job(ray_head: tuple[str, dict[str, str]], tmp_path: Path
         sys.executable,
         "-m",
         "mfdiffuser.cli",
-        "run",
-        *("-s", "data.n_agents=20", "-s", "data.episodes=2", "-s", "data.shards=2"),
-        *("-s", "train.epochs=1", "-s", "train.steps_per_epoch=5", "-s", "train.batch_size=4"),
-        *("-s", "planner.diffusion_steps=4", "-s", "planner.n_particles=8"),
-        *("-s", "planner.max_particles=8", "-s", "eval.n_agents=[10]", "-s", "eval.episodes=1"),
+        "sweep",
+        *("--config", str(sweep)),
         *("--storage", str(tmp_path / "store")),
         *("--tracking-uri", f"sqlite:///{db}"),
         "--json",
     ]
     proc = subprocess.run(
-        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
     result = _json_result(proc.stdout)
     assert result["tracking_uri"] == f"sqlite:///{db}"
-    assert result["checkpoint"].startswith(str(tmp_path / "store"))
+    assert result["trials_finished"] == 1.0 and result["trials_failed"] == 0.0
+    assert result["tune_path"].startswith(str(tmp_path / "store"))
 
     con = sqlite3.connect(db)
     try:
-        runs = con.execute("SELECT run_uuid, status FROM runs").fetchall()
-        assert runs == [(result["run_id"], "FINISHED")]
-        rows = con.execute("SELECT key FROM metrics WHERE run_uuid = ?", (runs[0][0],))
+        runs = dict(con.execute("SELECT run_uuid, status FROM runs").fetchall())
+        parent = result["parent_run_id"]
+        children = [
+            r
+            for (r,) in con.execute(
+                "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?",
+                (parent,),
+            )
+        ]
+        assert runs == {parent: "FINISHED", children[0]: "FINISHED"}
+        rows = con.execute("SELECT key FROM metrics WHERE run_uuid = ?", (children[0],))
         keys = {k for (k,) in rows}
     finally:
         con.close()
-    assert {"train/loss", "return/n10", "exploitability"} <= keys
+    assert {"train/loss", "return/n20", "exploitability", "subopt/generative_error"} <= keys

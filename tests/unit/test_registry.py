@@ -12,12 +12,13 @@ from mfdiffuser.envs.behaviour import QUALITIES
 from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
 from mfdiffuser.platform.config import ConfigError, load_config
 
-NAMES = sorted(BENCHMARKS)
+# Benchmarks with an exact mean-field model (battle has none; tests/unit/test_battle.py covers it).
+NAMES = sorted(n for n, s in BENCHMARKS.items() if s.exact_model)
 
 
 def test_the_three_families_are_registered() -> None:
     families = {spec.family for spec in BENCHMARKS.values()}
-    assert {"stage", "sequential"} <= families
+    assert {"stage", "sequential", "team"} <= families
     assert {"left_right", "rock_paper_scissors", "gaussian_squeeze"} <= set(NAMES)
     assert {"crowd_1d", "crowd_2d", "four_rooms", "sis"} <= set(NAMES)
 

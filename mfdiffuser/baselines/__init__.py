@@ -1,0 +1,1 @@
+"""Baselines of METHOD.md §7, each one readable file (CleanRL style). Core: no Ray, no MLflow."""

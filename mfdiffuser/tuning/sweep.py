@@ -1,0 +1,458 @@
+"""Tune sweeps over N, H, data quality, method, β, M and seeds (ARCHITECTURE.md data flow, step 5).
+
+A sweep file is an experiment config (the same sections as `configs/quickstart.yaml`) plus a
+`sweep:` section:
+
+    sweep:
+      grid:                      # every combination is one trial
+        n_agents: [100, 1000]
+        quality: [expert, medium]
+        seed: [0, 1, 2]
+      transitions_per_dataset: 40000   # optional: episodes = ceil(this / (N * horizon))
+
+Each trial is dataset -> train -> evaluate. The driver validates every trial's config before
+anything starts, generates each distinct dataset once (datasets are content-addressed, so every
+trial of the same (benchmark, N, quality, seed, episodes) reuses it), then runs a Ray Tune
+experiment whose function trainable runs the Ray Train `TorchTrainer` and the rollout actors from
+inside the trial. MLflow: one parent run per sweep, one child run per trial (tag
+`mlflow.parentRunId`), found again by its trial key on `--resume`, so an interrupted sweep
+finishes with exactly one FINISHED run per trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mfdiffuser.platform.config import (
+    ConfigError,
+    ExperimentConfig,
+    _deep_merge,
+    parse_override,
+    resolve_key,
+    validation_lines,
+)
+
+# Named axes -> the config paths they set. Any dotted config path is an axis too.
+AXES: dict[str, list[str]] = {
+    "n_agents": ["data.n_agents"],
+    "N": ["data.n_agents"],
+    "window": ["planner.window"],
+    "H": ["planner.window"],
+    "horizon": ["benchmark.params.horizon"],
+    "quality": ["data.quality"],
+    "beta": ["planner.beta"],
+    "particles": ["planner.max_particles"],
+    "M": ["planner.max_particles"],
+    # One seed for the whole trial: its dataset, its training and its evaluation.
+    "seed": ["data.seed", "train.seed", "eval.seed"],
+    "method": [],  # expands through METHODS
+}
+
+# A method is a named set of planner settings (the ablations of METHOD.md §7 / issue 4).
+METHODS: dict[str, dict[str, Any]] = {
+    "mf_diffuser": {},
+    "mf_diffuser_flat": {"planner.stages": 1},
+    "mf_diffuser_unweighted": {"planner.beta": 0.0},
+    "per_agent_diffuser": {"planner.interaction": False, "planner.stages": 1},
+}
+
+
+class SweepSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    grid: dict[str, list[Any]] = Field(description="axis -> values; one trial per combination")
+    transitions_per_dataset: int | None = Field(
+        None,
+        ge=1,
+        description="hold agent-transitions per dataset fixed across N: "
+        "episodes = ceil(this / (N * horizon)) (BENCHMARKS.md sweep axes)",
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="None = as many as the cluster's CPUs fit Train worker groups"
+    )
+    trial_cpus: float = Field(
+        0.01, gt=0, description="CPUs of the trial process itself (its Train workers ask apart)"
+    )
+    eval_at_trial_n: bool = Field(
+        True, description="evaluate each trial at its own N (else at eval.n_agents)"
+    )
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not grid:
+            raise ValueError("empty grid: give at least one axis with at least one value")
+        empty = [k for k, v in grid.items() if not v]
+        if empty:
+            raise ValueError(f"axis {', '.join(empty)} has no values")
+        return grid
+
+
+class Trial(BaseModel):
+    """One grid point: its axis values, a stable key and the full experiment config."""
+
+    axes: dict[str, Any]
+    key: str
+    config: dict[str, Any]
+
+    @property
+    def trial_id(self) -> str:
+        return hashlib.sha256(self.key.encode()).hexdigest()[:12]
+
+    @property
+    def method(self) -> str:
+        return str(self.axes.get("method", "mf_diffuser"))
+
+
+class Sweep(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    name: str
+    section: SweepSection
+    base: dict[str, Any]
+    trials: list[Trial]
+
+    @property
+    def sweep_id(self) -> str:
+        spec = {"name": self.name, "trials": [t.key for t in self.trials], "base": self.base}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[
+            :12
+        ]
+
+    def experiment_config(self, trial: Trial) -> ExperimentConfig:
+        return ExperimentConfig.model_validate(trial.config)
+
+
+def _axis_paths(axis: str, benchmark: str) -> list[list[str]]:
+    if axis in AXES:
+        return [p.split(".") for p in AXES[axis]]
+    if "." not in axis:
+        raise ConfigError(
+            f"sweep.grid.{axis}: unknown axis; allowed: {', '.join(AXES)} "
+            "or a dotted config path (e.g. train.lr)"
+        )
+    return [resolve_key(axis, benchmark)]
+
+
+def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
+    """Parse and validate a sweep file; every trial's config is validated before anything runs."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config = {str(path)!r}: no such file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--config = {str(path)!r}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict) or "sweep" not in raw:
+        raise ConfigError(f"--config = {str(path)!r}: a sweep file needs a `sweep:` section")
+    try:
+        section = SweepSection.model_validate(raw.pop("sweep") or {})
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err, "sweep")) from None
+    base: dict[str, Any] = raw
+    benchmark = str(base.get("benchmark", {}).get("name", "crowd_1d"))
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set(base, resolve_key(key, benchmark), value)
+    # Validate the base once so its own errors are not reported once per trial.
+    try:
+        ExperimentConfig.model_validate(base)
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err)) from None
+
+    for axis, values in section.grid.items():
+        _axis_paths(axis, benchmark)
+        if axis == "method":
+            unknown = [v for v in values if v not in METHODS]
+            if unknown:
+                raise ConfigError(
+                    f"sweep.grid.method = {unknown[0]!r}: unknown method; "
+                    f"allowed: {', '.join(METHODS)}"
+                )
+    axes = list(section.grid)
+    trials = []
+    for combo in itertools.product(*(section.grid[a] for a in axes)):
+        assignment = dict(zip(axes, combo, strict=True))
+        data = _deep_merge({}, base)
+        for axis, value in assignment.items():
+            if axis == "method":
+                for dotted, v in METHODS[value].items():
+                    _set(data, dotted.split("."), v)
+                continue
+            for path_ in _axis_paths(axis, benchmark):
+                _set(data, path_, value)
+        try:
+            cfg = ExperimentConfig.model_validate(data)
+        except ValidationError as err:
+            where = ", ".join(f"{k}={v!r}" for k, v in assignment.items())
+            raise ConfigError(f"sweep trial ({where}): {validation_lines(err)}") from None
+        if section.transitions_per_dataset is not None:
+            per_episode = cfg.data.n_agents * cfg.benchmark.horizon
+            cfg.data.episodes = max(1, math.ceil(section.transitions_per_dataset / per_episode))
+            cfg.data.shards = min(cfg.data.shards, cfg.data.episodes)
+        if section.eval_at_trial_n:
+            cfg.eval.n_agents = [cfg.data.n_agents]
+        key = ",".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in assignment.items())
+        cfg.name = f"{raw.get('name', 'sweep')}[{key}]"
+        trials.append(Trial(axes=assignment, key=key, config=cfg.model_dump()))
+    if len({t.key for t in trials}) != len(trials):
+        raise ConfigError("sweep.grid: repeated values make duplicate trials")
+    return Sweep(name=str(raw.get("name", "sweep")), section=section, base=base, trials=trials)
+
+
+# --------------------------------------------------------------------------------- MLflow runs
+
+
+def _client(uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[Any]:
+    where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(_client(uri).search_runs([experiment_id], filter_string=where, max_results=1000))
+
+
+def parent_run(sweep: Sweep, cfg: ExperimentConfig, uri: str, resume: bool) -> str:
+    """The sweep's parent run: found again by its sweep id on --resume, else a new one."""
+    from mfdiffuser.platform import tracking
+
+    exp_id = tracking.ensure_experiment(uri, tracking.experiment_name(cfg))
+    found = _find_runs(uri, exp_id, {"mfd.sweep_id": sweep.sweep_id, "mfd.role": "sweep"})
+    if found and resume:
+        run_id = str(found[0].info.run_id)
+        _client(uri).update_run(run_id, status="RUNNING")
+        return run_id
+    client = _client(uri)
+    run = client.create_run(
+        exp_id,
+        run_name=f"sweep-{sweep.name}",
+        tags={
+            "mfd.role": "sweep",
+            "mfd.sweep": sweep.name,
+            "mfd.sweep_id": sweep.sweep_id,
+            "mfd.benchmark": cfg.benchmark.name,
+            "mfd.trials": str(len(sweep.trials)),
+        },
+    )
+    client.log_param(run.info.run_id, "grid", json.dumps(sweep.section.grid)[:6000])
+    return str(run.info.run_id)
+
+
+def trial_run(cfg: ExperimentConfig, trial: Trial, uri: str, parent: str) -> tuple[str, str]:
+    """(run_id, status) of this trial's run under `parent`: the existing one (any status) or new."""
+    from mfdiffuser.platform import tracking
+
+    exp_id = tracking.ensure_experiment(uri, tracking.experiment_name(cfg))
+    found = _find_runs(uri, exp_id, {"mlflow.parentRunId": parent, "mfd.trial_id": trial.trial_id})
+    if found:
+        run = max(found, key=lambda r: r.info.start_time)
+        return str(run.info.run_id), str(run.info.status)
+    run_id = tracking.start_run(cfg, uri, run_name=f"trial-{trial.key}")
+    client = _client(uri)
+    tags = {
+        "mlflow.parentRunId": parent,
+        "mfd.role": "trial",
+        "mfd.trial_id": trial.trial_id,
+        "mfd.trial_key": trial.key,
+        "mfd.method": trial.method,
+        **{f"mfd.axis.{k}": json.dumps(v) for k, v in trial.axes.items()},
+    }
+    for k, v in tags.items():
+        client.set_tag(run_id, k, v)
+    return run_id, "RUNNING"
+
+
+# ------------------------------------------------------------------------------ the trainable
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: train (Ray Train inside the trial) -> evaluate -> report."""
+    from ray import tune
+
+    from mfdiffuser import api
+    from mfdiffuser.platform import tracking
+
+    trial = Trial.model_validate(config["trial"])
+    uri, parent = config["tracking_uri"], config["parent_run"]
+    cfg = ExperimentConfig.model_validate(trial.config)
+    run_id, status = trial_run(cfg, trial, uri, parent)
+    client = _client(uri)
+    if status == "FINISHED":  # done before an interruption: report it, do not run it again
+        metrics = dict(client.get_run(run_id).data.metrics)
+        tune.report({**metrics, "mlflow_run_id": run_id, "skipped": 1})
+        return
+    client.update_run(run_id, status="RUNNING")
+    start = time.perf_counter()
+    trained = api.train(cfg, tracking_uri=uri, run_id=run_id, end_run=False)
+    evaluated = api.evaluate(trained["checkpoint"], tracking_uri=uri, run_id=run_id, end_run=False)
+    tracking.log_metrics(uri, run_id, {"wall_seconds": time.perf_counter() - start})
+    tracking.end_run(uri, run_id)
+    tune.report({**evaluated["metrics"], "mlflow_run_id": run_id, "skipped": 0})
+
+
+# ------------------------------------------------------------------------------- the driver
+
+
+def _concurrency(sweep: Sweep, cfg: ExperimentConfig) -> int:
+    """Trials at once: as many as fit whole, so no trial waits half-placed for another's CPUs.
+
+    A trial holds either its Train worker group or its rollout actors (never both at once).
+    """
+    import ray
+
+    if sweep.section.max_concurrent_trials is not None:
+        return sweep.section.max_concurrent_trials
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    train = cfg.train.num_workers * cfg.train.cpus_per_worker
+    actors = (cfg.eval.max_actors or int(cpus / cfg.eval.actor_cpus)) * cfg.eval.actor_cpus
+    return max(1, int((cpus + 1e-9) // max(train, actors)))
+
+
+def _check_fits(sweep: Sweep, cfg: ExperimentConfig) -> None:
+    """A trial holds its own `trial_cpus` while its Train worker group runs: if the two do not
+    fit in the cluster together, the Train run would wait for CPUs forever. Say so instead."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    need = sweep.section.trial_cpus + cfg.train.num_workers * cfg.train.cpus_per_worker
+    if need > cpus + 1e-9:
+        fit = (cpus - sweep.section.trial_cpus) / cfg.train.num_workers
+        raise ConfigError(
+            f"train.num_workers ({cfg.train.num_workers}) x train.cpus_per_worker "
+            f"({cfg.train.cpus_per_worker}) + sweep.trial_cpus ({sweep.section.trial_cpus}) "
+            f"= {need:g} CPUs, but the cluster has {cpus:g}: a trial could never start its "
+            f"Train run; allowed: train.cpus_per_worker <= {fit:.2f} or fewer workers"
+        )
+    room = cpus - sweep.section.trial_cpus
+    if cfg.eval.actor_cpus > room + 1e-9:
+        raise ConfigError(
+            f"eval.actor_cpus = {cfg.eval.actor_cpus:g}: beside the trial's own "
+            f"{sweep.section.trial_cpus:g} CPU the cluster has {room:g}; allowed: <= {room:.2f}"
+        )
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short trial directories (Tune's default spells the whole config into the name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _last_line(err: BaseException) -> str:
+    """The root cause of a trial error (a RayTaskError's text ends with the original one)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    text = lines[-1] if lines else type(err).__name__
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)[:500]
+
+
+def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
+    """Generate the datasets, run (or resume) the Tune experiment, summarise. Needs Ray."""
+    from ray import tune
+
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
+    from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
+
+    first = sweep.experiment_config(sweep.trials[0])
+    uri = resolve_tracking_uri(first.runtime.tracking_uri)
+    check_tracking_uri(uri)
+    storage = first.runtime.storage
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    tune_path = f"{storage.rstrip('/')}/sweeps"
+    exp_dir = f"{tune_path}/{sweep.name}-{sweep.sweep_id}"
+    if not resume and "://" not in exp_dir and Path(exp_dir).exists():
+        raise ConfigError(
+            f"sweep {sweep.name!r} already ran in {exp_dir}: pass --resume to continue it "
+            "(finished trials are not run again), or give the sweep another name"
+        )
+    # Trials run in their own working directories: give them absolute locations.
+    for trial in sweep.trials:
+        trial.config["runtime"]["storage"] = storage
+        trial.config["runtime"]["tracking_uri"] = uri
+    _check_fits(sweep, first)
+    start = time.perf_counter()
+    tracking.ensure_experiment(uri, tracking.experiment_name(first))
+    parent = parent_run(sweep, first, uri, resume)
+    try:
+        # Every distinct dataset once, before any trial: trials only read them.
+        datasets: dict[str, str] = {}
+        for trial in sweep.trials:
+            cfg = sweep.experiment_config(trial)
+            where, _ = dataset_uri(cfg)
+            if where not in datasets:
+                datasets[where] = generate_dataset(cfg)[0]
+        tracking.log_metrics(uri, parent, {"sweep/datasets": float(len(datasets))})
+
+        trainable = tune.with_resources(run_trial, {"cpu": sweep.section.trial_cpus})
+        concurrency = _concurrency(sweep, first)
+        if resume and tune.Tuner.can_restore(exp_dir):
+            tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={
+                    "trial": tune.grid_search([t.model_dump() for t in sweep.trials]),
+                    "tracking_uri": uri,
+                    "parent_run": parent,
+                },
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrency,
+                    trial_dirname_creator=trial_dirname,
+                    trial_name_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=f"{sweep.name}-{sweep.sweep_id}",
+                    storage_path=tune_path,
+                    verbose=1,
+                ),
+            )
+        results = tuner.fit()
+    except BaseException as err:
+        from mfdiffuser.api import _fail_run
+
+        _fail_run(uri, parent, err)
+        raise
+    finished, failed, errors = 0, 0, []
+    for res in results:
+        if res.error is not None:
+            failed += 1
+            errors.append(_last_line(res.error))
+        else:
+            finished += 1
+    summary = {
+        "sweep/trials": float(len(sweep.trials)),
+        "sweep/trials_finished": float(finished),
+        "sweep/trials_failed": float(failed),
+        "sweep/concurrency": float(concurrency),
+        "sweep/wall_seconds": time.perf_counter() - start,
+    }
+    tracking.log_metrics(uri, parent, summary)
+    tracking.end_run(uri, parent)
+    return {
+        "sweep": sweep.name,
+        "sweep_id": sweep.sweep_id,
+        "parent_run_id": parent,
+        "tracking_uri": uri,
+        "tune_path": exp_dir,
+        "datasets": sorted(datasets),
+        "errors": errors,
+        **{k.removeprefix("sweep/"): v for k, v in summary.items()},
+    }
