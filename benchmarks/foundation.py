@@ -65,14 +65,28 @@ def main() -> None:
             for step in range(game.horizon):
                 states, _, _ = sim.step(sample_actions(expert[step], states, rng))
 
+        def steps(sim: Crowd1DSim = sim, rng: np.random.Generator = rng) -> None:
+            # the issue's count: policy sampling, move, noise, rewards, histogram; no reset
+            states = sim.states
+            for step in range(game.horizon):
+                states, _, _ = sim.step(sample_actions(expert[step], states, rng))
+
         t = median_seconds(episode, reps)
         # CPU seconds of this process too: on a shared machine other processes' load inflates
         # the wall clock far more than this process's own CPU time
         cpu = median_seconds(episode, reps, clock=time.process_time)
+        step_times = []
+        for _ in range(reps):
+            sim.reset(0)
+            start = time.perf_counter()
+            steps()
+            step_times.append(time.perf_counter() - start)
+        t_steps = statistics.median(step_times)
         rows.append(
             (
                 f"simulator + action sampling, N={n:,}",
-                f"{n * game.horizon / t / 1e6:.1f} M agent-steps/s "
+                f"{n * game.horizon / t_steps / 1e6:.1f} M agent-steps/s stepping; "
+                f"{n * game.horizon / t / 1e6:.1f} M with the episode's reset "
                 f"({n * game.horizon / cpu / 1e6:.1f} M per CPU-second)",
             )
         )

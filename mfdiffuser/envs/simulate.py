@@ -61,7 +61,8 @@ class FiniteGameSim:
         actions = np.asarray(actions, dtype=np.int64)
         if actions.shape != (self.n_agents,):
             raise ValueError(f"actions: expected shape ({self.n_agents},), got {actions.shape}")
-        if actions.min() < 0 or actions.max() >= self.game.n_actions:
+        # One pass: viewed as unsigned, a negative action is huge, so max() catches both ends.
+        if actions.view(np.uint64).max() >= self.game.n_actions:
             raise ValueError(f"actions: must lie in 0..{self.game.n_actions - 1}")
         rewards, self.states = self._advance(actions)
         self.t += 1
