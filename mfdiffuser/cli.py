@@ -410,6 +410,19 @@ def _summary(r: dict[str, Any]) -> str:
         if key.startswith("return/n") and not key.endswith("_std"):
             lines.append(f"  {key}: {m[key]:.4f} ± {m[key + '_std']:.4f}")
     lines.append(f"  exploitability (planner): {m['exploitability']:.4f}")
+    if "subopt/regularisation_gap" in m:
+        terms = (
+            f"regularisation gap {m['subopt/regularisation_gap']:+.4f}, "
+            f"distribution shift {m['subopt/distribution_shift']:+.4f}, "
+            f"generative error {m['subopt/generative_error']:+.4f}"
+        )
+        lines.append(f"  suboptimality (METHOD.md §6): {terms}")
+        for key in sorted(k for k in m if k.startswith("subopt/mf_error/n")):
+            n = key.rsplit("/n", 1)[1]
+            lines.append(
+                f"    mean-field error at N={n}: {m[key]:+.4f} "
+                f"(total {m[f'subopt/total/n{n}']:+.4f})"
+            )
     if "behaviour/exploitability" in m:
         lines.append(
             f"  behaviour policy: return {m['behaviour/return']:.4f}, "

@@ -144,3 +144,25 @@ def test_quickstart_tiny(tmp_path: Path) -> None:
     } <= keys
     # Nothing escaped the working directory.
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mfd-work").exists()
+
+
+def test_human_summary_shows_the_decomposition() -> None:
+    from mfdiffuser.cli import _summary
+
+    m = {
+        "return/n100": 27.5,
+        "return/n100_std": 0.3,
+        "exploitability": 0.31,
+        "subopt/regularisation_gap": 0.0,
+        "subopt/distribution_shift": 0.001,
+        "subopt/generative_error": 0.052,
+        "subopt/mf_error/n100": 0.79,
+        "subopt/total/n100": 0.843,
+    }
+    text = _summary(
+        {"metrics": m, "run_id": "r", "experiment": "e", "tracking_uri": "u"}
+        | {"checkpoint": "c", "wall_seconds": 1.0}
+    )
+    assert "return/n100: 27.5000 ± 0.3000" in text
+    assert "generative error +0.0520" in text
+    assert "mean-field error at N=100: +0.7900 (total +0.8430)" in text
