@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 from pydantic import ValidationError
 
@@ -285,3 +286,22 @@ def test_battle_rows_and_outcomes_agree() -> None:
         last = {a: t[(ep == e) & (agents == a)].max() for a in died}
         assert all(t[(ep == e) & dies & (agents == a)][0] == last[a] for a in died)
     assert outcomes["kills0"] + outcomes["kills1"] == dies.sum()
+
+
+@pytest.mark.parametrize("quality", ["random", "medium", "expert", "mixed", "medium-expert"])
+def test_every_quality_generates_rows_deterministically(quality: str) -> None:
+    params = BattleParams(map_size=20, max_steps=15)
+    table, outcomes = generate_battle_shard(params, quality, range(2), seed=3)
+    again, _ = generate_battle_shard(params, quality, range(2), seed=3)
+    assert table.schema.equals(BATTLE_ROW_SCHEMA) and table.equals(again)
+    assert outcomes["episodes"] == 2
+    assert set(np.unique(table["episode"].to_numpy())) == {0, 1}
+    # both teams start with every agent alive, one row each at t = 0 per episode
+    first = table.filter(pc.equal(table["t"], 0))
+    assert first.num_rows == 2 * 2 * params.team_size
+
+
+def test_return_rises_with_quality_against_the_expert() -> None:
+    params = {"map_size": 40, "max_steps": 80}
+    ret = {q: battle_stats(params, q, 2)["return"] for q in ("random", "medium", "expert")}
+    assert ret["random"] < ret["medium"] < ret["expert"]
