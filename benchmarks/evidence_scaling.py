@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from mfdiffuser.tuning.analysis import loglog_slope, mean_slope, sweep_frame
+from mfdiffuser.tuning.analysis import linear_slope, loglog_slope, mean_slope, sweep_frame
 
 
 def _parent(uri: str, sweep: str | None, parent: str | None) -> tuple[str, dict[str, float]]:
@@ -43,19 +43,6 @@ def _per_n(df: pd.DataFrame, name: str) -> pd.Series:
         [row.get(f"{name}/n{int(row['N'])}", np.nan) for _, row in df.iterrows()],
         index=df.index,
     )
-
-
-def _linear_slope(x: np.ndarray, y: np.ndarray, boot: int = 2000) -> tuple[float, float, float]:
-    """OLS slope of y on x with a percentile bootstrap interval (resampling within each x)."""
-    slope = float(np.polyfit(x, y, 1)[0])
-    rng = np.random.default_rng(0)
-    groups = [np.flatnonzero(x == v) for v in np.unique(x)]
-    draws = []
-    for _ in range(boot):
-        idx = np.concatenate([rng.choice(g, size=len(g)) for g in groups])
-        draws.append(np.polyfit(x[idx], y[idx], 1)[0])
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return slope, float(low), float(high)
 
 
 def main() -> None:
@@ -124,7 +111,7 @@ def main() -> None:
         ):
             s, lo, hi = mean_slope(n, g[col].to_numpy(float))
             print(f"  {q:>8} {label:<34} slope {s:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        s, lo, hi = _linear_slope(np.log10(n), g["subopt/distribution_shift"].to_numpy(float))
+        s, lo, hi = linear_slope(np.log10(n), g["subopt/distribution_shift"].to_numpy(float))
         print(f"  {q:>8} {'shift term per decade of N':<34} slope {s:+.4f} [{lo:+.4f}, {hi:+.4f}]")
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
+from mfdiffuser.planner.acting import nearest_states
 
 _FLOOR = 1e-12
 
@@ -41,14 +42,6 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) 
     term_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
     term_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(term_x + term_y - 2.0 * kxy.mean())
-
-
-def decode_states(game: FiniteMeanFieldGame, features: np.ndarray) -> np.ndarray:
-    """Nearest state index for each feature vector: features[..., d_s] -> states[...]."""
-    table = np.asarray(game.features(np.arange(game.n_states)), dtype=np.float64)  # [S, d_s]
-    flat = np.asarray(features, dtype=np.float64).reshape(-1, table.shape[1])
-    d2 = (flat**2).sum(1)[:, None] - 2.0 * flat @ table.T + (table**2).sum(1)[None, :]
-    return d2.argmin(axis=1).reshape(np.shape(features)[:-1])
 
 
 def transition_probabilities(
@@ -117,7 +110,7 @@ def plan_quality(
         )
         mmds.append(mmd2_unbiased(x_gen.reshape(m, -1), x_real.reshape(m, -1)))
         d_s = x_real.shape[-1] - d_a
-        s_gen = decode_states(game, x_gen[..., :d_s])
+        s_gen = nearest_states(game, x_gen[..., :d_s])
         a_gen = x_gen[..., d_s:].argmax(axis=-1)
         p = transition_probabilities(game, t, s_gen, a_gen)
         p = p[~np.isnan(p)]

@@ -124,6 +124,25 @@ def stage_assignment(
     return out[::-1]
 
 
+def draw_from_rows(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per agent from its own distribution rows[N, A] (inverse CDF, one uniform each).
+
+    The finite-state rule's per-agent draw, shared by acting, replanning and the fallback, so the
+    three consume the random stream identically (r = 1 replanning equals `act` exactly).
+    """
+    cdf = np.cumsum(rows, axis=1)  # [N, A]
+    u: np.ndarray = rng.random((rows.shape[0], 1))  # u[N, 1]
+    return np.minimum((u >= cdf).sum(axis=1), rows.shape[1] - 1)
+
+
+def nearest_states(game: FiniteGame, features: np.ndarray) -> np.ndarray:
+    """Decode feature vectors to the nearest state index: features[..., d_s] -> states[...]."""
+    table = np.asarray(game.features(np.arange(game.n_states)), dtype=np.float64)  # [S, d_s]
+    flat = np.asarray(features, dtype=np.float64).reshape(-1, table.shape[1])
+    d2 = (flat**2).sum(1)[:, None] - 2.0 * flat @ table.T + (table**2).sum(1)[None, :]
+    return d2.argmin(axis=1).reshape(np.shape(features)[:-1])
+
+
 def _draw_seed(seed: int, t: int) -> int:
     return int(np.random.SeedSequence([seed, t]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -230,10 +249,7 @@ class FiniteStatePlannerPolicy:
         mu = counts.astype(np.float64) / n
         # Allocate from the integer counts, so that with m = N every agent's state is exact.
         table = self._draw_tables(t, mu, counts, self._n_particles(n), generator, 1)[0]
-        cdf = np.cumsum(table[states], axis=1)  # [N, A]
-        u: np.ndarray = rng.random((n, 1))  # u[N, 1]
-        actions = (u >= cdf).sum(axis=1)  # inverse CDF
-        return np.minimum(actions, self.game.n_actions - 1)
+        return draw_from_rows(table[states], rng)
 
     def expected_table(
         self, propagate_fn: Callable[[np.ndarray], np.ndarray], seed: int
@@ -282,9 +298,7 @@ class FiniteStatePlannerPolicy:
         )
         planned_np = planned[0].cpu().numpy()  # [M, H']
         table = self._tables(idx, planned_np[None, :, 0], t)[0]
-        cdf = np.cumsum(table[states], axis=1)
-        u: np.ndarray = rng.random((n, 1))
-        actions = np.minimum((u >= cdf).sum(axis=1), self.game.n_actions - 1)
+        actions = draw_from_rows(table[states], rng)
         # Each agent joins a particle with its state and its drawn first action (uniformly).
         key_p = idx * self.game.n_actions + planned_np[:, 0]
         key_a = states * self.game.n_actions + actions
@@ -293,11 +307,8 @@ class FiniteStatePlannerPolicy:
         hi = np.searchsorted(key_p[order], key_a, side="right")
         pick = lo + np.floor(rng.random(n) * np.maximum(hi - lo, 1)).astype(np.int64)
         assign = np.where(hi > lo, order[np.minimum(pick, len(order) - 1)], -1)
-        # Planned states decoded to the nearest state (feature space), [M, H].
-        all_feats = np.asarray(self.game.features(np.arange(self.game.n_states)), np.float32)
         xs = x0[0, :, :, : self.planner.state_dim].cpu().numpy()  # [M, H, d_s]
-        d2 = ((xs[:, :, None, :] - all_feats[None, None]) ** 2).sum(-1)  # [M, H, S]
-        return actions, _FinitePlan(assign, d2.argmin(-1), planned_np)
+        return actions, _FinitePlan(assign, nearest_states(self.game, xs), planned_np)
 
     def follow(
         self, plan: _FinitePlan, k: int, t: int, states: np.ndarray, rng: np.random.Generator
@@ -307,9 +318,7 @@ class FiniteStatePlannerPolicy:
         a = plan.assign
         ok = (a >= 0) & (k < plan.actions.shape[1])
         ok[ok] = plan.states[a[ok], k] == states[ok]
-        cdf = np.cumsum(self.prior[min(t, self.game.horizon - 1)][states], axis=1)
-        u: np.ndarray = rng.random((states.shape[0], 1))
-        fallback = np.minimum((u >= cdf).sum(axis=1), self.game.n_actions - 1)
+        fallback = draw_from_rows(self.prior[min(t, self.game.horizon - 1)][states], rng)
         return np.where(
             ok, plan.actions[np.maximum(a, 0), min(k, plan.actions.shape[1] - 1)], fallback
         )

@@ -36,31 +36,37 @@ def sweep_frame(uri: str, parent_run_id: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def loglog_slope(
-    n: np.ndarray, y: np.ndarray, *, boot: int = 2000, seed: int = 0
+def linear_slope(
+    x: np.ndarray, y: np.ndarray, *, boot: int = 2000, seed: int = 0
 ) -> tuple[float, float, float]:
-    """(slope, low, high): OLS slope of log y on log n, 95% percentile bootstrap interval.
+    """(slope, low, high): OLS slope of y on x, 95% percentile bootstrap interval.
 
-    The bootstrap resamples the replicates at each n (so every n stays in every resample).
-    y must be positive.
+    The bootstrap resamples the replicates at each x (so every x stays in every resample).
     """
-    n = np.asarray(n, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    if np.any(y <= 0):
-        raise ValueError("loglog_slope: y must be positive (fit |y| for a signed quantity)")
-    levels = np.unique(n)
+    levels = np.unique(x)
     if len(levels) < 2:
-        raise ValueError("loglog_slope: need at least two distinct N")
-    lx, ly = np.log(n), np.log(y)
-    slope = float(np.polyfit(lx, ly, 1)[0])
+        raise ValueError("slope: need at least two distinct N")
+    slope = float(np.polyfit(x, y, 1)[0])
     rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(n == v) for v in levels]
+    groups = [np.flatnonzero(x == v) for v in levels]
     draws = np.empty(boot)
     for i in range(boot):
         idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        draws[i] = np.polyfit(lx[idx], ly[idx], 1)[0]
+        draws[i] = np.polyfit(x[idx], y[idx], 1)[0]
     low, high = np.percentile(draws, [2.5, 97.5])
     return slope, float(low), float(high)
+
+
+def loglog_slope(
+    n: np.ndarray, y: np.ndarray, *, boot: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """`linear_slope` of log y on log n; y must be positive (fit |y| for a signed quantity)."""
+    y = np.asarray(y, dtype=np.float64)
+    if np.any(y <= 0):
+        raise ValueError("loglog_slope: y must be positive (fit |y| for a signed quantity)")
+    return linear_slope(np.log(np.asarray(n, dtype=np.float64)), np.log(y), boot=boot, seed=seed)
 
 
 def mean_slope(

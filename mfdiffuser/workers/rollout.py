@@ -40,7 +40,6 @@ class RolloutActor:
         """Per-episode J^N of the live planner (one planner call per step)."""
         import torch
 
-        from mfdiffuser.evaluation.rollout import rollout_returns
         from mfdiffuser.planner.acting import PlannerPolicy
 
         # The acting rule and replanning (planner.acting, planner.replan_every) live in the
@@ -57,23 +56,23 @@ class RolloutActor:
             return np.asarray(live.act(t, states, rng))
 
         act.reset = live.reset  # type: ignore[attr-defined]  # called by episode_return
-
-        rets = rollout_returns(
-            lambda: self.spec.make_sim(self.game, n_agents), act, self.game.horizon, episodes, seed
-        )
-        return {"n_agents": n_agents, "seed": seed, "returns": rets}
+        return self._play(act, n_agents, episodes, seed)
 
     def table_returns(
         self, table: list[list[list[float]]], n_agents: int, episodes: int, seed: int
     ) -> dict[str, Any]:
         """Per-episode J^N of the frozen table played by N agents (no planner noise)."""
         from mfdiffuser.envs import sample_actions
-        from mfdiffuser.evaluation.rollout import rollout_returns
 
         pol = np.asarray(table, dtype=np.float64)
 
         def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             return sample_actions(pol[t], states, rng)
+
+        return self._play(act, n_agents, episodes, seed)
+
+    def _play(self, act: Any, n_agents: int, episodes: int, seed: int) -> dict[str, Any]:
+        from mfdiffuser.evaluation.rollout import rollout_returns
 
         rets = rollout_returns(
             lambda: self.spec.make_sim(self.game, n_agents), act, self.game.horizon, episodes, seed
@@ -103,7 +102,8 @@ class RolloutActor:
         if self.spec.reference_value is not None:
             j_ref = float(self.spec.reference_value(game))
         else:
-            j_ref = policy_value(game, self.spec.behaviour(game, "expert").policies[0])
+            expert = made if cfg.data.quality == "expert" else self.spec.behaviour(game, "expert")
+            j_ref = policy_value(game, expert.policies[0])
         values = exact_terms(
             game,
             j_ref=j_ref,

@@ -31,12 +31,12 @@ from mfdiffuser.evaluation.decomposition import (
     true_advantage,
 )
 from mfdiffuser.evaluation.plan_quality import (
-    decode_states,
     mmd2_unbiased,
     plan_quality,
     transition_probabilities,
 )
 from mfdiffuser.evaluation.rollout import rollout_returns
+from mfdiffuser.planner.acting import nearest_states
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +189,10 @@ def test_transition_probabilities_of_crowd_1d(game: Crowd1D) -> None:
     np.testing.assert_allclose(p, [[1 / 3, 1 / 3], [1 / 3, 1 / 3], [1 / 3, 0.0]])
 
 
-def test_decode_states_inverts_features(game: Crowd1D) -> None:
+def test_nearest_states_inverts_features(game: Crowd1D) -> None:
     s = np.arange(game.n_states)
     noisy = game.features(s) + 0.01
-    np.testing.assert_array_equal(decode_states(game, noisy), s)
+    np.testing.assert_array_equal(nearest_states(game, noisy), s)
 
 
 def test_plan_quality_of_a_perfect_and_of_a_random_planner(
