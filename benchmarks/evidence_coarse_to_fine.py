@@ -14,12 +14,11 @@ exploitability within one standard deviation over seeds.
    Both for the trained crowd_1d planner of evidence_value_weighting.py (H = 2, K = 10, width 32)
    and for the default-size planner of benchmarks/coarse_to_fine.py (H = 4, K = 20, width 64,
    D = 13), untrained (cost does not depend on the weights).
-   Rows `traced`: the same planners with the denoiser replaced by a TorchScript trace (a scratch
-   copy, see `traced`; mfdiffuser/planner is not changed), the proposed fix of item 2.
-2. Why M_L = 64 is far from the ideal Σ-ratio: the cost of one denoising step of the flat sampler
-   at B = 1 for M = 1..256, fitted as t(M) = a + b·M (least squares). The fixed part a (Python and
-   operator dispatch of ~50 small kernels per denoiser call) is paid by every stage, also by the
-   4 particles of the first; the model predicts the speedup K·t(M_L) / Σ_l K_l·t(M_l).
+2. Why the measured ratio is below the ideal Σ-ratio: the cost of one denoising step of the flat
+   sampler at B = 1 for M = 1..256, fitted as t(M) = a + b·M (least squares). The fixed part a
+   (Python and operator dispatch of the ~40 small kernels of one trunk call, see
+   mfdiffuser/planner/denoiser.py) is paid by every stage, also by the 4 particles of the first;
+   the model predicts the speedup K·t(M_L) / Σ_l K_l·t(M_l).
 3. Quality: for each seed, the same trained weights (models written by
    evidence_value_weighting.py to DIR; trained here if absent), expected table (§5, draws = 16)
    with the flat and the c2f sampler at M_L = 64 and 256: exact return J^inf and exploitability.
@@ -32,7 +31,6 @@ import argparse
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,32 +156,6 @@ def load_or_train(data: vw.Data, beta: float, seed: int, models: Path, steps: in
     return planner
 
 
-def traced(planner: MFDiffuser) -> MFDiffuser:
-    """A scratch copy of `planner` whose denoiser is a TorchScript trace (sampling only).
-
-    The change proposed for the planner: tracing removes the Python and einops dispatch of the
-    ~50 small kernels of one denoiser call, the fixed per-call cost that every stage pays. The
-    trace is shape-generic here because the denoiser has no data-dependent control flow; it is
-    checked against the eager denoiser at another B and M before use.
-    """
-    example = (
-        torch.zeros(1, 4, planner.cfg.window, planner.transition_dim),
-        torch.zeros(1, dtype=torch.long),
-        torch.zeros(1, planner.context_dim),
-    )
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings about shape-to-int conversions
-        model = torch.jit.trace(planner.model.eval(), example, check_trace=False)
-    copy = MFDiffuser(planner.cfg, planner.state_dim, planner.n_actions, planner.context_dim)
-    copy.model = model  # type: ignore[assignment]
-    x = torch.randn(3, 16, planner.cfg.window, planner.transition_dim)
-    k, ctx = torch.tensor([0, 4, 9]), torch.randn(3, planner.context_dim)
-    with torch.no_grad():
-        if not torch.allclose(model(x, k, ctx), planner.model(x, k, ctx), atol=1e-5):
-            raise RuntimeError("the traced denoiser differs from the eager one at B=3, M=16")
-    return copy
-
-
 def fmt(values: list[float]) -> str:
     v = np.asarray(values)
     return f"{v.mean():.3f}±{v.std(ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
@@ -217,8 +189,6 @@ def main() -> None:
     variants = (
         ("trained (H2 K10 w32)", trained[0]),
         ("default (H4 K20 w64)", default),
-        ("trained, traced", traced(trained[0])),
-        ("default, traced", traced(default)),
     )
     for name, planner in variants:
         for row in speed_rows(name, planner, repeats):

@@ -25,15 +25,21 @@ isolates the joint-vs-mean-field design:
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 
 from mfdiffuser.planner.acting import FiniteGame
-from mfdiffuser.planner.denoiser import ResidualTemporalBlock, SinusoidalEmbedding
+from mfdiffuser.planner.denoiser import (
+    ResidualTemporalBlock,
+    SinusoidalEmbedding,
+    group_norm,
+    temporal_conv,
+)
 from mfdiffuser.planner.diffusion import NoiseSchedule, decode_actions
 
 
@@ -117,14 +123,14 @@ class JointDenoiser(nn.Module):
         )
 
     def forward(self, x: Tensor, k: Tensor, ctx: Tensor) -> Tensor:
-        b, n = x.shape[0], x.shape[1]
-        cond = repeat(self.step_embed(k) + self.ctx_embed(ctx), "b c -> (b n) c", n=n)
-        cond = cond + self.state_embed(rearrange(x[:, :, 0, : self.state_dim], "b n s -> (b n) s"))
-        h = self.inp(rearrange(x, "b n t d -> (b n) d t"))
+        # Channels-last throughout, as MeanFieldDenoiser.trunk: h[B, N, H, c].
+        cond = (self.step_embed(k) + self.ctx_embed(ctx))[:, None]  # [B, 1, c]
+        cond = cond + self.state_embed(x[:, :, 0, : self.state_dim])  # [B, N, c]
+        h = temporal_conv(x, self.inp)
         for block, attend in zip(self.blocks, self.attention, strict=True):
-            h = block(h, cond)  # temporal, per agent
-            h = rearrange(attend(rearrange(h, "(b n) c t -> b n t c", b=b)), "b n t c -> (b n) c t")
-        return rearrange(self.out(h), "(b n) d t -> b n t d", b=b)
+            h = attend(block(h, cond))  # temporal per agent, then across agents
+        norm, out = cast(nn.GroupNorm, self.out[0]), cast(nn.Conv1d, self.out[2])
+        return temporal_conv(nn.functional.mish(group_norm(h, norm)), out)
 
 
 class JointDiffuser:

@@ -127,6 +127,9 @@ class NoiseSchedule(nn.Module):
             "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         }
         self.alphas_cumprod64 = ac  # float64 copy for the DDIM coefficients
+        # Python floats of every buffer for the sampler, whose steps share one k across the
+        # batch: a scalar multiply instead of a gather + broadcast per coefficient.
+        self.scalars = {name: value.tolist() for name, value in buffers.items()}
         for name, value in buffers.items():
             # Schedules are not learned state: rebuilt from K, so kept out of the state_dict.
             self.register_buffer(name, torch.tensor(value, dtype=torch.float32), persistent=False)
@@ -203,6 +206,26 @@ def ddim_sequence(n_steps: int, n_sampling: int) -> list[int]:
     if not 1 <= n_sampling <= n_steps:
         raise ValueError(f"sampling steps must be in 1..{n_steps}, got {n_sampling}")
     return [int(v) for v in np.rint(np.linspace(n_steps - 1, 0, n_sampling))]
+
+
+@dataclass
+class _Conditioning:
+    """The denoiser's conditioning that stays fixed through one sampling call (METHOD.md §2).
+
+    Context (and target-return) embeddings, the step embedding of every step the sampler visits,
+    and the embedding of the current stage's in-painted first states (`at_stage`): computed once
+    per call or stage, not at every denoising step, where they were most of a small denoiser
+    call's fixed cost. Each step then runs only `MeanFieldDenoiser.trunk`.
+    """
+
+    net: MeanFieldDenoiser
+    ctx_u: Tensor  # [B, hidden]: context without return (a guided model's null embedding)
+    ctx_c: Tensor | None  # [B, hidden]: context + target return; None = unguided or w = 0
+    steps: dict[int, Tensor]  # k -> step embedding [1, hidden]
+    state: Tensor | None = None  # [B, M, hidden] of the current stage's first states
+
+    def at_stage(self, first_states: Tensor) -> None:
+        self.state = self.net.state_embedding(first_states)
 
 
 class MFDiffuser:
@@ -479,18 +502,41 @@ class MFDiffuser:
             return ddim_sequence(self.cfg.diffusion_steps, self.cfg.n_sampling_steps)
         return list(range(self.cfg.diffusion_steps - 1, -1, -1))
 
+    def _conditioning(
+        self, ctx: Tensor, ret: Tensor | None, steps: Sequence[int] = ()
+    ) -> _Conditioning:
+        """Embeddings of ctx[B, C] (and of the target return ret[B] when guidance is on and
+        w ≠ 0) and of the diffusion steps `steps`, for one sampling call."""
+        net = self.sampling_model()
+        guided = ret is not None and self.cfg.return_guidance and self.cfg.guidance != 0.0
+        table = net.step_embedding(torch.tensor(list(steps), device=self.device, dtype=torch.long))
+        return _Conditioning(
+            net=net,
+            ctx_u=net.context_embedding(ctx),
+            ctx_c=net.context_embedding(ctx, ret) if guided else None,
+            steps={k: table[i : i + 1] for i, k in enumerate(steps)},
+        )
+
+    def _eps(self, x: Tensor, step: Tensor, cond: _Conditioning) -> Tensor:
+        """ε̂ at x[B, M, H, D] for step embeddings step[B or 1, hidden]: ε_u, or with guidance
+        ε_u + w·(ε_c − ε_u)."""
+
+        def eps(ctx_embedding: Tensor) -> Tensor:
+            shared = (step + ctx_embedding)[:, None]  # [B, 1, hidden]
+            return cond.net.trunk(x, shared if cond.state is None else shared + cond.state)
+
+        eps_u = eps(cond.ctx_u)
+        if cond.ctx_c is None:
+            return eps_u
+        return eps_u + self.cfg.guidance * (eps(cond.ctx_c) - eps_u)
+
     @torch.no_grad()
     def guided_eps(self, x: Tensor, kk: Tensor, ctx: Tensor, ret: Tensor | None = None) -> Tensor:
-        """ε̂ of the sampling model; with a return, ε_u + w·(ε_c − ε_u) (w = 0: ε_u only)."""
-        net = self.sampling_model()
-        if ret is None or not self.cfg.return_guidance:
-            return net(x, kk, ctx)
-        w = self.cfg.guidance
-        eps_u = net(x, kk, ctx)
-        if w == 0.0:
-            return eps_u
-        eps_c = net(x, kk, ctx, ret=ret)
-        return eps_u + w * (eps_c - eps_u)
+        """ε̂ of the sampling model at steps kk[B]; with a return, ε_u + w·(ε_c − ε_u) (w = 0:
+        ε_u only)."""
+        cond = self._conditioning(ctx, ret)
+        cond.at_stage(x[:, :, 0, : self.state_dim])
+        return self._eps(x, cond.net.step_embedding(kk), cond)
 
     def _ret(self, ret: Tensor | float | None, batch: int) -> Tensor | None:
         if ret is None:
@@ -502,9 +548,24 @@ class MFDiffuser:
     def predict_x0(
         self, x: Tensor, k: int, ctx: Tensor, ret: Tensor | float | None = None
     ) -> Tensor:
-        """Clean estimate x̂_0 from x_k (used at every step, and by §4 to branch particles)."""
-        kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        return self._x0_from_eps(x, kk, self.guided_eps(x, kk, ctx, self._ret(ret, x.shape[0])))
+        """Clean estimate x̂_0 from x_k (the sampler's, via its cached conditioning)."""
+        cond = self._conditioning(ctx.to(self.device, torch.float32), self._ret(ret, x.shape[0]))
+        cond.at_stage(x[:, :, 0, : self.state_dim])
+        return self._x0(x, k, cond)
+
+    def _x0(self, x: Tensor, k: int, cond: _Conditioning) -> Tensor:
+        """x̂_0 = x/sqrt(ᾱ_k) − sqrt(1/ᾱ_k − 1)·ε̂, clipped to [-1, 1] if cfg.clip_denoised."""
+        c = self.schedule.scalars
+        step = (
+            cond.steps[k]
+            if k in cond.steps
+            else cond.net.step_embedding(torch.tensor([k], device=self.device))
+        )
+        eps = self._eps(x, step, cond)
+        x0 = torch.sub(
+            x * c["sqrt_recip_alphas_cumprod"][k], eps, alpha=c["sqrt_recipm1_alphas_cumprod"][k]
+        )
+        return x0.clamp_(-1.0, 1.0) if self.cfg.clip_denoised else x0
 
     def ddim_sigma(self, k: int, k_prev: int) -> float:
         """σ of the DDIM step k -> k_prev (k_prev = -1: the clean end, ᾱ = 1)."""
@@ -525,39 +586,28 @@ class MFDiffuser:
         ctx = ctx.to(x0.device, torch.float32)[:, None, None, :]
         return inverse(x0[:, :, :-1], x0[:, :, 1:], ctx).argmax(dim=-1)
 
-    def _x0_from_eps(self, x: Tensor, kk: Tensor, eps: Tensor) -> Tensor:
-        s = self.schedule
-        x0 = s.extract(s.sqrt_recip_alphas_cumprod, kk) * x - (
-            s.extract(s.sqrt_recipm1_alphas_cumprod, kk) * eps
-        )
-        return x0.clamp(-1.0, 1.0) if self.cfg.clip_denoised else x0
-
     @torch.no_grad()
     def _denoise_steps(
         self,
         x: Tensor,
         steps: Sequence[int],
-        ctx: Tensor,
+        cond: _Conditioning,
         first_states: Tensor,
         generator: torch.Generator,
-        ret: Tensor | float | None = None,
-        targets: Sequence[int] | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Steps x_k -> x_{k'} for k in `steps` (descending), in-painting after each.
+        targets: Sequence[int],
+    ) -> Tensor:
+        """Steps x_k -> x_{k'} for k in `steps` (descending), k' = targets[i] (the next index
+        of the sampling sequence, -1 = clean), in-painting first_states after each.
 
-        k' = targets[i] (the next index of the sampling sequence, -1 = clean); None = k − 1.
         DDPM: ancestral posterior step (needs k' = k − 1); DDIM: the step of the module doc.
-        Returns (x after the last step, x̂_0 estimated at the last step).
+        `cond` holds the embeddings of `steps` and of first_states (`at_stage`).
         """
-        s = self.schedule
-        x0_hat = x
-        targets = [k - 1 for k in steps] if targets is None else list(targets)
+        c = self.schedule.scalars
         ddim = self.cfg.sampler == "ddim"
         for k, k_prev in zip(steps, targets, strict=True):
-            x0_hat = self.predict_x0(x, k, ctx, ret)
-            kk = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+            x0_hat = self._x0(x, k, cond)
             if ddim:
-                ac = s.alphas_cumprod64
+                ac = self.schedule.alphas_cumprod64
                 a_k, a_p = float(ac[k]), (float(ac[k_prev]) if k_prev >= 0 else 1.0)
                 eps = (x - math.sqrt(a_k) * x0_hat) / math.sqrt(1.0 - a_k)
                 sigma = self.ddim_sigma(k, k_prev)
@@ -565,16 +615,13 @@ class MFDiffuser:
                 if sigma > 0.0:
                     x = x + sigma * self._randn(x.shape, generator)
             else:
-                mean = (
-                    s.extract(s.posterior_mean_coef1, kk) * x0_hat
-                    + s.extract(s.posterior_mean_coef2, kk) * x
+                x = torch.add(
+                    x0_hat * c["posterior_mean_coef1"][k], x, alpha=c["posterior_mean_coef2"][k]
                 )
                 if k > 0:
-                    x = mean + s.extract(s.posterior_std, kk) * self._randn(x.shape, generator)
-                else:
-                    x = mean
-            x = self.inpaint(x, first_states)
-        return x, x0_hat
+                    x = x.add_(self._randn(x.shape, generator), alpha=c["posterior_std"][k])
+            x[:, :, 0, : self.state_dim] = first_states  # in-paint (x is this step's new tensor)
+        return x
 
     @torch.no_grad()
     def sample(
@@ -595,11 +642,9 @@ class MFDiffuser:
         shape = (b, m, self.cfg.window, self.transition_dim)
         x = self.inpaint(self._randn(shape, generator), first_states)
         steps = self.sampling_sequence()
-        ret_t = self._ret(ret, b)
-        x, _ = self._denoise_steps(
-            x, steps, ctx, first_states, generator, ret_t, targets=[*steps[1:], -1]
-        )
-        return x
+        cond = self._conditioning(ctx, self._ret(ret, b), steps)
+        cond.at_stage(first_states)
+        return self._denoise_steps(x, steps, cond, first_states, generator, [*steps[1:], -1])
 
     @torch.no_grad()
     def sample_transitions(
@@ -706,27 +751,27 @@ class MFDiffuser:
                     f"got shape {tuple(p.shape)}"
                 )
         ctx = ctx.to(self.device, torch.float32)
-        ret_t = self._ret(ret, b)
+        cond = self._conditioning(ctx, self._ret(ret, b), all_steps)
         shape = (b, firsts[0].shape[1], self.cfg.window, self.transition_dim)
         x = self.inpaint(self._randn(shape, generator), firsts[0])
         start = 0
         for i in range(n_stages):
             stage = all_steps[start : start + steps_l[i]]
             start += steps_l[i]
+            cond.at_stage(firsts[i])
             if i == n_stages - 1:
-                x, _ = self._denoise_steps(
-                    x, stage, ctx, firsts[i], generator, ret_t, [nxt[k] for k in stage]
+                return self._denoise_steps(
+                    x, stage, cond, firsts[i], generator, [nxt[k] for k in stage]
                 )
-                break
             # A non-final stage needs only x̂_0 at its last step (its children are re-noised
             # from it), so that step is a clean estimate, not an ancestral step.
-            x, _ = self._denoise_steps(
-                x, stage[:-1], ctx, firsts[i], generator, ret_t, [nxt[k] for k in stage[:-1]]
+            x = self._denoise_steps(
+                x, stage[:-1], cond, firsts[i], generator, [nxt[k] for k in stage[:-1]]
             )
-            x0_hat = self.predict_x0(x, stage[-1], ctx, ret_t)
+            x0_hat = self._x0(x, stage[-1], cond)
             k = all_steps[start]  # the next step: children are noised to level k
             child_shape = (b, firsts[i + 1].shape[1], self.cfg.window, self.transition_dim)
             noise = self._randn(child_shape, generator)
             x = self.branch_particles(x0_hat, parents[i], k, noise)
             x = self.inpaint(x, firsts[i + 1])
-        return x
+        raise AssertionError("unreachable: the last stage returns")

@@ -147,10 +147,13 @@ def test_denoise_steps_inpaints_after_every_step() -> None:
     ctx, first = torch.rand(1, C), _first_states(1, 4)
     gen = torch.Generator().manual_seed(0)
     x = planner.inpaint(torch.randn(1, 4, CFG.window, DS + A, generator=gen), first)
-    for k in range(CFG.diffusion_steps - 1, -1, -1):
-        x, x0_hat = planner._denoise_steps(x, [k], ctx, first, gen)
+    steps = planner.sampling_sequence()
+    cond = planner._conditioning(ctx, None, steps)
+    cond.at_stage(first)
+    for k in steps:
+        assert planner._x0(x, k, cond).abs().max() <= 1.0  # clip_denoised
+        x = planner._denoise_steps(x, [k], cond, first, gen, [k - 1])
         assert torch.equal(x[:, :, 0, :DS], first)
-        assert x0_hat.abs().max() <= 1.0  # clip_denoised
 
 
 def test_state_dict_round_trip_weights_only() -> None:

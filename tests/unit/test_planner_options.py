@@ -22,6 +22,7 @@ from mfdiffuser.planner.acting import (
 )
 from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
 from mfdiffuser.planner.config import PlannerConfig
+from mfdiffuser.planner.denoiser import MeanFieldDenoiser
 from mfdiffuser.planner.diffusion import (
     MFDiffuser,
     cfg_drop_mask,
@@ -105,22 +106,24 @@ def _arrays(seed: int = 0, e: int = 4, n: int = 10) -> EpisodeArrays:
     return EpisodeArrays(states, actions, rewards)
 
 
-class Counter(nn.Module):
-    """Counts forward calls of a wrapped module (cost = network evaluations, not time)."""
+class Counter:
+    """Counts evaluations of a denoiser's trunk, the part run at every denoising step (cost =
+    network evaluations, not time; the sampler embeds the fixed conditioning once per call)."""
 
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net, self.calls = net, 0
+    def __init__(self, net: MeanFieldDenoiser) -> None:
+        self.calls = 0
+        trunk = net.trunk
 
-    def forward(self, *args: Any, **kw: Any) -> Any:
-        self.calls += 1
-        return self.net(*args, **kw)
+        def counted(*args: Any, **kw: Any) -> Any:
+            self.calls += 1
+            return trunk(*args, **kw)
+
+        net.trunk = counted  # type: ignore[method-assign]
 
 
 def _count(planner: MFDiffuser) -> Counter:
-    counter = Counter(planner.model)
-    planner.model = counter  # type: ignore[assignment]
-    return counter
+    assert planner.sampling_model() is planner.model
+    return Counter(planner.model)
 
 
 # ------------------------------------------------------------------ 1. return guidance
