@@ -115,7 +115,7 @@ def make_data(quality: str) -> Data:
 
 def target_policy(data: Data, beta: float, cfg: PlannerConfig) -> np.ndarray:
     """π_β^D: the data policy tilted by the dataset advantage, clipped as the training weights."""
-    log_z = expected_log_normaliser(data.advantage, beta, cfg.window)
+    log_z = expected_log_normaliser(data.advantage, beta)
     return tilted_policy(data.prior, data.advantage, beta, cfg.weight_clip, log_z)
 
 

@@ -37,7 +37,7 @@ from mfdiffuser.planner.acting import FiniteGame
 from mfdiffuser.planner.denoiser import (
     ResidualTemporalBlock,
     SinusoidalEmbedding,
-    group_norm,
+    group_norm_mish,
     temporal_conv,
 )
 from mfdiffuser.planner.diffusion import NoiseSchedule, decode_actions
@@ -130,7 +130,7 @@ class JointDenoiser(nn.Module):
         for block, attend in zip(self.blocks, self.attention, strict=True):
             h = attend(block(h, cond))  # temporal per agent, then across agents
         norm, out = cast(nn.GroupNorm, self.out[0]), cast(nn.Conv1d, self.out[2])
-        return temporal_conv(nn.functional.mish(group_norm(h, norm)), out)
+        return temporal_conv(group_norm_mish(h, norm), out)
 
 
 class JointDiffuser:

@@ -93,22 +93,19 @@ def _advantage_table(adv: TabularAdvantage | npt.ArrayLike) -> np.ndarray:
     return np.asarray(adv, dtype=np.float64)
 
 
-def expected_log_normaliser(adv: TabularAdvantage, beta: float, window: int | None = None) -> float:
+def expected_log_normaliser(adv: TabularAdvantage, beta: float) -> float:
     """log E[exp(β·A)] over the first (t0, s, a) of training windows (the batch mean's limit).
 
-    The window start t0 is uniform on 0..T-H (H = `window`, default 1) and the M particles are
-    agents of the episode, so (s, a) at t0 follows the data's counts at t0. Pass the result as
+    The window start t0 is uniform on 0..T-1 (`WindowSampler`) and the M particles are agents of
+    the episode, so (s, a) at t0 follows the data's counts at t0. Pass the result as
     `log_normaliser` to `tilted_policy` to clip exactly where the training weights clip
     (w = exp(β·A) / batch mean, clipped at w_max), up to the batch mean's finite-sample error.
     """
     counts = adv.counts
-    horizon = counts.shape[0]
-    h = 1 if window is None else window
-    logits = beta * adv.table[: horizon - h + 1]  # [T', S, A]
-    p = counts[: horizon - h + 1]
-    p = p / np.maximum(p.sum(axis=(1, 2), keepdims=True), 1.0)
+    logits = beta * adv.table  # [T, S, A]
+    p = counts / np.maximum(counts.sum(axis=(1, 2), keepdims=True), 1.0)
     shift = float(logits.max()) if logits.size else 0.0
-    per_t = (p * np.exp(logits - shift)).sum(axis=(1, 2))  # [T']
+    per_t = (p * np.exp(logits - shift)).sum(axis=(1, 2))  # [T]
     return float(np.log(per_t.mean()) + shift)
 
 

@@ -95,7 +95,12 @@ def encode_actions(actions: np.ndarray, n_actions: int) -> np.ndarray:
 
 
 class WindowSampler:
-    """Draws batches {x[B, M, H, D], ctx[B, C]} of training windows, seeded.
+    """Draws batches {x[B, M, H, D], ctx[B, C], valid[B, H]} of training windows, seeded.
+
+    Window starts t0 are uniform over every decision time 0..T-1, because the planner acts at
+    every t: a window that runs past the episode end is padded by repeating the last step, and
+    valid[b, h] = 0 marks those padded steps (t0 + h >= T), which the loss leaves out. (Starts
+    restricted to 0..T-H would leave the last H - 1 decision times unseen in training.)
 
     With `advantage` (a dataset-fitted TabularAdvantage, METHOD.md §3) batches also hold
     advantages[B, M] (float32): A(s, a, t0) of each particle's first state and action.
@@ -136,7 +141,7 @@ class WindowSampler:
         n_ep, horizon, n = a.states.shape
         m, h = self.n_particles, self.window
         eps = self.rng.integers(0, n_ep, size=batch_size)
-        t0 = self.rng.integers(0, horizon - h + 1, size=batch_size)
+        t0 = self.rng.integers(0, horizon, size=batch_size)
         # M distinct agents when the episode has enough, otherwise with replacement.
         if m <= n:
             agents = np.stack(
@@ -145,6 +150,8 @@ class WindowSampler:
         else:
             agents = self.rng.integers(0, n, size=(batch_size, m))
         ts = t0[:, None] + np.arange(h)[None, :]  # [B, H]
+        valid = ts < horizon
+        ts = np.minimum(ts, horizon - 1)  # padding past the end: the last step repeated
         e_idx, t_idx, a_idx = eps[:, None, None], ts[:, None, :], agents[:, :, None]
         states = a.states[e_idx, t_idx, a_idx]  # [B, M, H]
         actions = a.actions[e_idx, t_idx, a_idx]
@@ -155,6 +162,7 @@ class WindowSampler:
         out = {
             "x": x.astype(np.float32),
             "ctx": ctx.astype(np.float32),
+            "valid": valid.astype(np.float32),
             "episode": eps,
             "t0": t0,
             "first_states": states[:, :, 0],

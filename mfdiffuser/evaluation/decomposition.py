@@ -47,13 +47,12 @@ def beta_star_policy(
     behaviour: np.ndarray,
     beta: float,
     weight_clip: float,
-    window: int = 1,
 ) -> np.ndarray:
     """π_β*: the true behaviour tilted by its exact advantage, clipped as in training."""
     adv = true_advantage(game, behaviour)
     # As if the data were infinite: counts ∝ the behaviour's occupancy, Q̂ − V̂ = the exact A.
     exact = TabularAdvantage(q=adv, v=np.zeros(adv.shape[:2]), counts=occupancy(game, behaviour))
-    log_z = expected_log_normaliser(exact, beta, window)
+    log_z = expected_log_normaliser(exact, beta)
     return tilted_policy(behaviour, exact, beta, weight_clip, log_normaliser=log_z)
 
 
@@ -62,10 +61,9 @@ def beta_data_policy(
     advantage: TabularAdvantage,
     beta: float,
     weight_clip: float,
-    window: int = 1,
 ) -> np.ndarray:
     """π_β^D: the data's empirical behaviour tilted by the dataset advantage (A = 0 unseen)."""
-    log_z = expected_log_normaliser(advantage, beta, window)
+    log_z = expected_log_normaliser(advantage, beta)
     return tilted_policy(prior, advantage, beta, weight_clip, log_normaliser=log_z)
 
 
@@ -130,11 +128,10 @@ def exact_terms(
     table: np.ndarray,
     beta: float,
     weight_clip: float,
-    window: int = 1,
 ) -> dict[str, float]:
     """The N-free values (J^∞ of π_ref, π_β*, π_β^D, π̂): the first three terms' ingredients."""
-    pi_star = beta_star_policy(game, behaviour, beta, weight_clip, window)
-    pi_data = beta_data_policy(prior, advantage, beta, weight_clip, window)
+    pi_star = beta_star_policy(game, behaviour, beta, weight_clip)
+    pi_data = beta_data_policy(prior, advantage, beta, weight_clip)
     return {
         "j_ref": float(j_ref),
         "j_beta_star": policy_value(game, pi_star),

@@ -38,10 +38,10 @@ class PlannerConfig(BaseModel):
 
     # §4 hierarchical coarse-to-fine denoising
     stages: int = Field(
-        1,
+        3,
         ge=1,
-        description="L: denoising stages with growing particle counts; 1 = the flat sampler "
-        "(the coarse-to-fine ablation, `-s stages=1`).",
+        description="L: denoising stages with growing particle counts (must be <= the sampling "
+        "steps); 1 = the flat sampler (the coarse-to-fine ablation, `-s stages=1`).",
     )
     growth: int = Field(
         4,

@@ -437,9 +437,11 @@ class MFDiffuser:
     ) -> tuple[Tensor, dict[str, float]]:
         """Per-particle-normalised (value-weighted) denoising loss of §3.
 
-        L = mean_b (1/M) Σ_j w_j · mean_{(h, d) not in-painted} (ε_j − ε̂_j)².
+        L = mean_b (1/M) Σ_j w_j · mean_{(h, d) not in-painted, h valid} (ε_j − ε̂_j)².
         batch: x[B, M, H, D], ctx[B, C], optional weights[B, M] (already normalised and clipped,
-        see `value_weights`; None = all ones). `model` overrides self.model (e.g. a DDP wrapper).
+        see `value_weights`; None = all ones), optional valid[B, H] (0 = a step padded past the
+        episode end, see `WindowSampler`; None = all valid). `model` overrides self.model (e.g.
+        a DDP wrapper).
         """
         net = self.train_module() if model is None else model
         x0, ctx = batch["x"], batch["ctx"]
@@ -467,8 +469,15 @@ class MFDiffuser:
             eps_hat, logits = net(x_noisy, k, ctx, x0=x0, **kwargs)
         else:
             eps_hat = net(x_noisy, k, ctx, **kwargs)
-        mask = self.loss_mask(h, x0.device)
-        per_particle = ((noise - eps_hat) ** 2 * mask).sum(dim=(2, 3)) / mask.sum()  # [B, M]
+        mask = self.loss_mask(h, x0.device)  # [H, D]
+        valid = batch.get("valid")
+        if valid is None:
+            per_particle = ((noise - eps_hat) ** 2 * mask).sum(dim=(2, 3)) / mask.sum()  # [B, M]
+        else:
+            cells = mask * valid.to(mask.dtype)[:, None, :, None]  # [B, 1, H, D]
+            per_particle = ((noise - eps_hat) ** 2 * cells).sum(dim=(2, 3)) / cells.sum(
+                dim=(2, 3)
+            ).clamp_min(1.0)
         loss = (weights * per_particle).mean()
         info = {
             "loss_unweighted": float(per_particle.detach().mean()),
@@ -480,7 +489,12 @@ class MFDiffuser:
                 actions[:, :, :-1].reshape(-1),
                 reduction="none",
             ).view(b, m, h - 1)
-            ce_loss = (weights * ce.mean(dim=2)).mean()
+            if valid is None:
+                per_pair = ce.mean(dim=2)
+            else:  # a pair (s_h, s_{h+1}) counts when s_{h+1} is inside the episode
+                pairs = valid[:, None, 1:].to(ce.dtype)  # [B, 1, H - 1]
+                per_pair = (ce * pairs).sum(dim=2) / pairs.sum(dim=2).clamp_min(1.0)
+            ce_loss = (weights * per_pair).mean()
             loss = loss + ce_loss
             info["loss_inverse"] = float(ce_loss.detach())
         if "drop" in kwargs:

@@ -26,12 +26,13 @@ def to_batch(
     weight_clip: float = 20.0,
     returns: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tensors x, ctx for `MFDiffuser.loss`, plus §3 weights[B, M] when the raw batch has
+    """Tensors x, ctx (and valid[B, H] when the raw batch has it) for `MFDiffuser.loss`, plus
+    §3 weights[B, M] when the raw batch has
     advantages[B, M] and beta > 0 (beta == 0 adds no weights: exactly the unweighted loss).
 
     returns[E, T]: normalised population returns-to-go of the sampler's episodes; with it the
     batch gets ret[B] = returns[episode, t0] for classifier-free return guidance."""
-    batch = {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx")}
+    batch = {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx", "valid") if k in raw}
     if returns is not None:
         ret = np.asarray(returns)[np.asarray(raw["episode"]), np.asarray(raw["t0"])]
         batch["ret"] = torch.as_tensor(ret, dtype=torch.float32, device=device)

@@ -113,7 +113,6 @@ class RolloutActor:
             table=np.asarray(table, dtype=np.float64),
             beta=pcfg.beta,
             weight_clip=pcfg.weight_clip,
-            window=pcfg.window,
         )
         out: dict[str, Any] = {"values": values, "metrics": {}}
         if cfg.eval.plan_windows > 0:

@@ -97,6 +97,23 @@ def test_window_sampler_shapes_and_content(game: Crowd1D) -> None:
         WindowSampler(arr, game, window=6, n_particles=8, seed=0)
 
 
+def test_window_starts_cover_every_decision_time_with_padding(game: Crowd1D) -> None:
+    table, _ = generate_shard(lambda: Crowd1DSim(game, 20), [uniform_policy(game)], range(4), 2)
+    arr = _arrays(table)
+    horizon, h = arr.horizon, 3
+    b = WindowSampler(arr, game, window=h, n_particles=8, seed=1).sample(400)
+    # The planner acts at every t, so windows start at every t, also the last H - 1.
+    assert set(b["t0"].tolist()) == set(range(horizon))
+    steps = b["t0"][:, None] + np.arange(h)[None, :]
+    assert np.array_equal(b["valid"], (steps < horizon).astype(np.float32))
+    # A padded step repeats the episode's last step.
+    d_s = game.feature_dim
+    for i in np.flatnonzero(b["t0"] == horizon - 1):
+        last = b["x"][i, :, 0]
+        assert np.array_equal(b["x"][i, :, 1], last) and np.array_equal(b["x"][i, :, 2], last)
+        assert np.array_equal(last[:, :d_s], game.features(b["first_states"][i]))
+
+
 def test_dataset_ids_are_content_addresses() -> None:
     bench = {"name": "crowd_1d", "version": 1, "params": {"size": 10}}
     a = dataset_id(dataset_spec(bench, "expert", 100, 10, 2, 0))

@@ -97,8 +97,8 @@ def test_shift_is_zero_with_exact_coverage_and_returns(game: Crowd1D, medium: np
     assert np.all(occ > 0)
     exact = TabularAdvantage(q=adv, v=np.zeros(adv.shape[:2]), counts=1e6 * occ)
     for beta, clip in ((1.0, 20.0), (4.0, 1.5)):
-        pi_star = beta_star_policy(game, medium, beta, clip, window=2)
-        pi_data = beta_data_policy(medium, exact, beta, clip, window=2)
+        pi_star = beta_star_policy(game, medium, beta, clip)
+        pi_data = beta_data_policy(medium, exact, beta, clip)
         np.testing.assert_allclose(pi_data, pi_star, atol=1e-12)
         assert abs(policy_value(game, pi_star) - policy_value(game, pi_data)) < 1e-12
 

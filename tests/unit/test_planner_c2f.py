@@ -254,7 +254,7 @@ def test_acting_with_stages_gives_valid_tables(stages: int) -> None:
 def test_acting_flat_unchanged_when_one_stage() -> None:
     # stages = 1 must take the flat path: same tables as calling `sample` directly.
     game = LineGame()
-    cfg = PlannerConfig(**{**SMALL, "max_particles": 10})
+    cfg = PlannerConfig(**{**SMALL, "max_particles": 10, "stages": 1})
     torch.manual_seed(0)
     planner = MFDiffuser(cfg, game.feature_dim, game.n_actions, game.context_dim)
     prior = np.full((game.horizon, game.n_states, game.n_actions), 1.0 / game.n_actions)

@@ -173,3 +173,39 @@ def test_state_dict_round_trip_weights_only() -> None:
     wrong = MFDiffuser.from_spec(CFG, state_dim=DS, n_actions=A + 1, context_dim=C)
     with pytest.raises(ValueError, match="dims"):
         wrong.load_state_dict(loaded["planner"])
+
+
+class _KeepOutput(nn.Module):
+    """The real denoiser, keeping its output's gradient for inspection."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.out = net, torch.empty(0)
+
+    def forward(self, *args: object, **kw: object) -> Tensor:
+        self.out = self.net(*args, **kw)
+        self.out.retain_grad()
+        return self.out
+
+
+def test_loss_leaves_out_steps_padded_past_the_episode_end() -> None:
+    planner = _planner()
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "x": torch.rand(3, 4, CFG.window, DS + A, generator=g) * 2 - 1,
+        "ctx": torch.rand(3, C),
+    }
+    plain, _ = planner.loss(batch, generator=torch.Generator().manual_seed(1))
+    ones = {**batch, "valid": torch.ones(3, CFG.window)}
+    assert torch.equal(planner.loss(ones, generator=torch.Generator().manual_seed(1))[0], plain)
+    # Sample 0 ends after 2 steps, sample 1 after its first, sample 2 is whole.
+    valid = torch.tensor([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.float32)
+    net = _KeepOutput(planner.model)
+    loss, _ = planner.loss({**batch, "valid": valid}, model=net, generator=g)
+    loss.backward()
+    grad = net.out.grad
+    assert grad is not None
+    padded = (valid == 0)[:, None, :, None].expand_as(grad)
+    assert torch.all(grad[padded] == 0)
+    assert torch.all(grad[:, :, 0, DS:] != 0)  # every sample's first action is learned
+    assert torch.all(grad[2, :, 1:] != 0)

@@ -319,7 +319,7 @@ def test_ddim_eta_zero_is_deterministic_given_initial_noise() -> None:
 
 @pytest.mark.parametrize("steps", [1, 3, 6])
 def test_sampling_cost_scales_with_sampling_steps(steps: int) -> None:
-    planner = _planner(sampler="ddim", sampling_steps=steps)
+    planner = _planner(sampler="ddim", sampling_steps=steps, stages=1)
     counter = _count(planner)
     planner.sample(*_inputs(), torch.Generator().manual_seed(0))
     assert counter.calls == steps
@@ -338,7 +338,7 @@ def test_ddim_composes_with_coarse_to_fine() -> None:
     assert counter.calls == 4 and x.shape == (2, 6, 3, S + A)
     assert torch.equal(x[:, :, 0, :S], firsts[1])
     # One stage = the flat DDIM sampler, exactly.
-    flat = _planner(sampler="ddim", sampling_steps=4)
+    flat = _planner(sampler="ddim", sampling_steps=4, stages=1)
     a = flat.sample(ctx, firsts[1], torch.Generator().manual_seed(1))
     b = flat.sample_coarse_to_fine(ctx, [firsts[1]], [], torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
