@@ -58,7 +58,7 @@ class PlannerConfig(BaseModel):
 
     # §3 value-weighted objective (slot: beta = 0 is unweighted trajectory modelling)
     beta: float = Field(
-        0.0,
+        1.0,
         ge=0.0,
         description="β: inverse temperature of the advantage tilt; 0 = unweighted "
         "trajectory modelling (the value-weighting ablation, `-s beta=0`).",
