@@ -11,7 +11,7 @@ exploitability within one standard deviation over seeds.
      O(N) table and action sampling), M_L = max_particles;
    * `B=16`: one batch of 16 particle sets (what `expected_table` samples per epoch with
      draws = 16), sampler only.
-   Both for the trained crowd_1d planner of evidence_value_weighting.py (H = 2, K = 10, width 32)
+   Both for the trained crowd_1d planner of evidence_value_weighting.py (H = 1, K = 10, width 32)
    and for the default-size planner of benchmarks/coarse_to_fine.py (H = 4, K = 20, width 64,
    D = 13), untrained (cost does not depend on the weights).
 2. Why the measured ratio is below the ideal Σ-ratio: the cost of one denoising step of the flat
@@ -186,8 +186,9 @@ def main() -> None:
         f"{'planner':<22} {'M_L':>5} {'M_l':>10} {'K_l':>8} {'act flat':>8} {'act c2f':>8} "
         f"{'ratio':>7} {'B16 flat':>9} {'B16 c2f':>9} {'ratio':>7} {'ideal':>7}"
     )
+    tc = trained[0].cfg
     variants = (
-        ("trained (H2 K10 w32)", trained[0]),
+        (f"trained (H{tc.window} K{tc.diffusion_steps} w{tc.hidden})", trained[0]),
         ("default (H4 K20 w64)", default),
     )
     for name, planner in variants:
