@@ -523,12 +523,17 @@ class MFDiffuser:
         w ≠ 0) and of the diffusion steps `steps`, for one sampling call."""
         net = self.sampling_model()
         guided = ret is not None and self.cfg.return_guidance and self.cfg.guidance != 0.0
-        table = net.step_embedding(torch.tensor(list(steps), device=self.device, dtype=torch.long))
+        steps = list(steps)
+        table = (
+            net.step_embedding(torch.tensor(steps, device=self.device, dtype=torch.long))
+            if steps
+            else None
+        )
         return _Conditioning(
             net=net,
             ctx_u=net.context_embedding(ctx),
             ctx_c=net.context_embedding(ctx, ret) if guided else None,
-            steps={k: table[i : i + 1] for i, k in enumerate(steps)},
+            steps={} if table is None else {k: table[i : i + 1] for i, k in enumerate(steps)},
         )
 
     def _eps(self, x: Tensor, step: Tensor, cond: _Conditioning) -> Tensor:

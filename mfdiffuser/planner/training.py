@@ -32,7 +32,9 @@ def to_batch(
 
     returns[E, T]: normalised population returns-to-go of the sampler's episodes; with it the
     batch gets ret[B] = returns[episode, t0] for classifier-free return guidance."""
-    batch = {k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx", "valid") if k in raw}
+    batch: dict[str, torch.Tensor] = {
+        k: torch.as_tensor(raw[k], device=device) for k in ("x", "ctx", "valid") if k in raw
+    }
     if returns is not None:
         ret = np.asarray(returns)[np.asarray(raw["episode"]), np.asarray(raw["t0"])]
         batch["ret"] = torch.as_tensor(ret, dtype=torch.float32, device=device)
