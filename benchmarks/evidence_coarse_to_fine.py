@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import evidence_value_weighting as vw
+from coarse_to_fine import median_seconds
 
 from mfdiffuser.envs import exploitability, policy_value, propagate
 from mfdiffuser.envs.registry import get_benchmark
@@ -48,19 +49,6 @@ from mfdiffuser.planner.diffusion import MFDiffuser
 
 SIZES = (64, 256)
 STAGES, GROWTH = 3, 4
-
-
-def medians(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Median seconds of each fn, repeats interleaved so machine load hits them alike."""
-    for fn in fns:
-        fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, ts in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
 
 
 def variant(cfg: PlannerConfig, m: int, c2f: bool) -> PlannerConfig:
@@ -117,7 +105,7 @@ def speed_rows(name: str, planner: MFDiffuser, repeats: int) -> list[str]:
                 gen, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
                 fns.append(lambda p=pol, g=gen, r=rng, s=states: p.act(0, s, r, g))
         fns.extend(sampler_fns(planner, m, 16))
-        ts = medians(fns, repeats)
+        ts = median_seconds(fns, repeats)
         act = (
             f"{1e3 * ts[0]:>8.1f} {1e3 * ts[1]:>8.1f} {ts[0] / ts[1]:>6.2f}x"
             if len(ts) == 4
@@ -135,7 +123,7 @@ def cost_model(planner: MFDiffuser, repeats: int) -> tuple[list[str], float, flo
     """Per-step cost of the flat sampler at B = 1 vs M; least-squares t(M) = a + b·M."""
     ms = [1, 4, 16, 64, 256]
     fns = [sampler_fns(planner, m, 1)[0] for m in ms]
-    per_step = [t / planner.cfg.diffusion_steps for t in medians(fns, repeats)]
+    per_step = [t / planner.cfg.diffusion_steps for t in median_seconds(fns, repeats)]
     b, a = np.polyfit(ms, per_step, 1)
     rows = [f"  M={m:<4} {1e3 * t:7.3f} ms/step" for m, t in zip(ms, per_step, strict=True)]
     return rows, float(a), float(b)

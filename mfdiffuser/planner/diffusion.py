@@ -6,7 +6,7 @@ particle, x[:, :, 0, :d_s], is in-painted: fixed to the state of the agent the p
 never noised and never in the loss.
 
 The sampler is written as stages of denoising steps (`_denoise_steps`) plus a clean estimate
-(`predict_x0`) so that the coarse-to-fine sampler of §4 (stages with growing M; at a boundary each
+(`_x0`) so that the coarse-to-fine sampler of §4 (stages with growing M; at a boundary each
 particle branches into children re-noised from its parent's x̂_0) reuses them. The flat
 single-stage sampler (`sample`) stays the ablation; `sample_coarse_to_fine` with one stage
 reproduces it exactly (same random draws in the same order).
@@ -563,24 +563,11 @@ class MFDiffuser:
         r = torch.as_tensor(ret, dtype=torch.float32, device=self.device)
         return r.expand(batch) if r.ndim == 0 else r
 
-    @torch.no_grad()
-    def predict_x0(
-        self, x: Tensor, k: int, ctx: Tensor, ret: Tensor | float | None = None
-    ) -> Tensor:
-        """Clean estimate x̂_0 from x_k (the sampler's, via its cached conditioning)."""
-        cond = self._conditioning(ctx.to(self.device, torch.float32), self._ret(ret, x.shape[0]))
-        cond.at_stage(x[:, :, 0, : self.state_dim])
-        return self._x0(x, k, cond)
-
     def _x0(self, x: Tensor, k: int, cond: _Conditioning) -> Tensor:
-        """x̂_0 = x/sqrt(ᾱ_k) − sqrt(1/ᾱ_k − 1)·ε̂, clipped to [-1, 1] if cfg.clip_denoised."""
+        """x̂_0 = x/sqrt(ᾱ_k) − sqrt(1/ᾱ_k − 1)·ε̂ at a step k embedded in `cond`, clipped to
+        [-1, 1] if cfg.clip_denoised (every step of the sampler, and by §4 to branch particles)."""
         c = self.schedule.scalars
-        step = (
-            cond.steps[k]
-            if k in cond.steps
-            else cond.net.step_embedding(torch.tensor([k], device=self.device))
-        )
-        eps = self._eps(x, step, cond)
+        eps = self._eps(x, cond.steps[k], cond)
         x0 = torch.sub(
             x * c["sqrt_recip_alphas_cumprod"][k], eps, alpha=c["sqrt_recipm1_alphas_cumprod"][k]
         )

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from line_game import LineGame
 
 from mfdiffuser.planner import (
     FiniteStatePlannerPolicy,
@@ -17,42 +18,6 @@ from mfdiffuser.planner import (
 )
 
 torch.set_num_threads(1)
-
-
-class LineGame:
-    """A tiny real finite mean-field game: S cells on a line, actions left / stay / right."""
-
-    def __init__(self, n_states: int = 5, horizon: int = 6) -> None:
-        self.n_states = n_states
-        self.n_actions = 3
-        self.horizon = horizon
-        self.feature_dim = n_states
-        self.context_dim = 1 + n_states
-        self.mu0 = np.full(n_states, 1.0 / n_states)
-
-    def features(self, states: np.ndarray) -> np.ndarray:
-        onehot = np.eye(self.n_states, dtype=np.float32)[np.asarray(states)]
-        return 2.0 * onehot - 1.0
-
-    def context(self, t: int, mu: np.ndarray) -> np.ndarray:
-        return np.concatenate([[t / self.horizon], mu]).astype(np.float32)
-
-    def next_state(self, s: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return np.clip(s + a - 1, 0, self.n_states - 1)
-
-    def propagate(self, policy: np.ndarray) -> np.ndarray:
-        """Exact mean-field flow[T, S] of policy[T, S, A] from mu0."""
-        s_idx = np.arange(self.n_states)
-        flow = np.zeros((self.horizon, self.n_states))
-        flow[0] = self.mu0
-        for t in range(self.horizon - 1):
-            for a in range(self.n_actions):
-                np.add.at(
-                    flow[t + 1],
-                    self.next_state(s_idx, np.full_like(s_idx, a)),
-                    flow[t] * policy[t, :, a],
-                )
-        return flow
 
 
 GAME = LineGame()

@@ -10,6 +10,7 @@ import numpy as np
 import pydantic
 import pytest
 import torch
+from line_game import LineGame
 
 from mfdiffuser.planner.acting import FiniteStatePlannerPolicy, allocate, stage_assignment
 from mfdiffuser.planner.config import PlannerConfig
@@ -203,35 +204,9 @@ def test_stage_assignment_contiguous_nearest() -> None:
         assert np.all(np.diff(s) >= 0)
 
 
-class LineGame:
-    """S cells on a line, actions left / stay / right (as in test_planner_acting)."""
-
-    def __init__(self, n_states: int = 5, horizon: int = 3) -> None:
-        self.n_states, self.n_actions, self.horizon = n_states, 3, horizon
-        self.feature_dim = n_states
-        self.context_dim = 1 + n_states
-        self.mu0 = np.full(n_states, 1.0 / n_states)
-
-    def features(self, states: np.ndarray) -> np.ndarray:
-        return 2.0 * np.eye(self.n_states, dtype=np.float32)[np.asarray(states)] - 1.0
-
-    def context(self, t: int, mu: np.ndarray) -> np.ndarray:
-        return np.concatenate([[t / self.horizon], mu]).astype(np.float32)
-
-    def propagate(self, policy: np.ndarray) -> np.ndarray:
-        flow = np.zeros((self.horizon, self.n_states))
-        flow[0] = self.mu0
-        s_idx = np.arange(self.n_states)
-        for t in range(self.horizon - 1):
-            for a in range(self.n_actions):
-                nxt = np.clip(s_idx + a - 1, 0, self.n_states - 1)
-                np.add.at(flow[t + 1], nxt, flow[t] * policy[t, :, a])
-        return flow
-
-
 @pytest.mark.parametrize("stages", [1, 3])
 def test_acting_with_stages_gives_valid_tables(stages: int) -> None:
-    game = LineGame()
+    game = LineGame(horizon=3)
     cfg = PlannerConfig(**{**SMALL, "stages": stages, "max_particles": 10, "draws": 2})
     torch.manual_seed(0)
     planner = MFDiffuser(cfg, game.feature_dim, game.n_actions, game.context_dim)
@@ -253,7 +228,7 @@ def test_acting_with_stages_gives_valid_tables(stages: int) -> None:
 
 def test_acting_flat_unchanged_when_one_stage() -> None:
     # stages = 1 must take the flat path: same tables as calling `sample` directly.
-    game = LineGame()
+    game = LineGame(horizon=3)
     cfg = PlannerConfig(**{**SMALL, "max_particles": 10, "stages": 1})
     torch.manual_seed(0)
     planner = MFDiffuser(cfg, game.feature_dim, game.n_actions, game.context_dim)

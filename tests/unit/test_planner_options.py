@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from line_game import LineGame
 from torch import Tensor, nn
 
 from mfdiffuser.data.windows import EpisodeArrays, WindowSampler
@@ -35,25 +36,6 @@ from mfdiffuser.planner.training import to_batch, train_epochs
 from mfdiffuser.platform.config import load_config
 
 torch.set_num_threads(1)
-
-
-class LineGame:
-    """S cells on a line, actions left / stay / right (a real finite mean-field game)."""
-
-    def __init__(self, n_states: int = 5, horizon: int = 6) -> None:
-        self.n_states, self.n_actions, self.horizon = n_states, 3, horizon
-        self.feature_dim = n_states
-        self.context_dim = 1 + n_states
-        self.mu0 = np.full(n_states, 1.0 / n_states)
-
-    def features(self, states: np.ndarray) -> np.ndarray:
-        return 2.0 * np.eye(self.n_states, dtype=np.float32)[np.asarray(states)] - 1.0
-
-    def context(self, t: int, mu: np.ndarray) -> np.ndarray:
-        return np.concatenate([[t / self.horizon], mu]).astype(np.float32)
-
-    def next_state(self, s: np.ndarray, a: np.ndarray) -> np.ndarray:
-        return np.clip(s + a - 1, 0, self.n_states - 1)
 
 
 class PointGame:
