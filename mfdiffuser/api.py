@@ -9,9 +9,10 @@ out["metrics"]["exploitability"]
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
-import traceback
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -196,6 +197,11 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def _notice(text: str) -> None:
+    """What a command tells the user while it works (stderr: stdout may carry --json)."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def train(
     cfg: ExperimentConfig,
     *,
@@ -203,10 +209,13 @@ def train(
     run_id: str | None = None,
     end_run: bool = True,
 ) -> dict[str, Any]:
-    """Generate/reuse the dataset, then fit the planner with Ray Train; one MLflow run."""
+    """Generate/reuse the dataset, then fit the planner with Ray Train; one MLflow run.
+
+    With `run_id` the caller owns that run (it ends it, and fails it on an error); a run that
+    already holds a Ray Train run (`mfd.train_name`) continues it from its last checkpoint, and
+    one whose training finished (`mfd.checkpoint`) is not trained again.
+    """
     from mfdiffuser.platform import tracking
-    from mfdiffuser.workers.datagen import generate_dataset
-    from mfdiffuser.workers.trainer import train_planner
 
     if not get_benchmark(cfg.benchmark.name).exact_model:
         raise ConfigError(
@@ -215,39 +224,64 @@ def train(
             f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
         )
     uri = tracking_uri or _tracking(cfg)
+    owned = run_id is None
     run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-train")
     start = time.perf_counter()
     try:
-        with _ray(cfg):
-            dataset, manifest = generate_dataset(cfg)
-            _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
-            _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
-            tracking.log_metrics(
-                uri,
-                run_id,
-                {
-                    "behaviour/return": manifest.behaviour["return"],
-                    "behaviour/exploitability": manifest.behaviour["exploitability"],
-                    "behaviour/data_return": manifest.behaviour["data_mean_return"],
-                },
-            )
-            checkpoint = train_planner(
-                cfg, dataset, len(manifest.shards), tracking_uri=uri, run_id=run_id
-            )
-        tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
-        tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
+        out = _train_into(cfg, uri, run_id)
     except BaseException as err:
-        _fail_run(uri, run_id, err)
+        if owned:
+            tracking.fail_run(uri, run_id, err)
         raise
     if end_run:
         tracking.end_run(uri, run_id)
     return {
-        "checkpoint": str(checkpoint),
+        **out,
         "run_id": run_id,
         "tracking_uri": uri,
-        "dataset": dataset,
         "train_seconds": time.perf_counter() - start,
     }
+
+
+def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
+    from mfdiffuser.planner.checkpoint import read_meta
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.workers.datagen import generate_dataset
+    from mfdiffuser.workers.trainer import train_planner
+
+    start = time.perf_counter()
+    tags = tracking.get_run(uri, run_id).data.tags
+    done = tags.get("mfd.checkpoint")
+    if done and Path(done).is_dir() and read_meta(done).get("epoch") == cfg.train.epochs:
+        _notice(f"training of run {run_id} finished before: reusing checkpoint {done}")
+        return {"checkpoint": done, "dataset": read_meta(done)["dataset"]}
+    train_name = tags.get("mfd.train_name") or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
+    with _ray(cfg):
+        dataset, manifest = generate_dataset(cfg)
+        tracking.set_tags(
+            uri, run_id, {"mfd.train_name": train_name, "mfd.dataset_id": manifest.dataset_id}
+        )
+        _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
+        _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
+        if "behaviour/return" not in _run_metrics(uri, run_id):  # once, also when resumed
+            tracking.log_metrics(uri, run_id, _behaviour_metrics(manifest.behaviour))
+        checkpoint = train_planner(
+            cfg, dataset, len(manifest.shards), tracking_uri=uri, run_id=run_id, run_name=train_name
+        )
+    tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
+    tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
+    tracking.set_tags(uri, run_id, {"mfd.checkpoint": str(checkpoint)})
+    return {"checkpoint": str(checkpoint), "dataset": dataset}
+
+
+def _behaviour_metrics(behaviour: dict[str, Any]) -> dict[str, float]:
+    """The behaviour policy's figures from a manifest (team games have no exploitability)."""
+    keys = {
+        "behaviour/return": "return",
+        "behaviour/exploitability": "exploitability",
+        "behaviour/data_return": "data_mean_return",
+    }
+    return {k: float(behaviour[v]) for k, v in keys.items() if behaviour.get(v) is not None}
 
 
 def evaluate(
@@ -261,7 +295,14 @@ def evaluate(
     address: str | None = None,
     end_run: bool = True,
 ) -> dict[str, Any]:
-    """Roll the planner out with Ray actors at each N; log into the checkpoint's MLflow run."""
+    """Roll the planner out with Ray actors at each N and log the figures to MLflow.
+
+    The checkpoint is provenance, never authority: the store and the Ray cluster are the
+    caller's (`tracking_uri`/MLFLOW_TRACKING_URI/./mlflow.db, `address`/RAY_ADDRESS/local),
+    whatever the checkpoint records. The figures go into the checkpoint's training run when this
+    store holds it (its status untouched, the evaluation's own outcome in `mfd.eval.status`),
+    else into a new run; with `run_id` into that run, which the caller owns.
+    """
     from mfdiffuser.data.manifest import read_manifest
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform import tracking
@@ -271,7 +312,13 @@ def evaluate(
     if not Path(checkpoint).is_dir():
         raise ConfigError(f"checkpoint = {str(checkpoint)!r}: no such directory")
     meta = read_meta(checkpoint)
-    cfg = ExperimentConfig.model_validate(meta["config"])
+    try:
+        cfg = ExperimentConfig.model_validate(meta["config"])
+    except ValidationError as err:
+        raise ConfigError(
+            f"checkpoint {str(checkpoint)!r}: its config is not valid here: "
+            + validation_lines(err).replace("\n", "; ")
+        ) from None
     updates: dict[str, Any] = {}
     if n_agents is not None:
         updates["n_agents"] = n_agents
@@ -283,13 +330,22 @@ def evaluate(
         ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
-    # Default: the store the training logged to, so the evaluation lands in the training run.
-    uri = _tracking(cfg, explicit=tracking_uri or meta.get("tracking_uri"))
-    run_id = run_id or _existing_run(uri, meta.get("run_id"))
-    run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-evaluate")
+    uri = resolve_and_check_tracking(tracking_uri)
+    role = "caller" if run_id else "own"
+    if run_id is None:
+        made_in = meta.get("run_id")
+        if made_in and tracking.get_run(uri, made_in) is not None:
+            run_id, role = made_in, "training"
+        else:
+            run_id = tracking.start_run(cfg, uri, run_name=f"{cfg.name}-evaluate")
+            if made_in:
+                _notice(
+                    f"the checkpoint's training run {made_in} (made in "
+                    f"{meta.get('tracking_uri')}) is not in {uri}: logging into a new run {run_id}"
+                )
     start = time.perf_counter()
     try:
-        with ray_session(address or cfg.runtime.address, cfg.runtime.num_cpus):
+        with ray_session(address):
             out = evaluate_checkpoint(
                 checkpoint,
                 ev.n_agents,
@@ -301,15 +357,15 @@ def evaluate(
                 max_actors=ev.max_actors,
             )
         metrics = dict(out["metrics"])
-        if "behaviour/return" not in _run_metrics(uri, run_id):
-            try:
-                behaviour = read_manifest(meta["dataset"]).behaviour
-                metrics["behaviour/return"] = float(behaviour["return"])
-                metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
-            except (FileNotFoundError, KeyError, ValueError):
-                pass  # the dataset is gone; the policy's own metrics still stand
+        try:
+            metrics.update(_behaviour_metrics(read_manifest(meta["dataset"]).behaviour))
+        except (FileNotFoundError, KeyError, ValueError):
+            pass  # the dataset is gone; the policy's own metrics still stand
         metrics["eval/seconds"] = time.perf_counter() - start
-        tracking.log_metrics(uri, run_id, metrics)
+        logged = {k: v for k, v in metrics.items() if not k.startswith("behaviour/")}
+        if "behaviour/return" not in _run_metrics(uri, run_id):
+            logged = metrics
+        tracking.log_metrics(uri, run_id, logged)
         _log_json(
             uri,
             run_id,
@@ -322,36 +378,76 @@ def evaluate(
             "evaluation.json",
         )
     except BaseException as err:
-        _fail_run(uri, run_id, err)
+        if role == "own":
+            tracking.fail_run(uri, run_id, err)
+        elif role == "training":
+            tracking.record_evaluation(uri, run_id, err)
         raise
-    if end_run:
+    if role == "training":
+        tracking.record_evaluation(uri, run_id, None)
+    elif role == "own" and end_run:
         tracking.end_run(uri, run_id)
     return {"metrics": metrics, "run_id": run_id, "tracking_uri": uri, "returns": out["returns"]}
 
 
-def run_experiment(cfg: ExperimentConfig, workdir: str | Path = ".") -> dict[str, Any]:
-    """generate -> train -> evaluate, all in one MLflow run."""
+def resolve_and_check_tracking(explicit: str | None, workdir: str | Path = ".") -> str:
+    from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(explicit, workdir)
+    check_tracking_uri(uri)
+    return uri
+
+
+def run_experiment(
+    cfg: ExperimentConfig, workdir: str | Path = ".", *, resume: bool = False
+) -> dict[str, Any]:
+    """generate -> train -> evaluate, all in one MLflow run.
+
+    An interrupted run of the same config (KILLED, FAILED or left RUNNING) is continued with
+    `resume=True`: the same MLflow run, training from its last checkpoint, each epoch's metrics
+    logged once. Without it such a run is only pointed out, and a new run starts.
+    """
     from mfdiffuser.platform import tracking
 
     uri = _tracking(cfg, workdir)
     start = time.perf_counter()
-    with _ray(cfg):
-        trained = train(cfg, tracking_uri=uri, end_run=False)
-        evaluated = evaluate(
-            trained["checkpoint"], tracking_uri=uri, run_id=trained["run_id"], end_run=False
+    previous = tracking.find_unfinished_run(uri, cfg, role="run")
+    run_id, resumed = None, previous is not None and resume
+    if resumed:
+        run_id = str(previous.info.run_id)
+        _notice(f"resuming run {run_id} ({previous.info.status}) from its last checkpoint")
+        tracking.set_running(uri, run_id)
+    elif previous is not None:
+        _notice(
+            f"run {previous.info.run_id} of this config did not finish "
+            f"({previous.info.status}): pass --resume to continue it; starting a new run"
         )
-    tracking.log_metrics(uri, trained["run_id"], {"wall_seconds": time.perf_counter() - start})
-    tracking.end_run(uri, trained["run_id"])
+    elif resume:
+        _notice("no unfinished run of this config to resume: starting a new run")
+    run_id = run_id or tracking.start_run(cfg, uri, run_name=cfg.name, tags={"mfd.role": "run"})
+    try:
+        with _ray(cfg):
+            trained = train(cfg, tracking_uri=uri, run_id=run_id, end_run=False)
+            evaluated = evaluate(trained["checkpoint"], tracking_uri=uri, run_id=run_id)
+        tracking.log_metrics(uri, run_id, {"wall_seconds": time.perf_counter() - start})
+    except BaseException as err:
+        tracking.fail_run(uri, run_id, err)
+        raise
+    tracking.end_run(uri, run_id)
     return {
         **trained,
         "metrics": evaluated["metrics"],
         "wall_seconds": time.perf_counter() - start,
         "experiment": tracking.experiment_name(cfg),
+        "resumed": resumed,
     }
 
 
 def quickstart(
-    workdir: str | Path = "mfd-quickstart", overrides: list[str] | None = None
+    workdir: str | Path = "mfd-quickstart",
+    overrides: list[str] | None = None,
+    *,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """The whole flow on the small preset, with the store and MLflow DB inside `workdir`."""
     wd = Path(workdir).resolve()
@@ -364,29 +460,16 @@ def quickstart(
         from mfdiffuser.platform.tracking import resolve_tracking_uri
 
         cfg.runtime.tracking_uri = resolve_tracking_uri(None, wd)
-    out = run_experiment(cfg, wd)
+    out = run_experiment(cfg, wd, resume=resume)
     out["workdir"] = str(wd)
     out["mlflow_ui_command"] = f"mlflow ui --backend-store-uri {cfg.runtime.tracking_uri}"
     return out
 
 
 def _run_metrics(uri: str, run_id: str) -> dict[str, float]:
-    from mlflow.tracking import MlflowClient
+    from mfdiffuser.platform import tracking
 
-    return dict(MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics)
-
-
-def _existing_run(uri: str, run_id: str | None) -> str | None:
-    if not run_id:
-        return None
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri=uri).get_run(run_id)
-    except MlflowException:
-        return None
-    return run_id
+    return dict(tracking.client(uri).get_run(run_id).data.metrics)
 
 
 def _log_json(
@@ -411,17 +494,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     return str(o)
-
-
-def _fail_run(uri: str, run_id: str, err: BaseException) -> None:
-    from mlflow.tracking import MlflowClient
-
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        client.set_tag(run_id, "mfd.error", f"{type(err).__name__}: {err}"[:5000])
-        client.set_tag(run_id, "mfd.traceback", "".join(traceback.format_exception(err))[-5000:])
-        client.set_terminated(
-            run_id, status="KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        )
-    except Exception:
-        pass

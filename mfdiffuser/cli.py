@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -51,6 +53,14 @@ TrackingUri = Annotated[
         "--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI or ./mlflow.db)."
     ),
 ]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the newest unfinished run of this config (same MLflow run, training "
+        "from its last checkpoint) instead of starting a new one.",
+    ),
+]
 Storage = Annotated[
     str | None, typer.Option("--storage", help="Datasets and checkpoints: a path or URI.")
 ]
@@ -76,12 +86,27 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     from mfdiffuser.platform.config import ConfigError
 
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    # SIGTERM ends a command like Ctrl-C does: the MLflow run it owns is KILLED, not left
+    # RUNNING (once Ray is up, its own driver handler turns SIGTERM into SystemExit).
+    main = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
     try:
         with quiet:
             return fn()
     except (ConfigError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except (KeyboardInterrupt, SystemExit) as err:
+        detail = f" ({err})" if str(err) and not isinstance(err, SystemExit) else ""
+        typer.echo(f"interrupted{detail}: its MLflow run is KILLED", err=True)
+        raise typer.Exit(130) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
@@ -309,6 +334,7 @@ def run(
     storage: Storage = None,
     address: Address = None,
     tracking_uri: TrackingUri = None,
+    resume: Resume = False,
     as_json: JsonOut = False,
 ) -> None:
     """generate -> train -> evaluate in one MLflow run (what `ray job submit` runs)."""
@@ -316,7 +342,7 @@ def run(
 
     cfg = _guard(lambda: _config(config, settings, extra=_runtime(address, tracking_uri, storage)))
     _loopback_if_local(cfg.runtime.address)
-    result = _guard(lambda: api.run_experiment(cfg), as_json)
+    result = _guard(lambda: api.run_experiment(cfg, resume=resume), as_json)
     _emit(result, as_json, _summary)
 
 
@@ -326,13 +352,14 @@ def quickstart(
         "mfd-quickstart"
     ),
     settings: Settings = None,
+    resume: Resume = False,
     as_json: JsonOut = False,
 ) -> None:
     """The whole flow on a small crowd_1d setting: data, DDP training, rollouts at N=100, 1000."""
     from mfdiffuser import api
 
     _loopback_if_local(None)
-    result = _guard(lambda: api.quickstart(workdir, settings), as_json)
+    result = _guard(lambda: api.quickstart(workdir, settings, resume=resume), as_json)
     _emit(
         result,
         as_json,

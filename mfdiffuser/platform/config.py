@@ -71,9 +71,12 @@ class DataSection(_Section):
     @field_validator("path")
     @classmethod
     def _path_exists(cls, path: str | None) -> str | None:
-        if path is not None and "://" not in path and not (Path(path) / "manifest.json").is_file():
+        if path is None or "://" in path:
+            return path
+        if not (Path(path) / "manifest.json").is_file():
             raise ValueError("no dataset there (expected a directory with manifest.json)")
-        return path
+        # Absolute: Ray Train workers and rollout actors run in other working directories.
+        return str(Path(path).resolve())
 
 
 class TrainSection(_Section):
@@ -233,6 +236,7 @@ def load_config(
             raise ConfigError(f"--config = {str(path)!r}: must hold a mapping of sections")
         data = _deep_merge(data, loaded)
     benchmark = str(data.get("benchmark", {}).get("name", "crowd_1d"))
+    explicit: dict[str, Any] = {}  # dotted path -> value, of the settings on the command line
     for item in overrides or []:
         key, value = parse_override(item)
         if key in ("benchmark", "benchmark.name"):
@@ -249,6 +253,64 @@ def load_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"-s {key}: {part} is not a section")
         node[parts[-1]] = value
+        explicit[".".join(parts)] = value
+    cfg = _validate(data)
+    return bind_dataset(cfg, set(explicit)) if cfg.data.path else cfg
+
+
+def _dotted(cfg: ExperimentConfig, path: str) -> Any:
+    node: Any = cfg.model_dump()
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def bind_dataset(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
+    """A config that trains on `data.path` takes what the dataset is from its manifest.
+
+    The benchmark, its parameters and the data section (quality, N, episodes, shards, seed) are
+    the manifest's, so that every record of the run describes the data actually used. A value
+    given on the command line (`explicit` dotted paths) that contradicts the manifest is an error
+    naming both; the config file's values and the defaults are replaced.
+    """
+    from mfdiffuser.data.manifest import read_manifest
+
+    path = str(cfg.data.path)
+    try:
+        manifest = read_manifest(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise ConfigError(f"data.path = {path!r}: {err}") from None
+    bench = manifest.spec["benchmark"]
+    if bench["name"] not in BENCHMARKS:
+        raise ConfigError(
+            f"data.path = {path!r}: made for benchmark {bench['name']!r}, which this code "
+            f"does not have; available: {', '.join(sorted(BENCHMARKS))}"
+        )
+    version = get_benchmark(bench["name"]).version
+    if bench["version"] != version:
+        raise ConfigError(
+            f"data.path = {path!r}: made with {bench['name']} v{bench['version']}, this code "
+            f"has v{version}; regenerate the dataset"
+        )
+    fixed = {
+        "benchmark.name": bench["name"],
+        **{f"benchmark.params.{k}": v for k, v in bench["params"].items()},
+        **{f"data.{k}": manifest.spec[k] for k in ("quality", "n_agents", "episodes", "shards")},
+        "data.seed": manifest.spec["seed"],
+    }
+    conflicts = [
+        f"{key} = {_dotted(cfg, key)!r} but the dataset has {fixed[key]!r}"
+        for key in sorted(explicit & set(fixed))
+        if _dotted(cfg, key) != fixed[key]
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"data.path = {path!r}: " + "; ".join(conflicts) + "; drop the setting or use a "
+            "dataset made with it"
+        )
+    data = cfg.model_dump()
+    data["benchmark"] = {"name": bench["name"], "params": bench["params"]}
+    data["data"].update({k.removeprefix("data."): v for k, v in fixed.items() if k[:5] == "data."})
     return _validate(data)
 
 

@@ -13,6 +13,8 @@ Naming scheme (one for the whole platform):
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import urllib.error
@@ -61,18 +63,41 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
-def ensure_experiment(uri: str, name: str) -> str:
-    """Create (or find) the experiment in the driver, so that worker processes never race to
-    create a fresh SQLite schema (two creators fail with `duplicate column name`)."""
+_READY: set[str] = set()
+
+
+def client(uri: str) -> Any:
+    """An `MlflowClient` of the store. A new SQLite store is created once under a file lock
+    beside it: two commands starting at once against a fresh store would otherwise both run
+    MLflow's schema migrations and one would crash (`duplicate column name: step`)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        db = Path(uri.removeprefix("sqlite:///"))
+        with open(db.parent / f".{db.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        _READY.add(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str) -> str:
+    """Create (or find) the experiment in the driver, before any worker process logs to it."""
+    client_ = client(uri)
+    exp = client_.get_experiment_by_name(name)
     if exp is not None:
         return str(exp.experiment_id)
+    from mlflow.exceptions import MlflowException
+
     root = artifact_root(uri)
     base = root.rstrip("/") + f"/{name}" if root else None
-    return str(client.create_experiment(name, artifact_location=base))
+    try:
+        return str(client_.create_experiment(name, artifact_location=base))
+    except MlflowException:  # another command created it a moment ago
+        exp = client_.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
 
 
 def experiment_name(cfg: ExperimentConfig) -> str:
@@ -100,6 +125,13 @@ def _benchmark_version(cfg: ExperimentConfig) -> int:
     return get_benchmark(cfg.benchmark.name).version
 
 
+def config_hash(cfg: ExperimentConfig) -> str:
+    """What identifies a run for `--resume`: the whole config but where Ray and MLflow are
+    (the storage stays in: a resumed run needs its Train checkpoints)."""
+    spec = {**flat_params(cfg), "runtime.storage": cfg.runtime.storage}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_tags(cfg: ExperimentConfig, method: str = "mf_diffuser") -> dict[str, str]:
     return {
         "mfd.benchmark": cfg.benchmark.name,
@@ -110,48 +142,124 @@ def run_tags(cfg: ExperimentConfig, method: str = "mf_diffuser") -> dict[str, st
         "mfd.method": method,
         "mfd.seed": str(cfg.train.seed),
         "mfd.code_version": code_version(),
+        "mfd.config_hash": config_hash(cfg),
     }
 
 
-def start_run(cfg: ExperimentConfig, uri: str, run_name: str) -> str:
+def start_run(
+    cfg: ExperimentConfig, uri: str, run_name: str, tags: dict[str, str] | None = None
+) -> str:
     """Create a run with the config's params and tags; returns its id (the run is left open)."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client_ = client(uri)
     exp_id = ensure_experiment(uri, experiment_name(cfg))
-    tags = {**run_tags(cfg), "mlflow.runName": run_name}
-    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    all_tags = {**run_tags(cfg), **(tags or {}), "mlflow.runName": run_name}
+    run = client_.create_run(exp_id, run_name=run_name, tags=all_tags)
     params = [Param(k, v[:6000]) for k, v in flat_params(cfg).items()]
     for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
+        client_.log_batch(run.info.run_id, params=params[i : i + 100])
     return str(run.info.run_id)
+
+
+def find_unfinished_run(uri: str, cfg: ExperimentConfig, role: str) -> Any | None:
+    """The newest run of this exact config (and role) that did not finish, if any."""
+    exp = client(uri).get_experiment_by_name(experiment_name(cfg))
+    if exp is None:
+        return None
+    runs = client(uri).search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`mfd.config_hash` = '{config_hash(cfg)}' "
+        f"and tags.`mfd.role` = '{role}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    return next((r for r in runs if r.info.status != "FINISHED"), None)
+
+
+def get_run(uri: str, run_id: str) -> Any | None:
+    """The run, or None when this store does not hold it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(uri).get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    client(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def set_running(uri: str, run_id: str) -> None:
+    client(uri).update_run(run_id, status="RUNNING")
+
+
+def last_step(uri: str, run_id: str, key: str) -> int:
+    """The highest step logged for `key` (0 if none): a resumed training logs only after it."""
+    return max((int(m.step) for m in client(uri).get_metric_history(run_id, key)), default=0)
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     import time
 
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    MlflowClient(tracking_uri=uri).log_batch(run_id, metrics=batch)
+    client(uri).log_batch(run_id, metrics=batch)
 
 
 def log_artifact(
     uri: str, run_id: str, local_path: str | Path, artifact_path: str | None = None
 ) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client_ = client(uri)
     if Path(local_path).is_dir():
-        client.log_artifacts(run_id, str(local_path), artifact_path)
+        client_.log_artifacts(run_id, str(local_path), artifact_path)
     else:
-        client.log_artifact(run_id, str(local_path), artifact_path)
+        client_.log_artifact(run_id, str(local_path), artifact_path)
 
 
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
-    from mlflow.tracking import MlflowClient
+    client(uri).set_terminated(run_id, status=status)
 
-    MlflowClient(tracking_uri=uri).set_terminated(run_id, status=status)
+
+def _error_text(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:5000]
+
+
+def interrupted(err: BaseException) -> bool:
+    """Ctrl-C, SIGTERM (Ray's driver handler turns it into SystemExit) or Ray Train's abort."""
+    return isinstance(err, KeyboardInterrupt | SystemExit)
+
+
+def fail_run(uri: str, run_id: str, err: BaseException) -> None:
+    """End a run this command owns: KILLED when interrupted, else FAILED, with the error."""
+    import traceback
+
+    try:
+        set_tags(
+            uri,
+            run_id,
+            {
+                "mfd.error": _error_text(err),
+                "mfd.traceback": "".join(traceback.format_exception(err))[-5000:],
+            },
+        )
+        end_run(uri, run_id, "KILLED" if interrupted(err) else "FAILED")
+    except Exception:
+        pass  # the store itself may be what failed; the original error is what the user sees
+
+
+def record_evaluation(uri: str, run_id: str, err: BaseException | None) -> None:
+    """An evaluation's own outcome on a run it logs into but did not start: tags only."""
+    status = "FINISHED" if err is None else ("KILLED" if interrupted(err) else "FAILED")
+    tags = {"mfd.eval.status": status}
+    if err is not None:
+        tags["mfd.eval.error"] = _error_text(err)
+    try:
+        set_tags(uri, run_id, tags)
+    except Exception:
+        pass

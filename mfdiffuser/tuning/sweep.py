@@ -221,9 +221,10 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    from mfdiffuser.platform import tracking
+
+    return tracking.client(uri)
 
 
 def _find_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> list[Any]:
@@ -302,9 +303,13 @@ def run_trial(config: dict[str, Any]) -> None:
         return
     client.update_run(run_id, status="RUNNING")
     start = time.perf_counter()
-    trained = api.train(cfg, tracking_uri=uri, run_id=run_id, end_run=False)
-    evaluated = api.evaluate(trained["checkpoint"], tracking_uri=uri, run_id=run_id, end_run=False)
-    tracking.log_metrics(uri, run_id, {"wall_seconds": time.perf_counter() - start})
+    try:  # the trial owns its run: it ends it, or fails it with the error
+        trained = api.train(cfg, tracking_uri=uri, run_id=run_id, end_run=False)
+        evaluated = api.evaluate(trained["checkpoint"], tracking_uri=uri, run_id=run_id)
+        tracking.log_metrics(uri, run_id, {"wall_seconds": time.perf_counter() - start})
+    except BaseException as err:
+        tracking.fail_run(uri, run_id, err)
+        raise
     tracking.end_run(uri, run_id)
     tune.report({**evaluated["metrics"], "mlflow_run_id": run_id, "skipped": 0})
 
@@ -426,9 +431,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
             )
         results = tuner.fit()
     except BaseException as err:
-        from mfdiffuser.api import _fail_run
-
-        _fail_run(uri, parent, err)
+        tracking.fail_run(uri, parent, err)
         raise
     finished, failed, errors = 0, 0, []
     for res in results:

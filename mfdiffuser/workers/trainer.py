@@ -7,7 +7,9 @@ logs `train/*` metrics to MLflow; a failed worker group restarts from the last c
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             dist.all_gather_object(gathered, rtg)
             rtg = np.concatenate(gathered)
         planner.set_return_stats(rtg)
-    start_epoch, opt_state = 0, None
+    start_epoch, opt_state, logged_upto = 0, None, 0
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
@@ -70,6 +72,11 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             planner.load_state_dict(loaded.state_dict())
             start_epoch = int(meta["epoch"])
         if rank == 0 and loop_cfg.get("run_id"):
+            # Epochs after the checkpoint may have been logged before the interruption: they are
+            # trained again but logged once.
+            logged_upto = tracking.last_step(
+                loop_cfg["tracking_uri"], loop_cfg["run_id"], "train/loss"
+            )
             # Visible in MLflow: this run survived a failure and went on from this epoch.
             tracking.log_metrics(
                 loop_cfg["tracking_uri"],
@@ -108,7 +115,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
-        if loop_cfg.get("run_id"):
+        if loop_cfg.get("run_id") and epoch + 1 > logged_upto:
             tracking.log_metrics(
                 loop_cfg["tracking_uri"], loop_cfg["run_id"], metrics, step=epoch + 1
             )
@@ -156,6 +163,7 @@ def train_planner(
     from ray.train.torch import TorchTrainer
 
     from mfdiffuser.data import storage
+    from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform.provenance import code_version
     from mfdiffuser.platform.runtime import cluster_gpus
 
@@ -188,9 +196,16 @@ def train_planner(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
-    result = trainer.fit()
+    on_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:  # fit() installs a SIGINT handler that aborts its (by then finished) controller
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_sigint)
     if result.error is not None:
         raise result.error
-    if result.checkpoint is None:
-        raise RuntimeError("training finished without a checkpoint")
+    epoch = read_meta(result.checkpoint.path)["epoch"] if result.checkpoint is not None else 0
+    if epoch < cfg.train.epochs:
+        # No error but not every epoch: Ray Train's SIGINT handler aborted the run (Ctrl-C).
+        raise KeyboardInterrupt(f"training interrupted after epoch {epoch} of {cfg.train.epochs}")
     return Path(result.checkpoint.path)

@@ -4,6 +4,13 @@ real SQLite MLflow store."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
 
 from mfdiffuser import api
+from mfdiffuser.cli import app
 from mfdiffuser.data.manifest import read_manifest
 from mfdiffuser.planner.checkpoint import read_meta
 from mfdiffuser.platform.config import ExperimentConfig, load_config
@@ -127,3 +136,81 @@ def test_evaluate_logs_returns_and_exploitability(trained: dict[str, Any]) -> No
     run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
     assert run.data.metrics["return/n60"] == pytest.approx(m["return/n60"])
     assert run.data.metrics["exploitability"] == pytest.approx(m["exploitability"])
+
+
+def _listener() -> tuple[socket.socket, list[object]]:
+    """A TCP listener on loopback that records every connection made to it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.settimeout(0.2)
+    hits: list[object] = []
+
+    def accept() -> None:
+        while sock.fileno() != -1:
+            try:
+                conn, _ = sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            hits.append(conn)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return sock, hits
+
+
+def test_a_crafted_checkpoint_decides_nothing_about_where_evaluate_connects(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    """meta.json naming a tracking server and a Ray cluster: `mfd evaluate` (its own process,
+    as a user runs it) contacts neither, and logs into the store of the user's working
+    directory, in a new run, saying why."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(trained["checkpoint"], crafted)
+    (mlflow_sock, mlflow_hits), (ray_sock, ray_hits) = _listener(), _listener()
+    meta = json.loads((crafted / "meta.json").read_text())
+    bait = f"http://127.0.0.1:{mlflow_sock.getsockname()[1]}"
+    meta["tracking_uri"] = bait
+    meta["config"]["runtime"]["tracking_uri"] = bait
+    meta["config"]["runtime"]["address"] = f"127.0.0.1:{ray_sock.getsockname()[1]}"
+    (crafted / "meta.json").write_text(json.dumps(meta))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mfdiffuser.cli", "evaluate", str(crafted), "-n", "20"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        mlflow_sock.close()
+        ray_sock.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert mlflow_hits == [] and ray_hits == []
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert f"is not in {store}: logging into a new run" in proc.stderr
+    [run] = MlflowClient(tracking_uri=store).search_runs(
+        [e.experiment_id for e in MlflowClient(tracking_uri=store).search_experiments()]
+    )
+    assert run.info.status == "FINISHED" and "return/n20" in run.data.metrics
+
+
+def test_a_failed_evaluation_leaves_the_training_run_finished(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["checkpoint"], broken)
+    weights = broken / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:100])  # refused when the rollout actors load it
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", str(broken), "-n", "20", "--episodes", "1", "--tracking-uri", trained["uri"]],
+    )
+    assert result.exit_code != 0
+    run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
+    assert run.info.status == "FINISHED"  # the training run keeps its status
+    assert run.data.tags["mfd.eval.status"] == "FAILED"
+    assert run.data.tags["mfd.eval.error"]
