@@ -205,6 +205,7 @@ def train(
 ) -> dict[str, Any]:
     """Generate/reuse the dataset, then fit the planner with Ray Train; one MLflow run."""
     from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.runtime import check_fits
     from mfdiffuser.workers.datagen import generate_dataset
     from mfdiffuser.workers.trainer import train_planner
 
@@ -219,6 +220,7 @@ def train(
     start = time.perf_counter()
     try:
         with _ray(cfg):
+            check_fits(cfg)
             dataset, manifest = generate_dataset(cfg)
             _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
             _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
