@@ -132,7 +132,7 @@ class TrainSection(_Section):
         description="windows per worker per step, 1..65536; batch_size x planner.n_particles x "
         "planner.window x planner.hidden <= 2^28 (1 GiB of float32 per activation)",
     )
-    lr: float = Field(1e-3, gt=0, le=10.0, description="learning rate, (0, 10]")
+    lr: float = Field(1e-3, gt=0, le=1000.0, description="learning rate, (0, 1000]")
     num_workers: int = Field(
         2,
         ge=1,
