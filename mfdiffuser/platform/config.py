@@ -36,7 +36,7 @@ MAX_SEED = 2**32 - 1  # numpy and torch both take it
 # (state, action, reward) are a few GB in memory while a shard or a rollout is written.
 MAX_AGENT_STEPS = 200_000_000
 MAX_YAML_BYTES = 1_000_000  # a config file or one -s value
-MAX_DEPTH = 16  # nesting of YAML collections (a config is 3 levels deep)
+MAX_DEPTH = 16  # nesting of YAML collections (a config needs at most 5: a matrix parameter)
 MAX_SHOWN = 80  # characters of a value shown in an error message
 MAX_LINES = 10  # problems listed in one error
 

@@ -85,6 +85,8 @@ def test_every_yaml_problem_names_the_file(tmp_path: Path) -> None:
     listed = tmp_path / "list.yaml"
     listed.write_text("- a\n- b\n")
     one_error_line(*mfd("config", "-c", str(listed)), str(listed), "mapping of sections")
+    # An argument that is not UTF-8 reaches Python as a lone surrogate (surrogateescape).
+    one_error_line(*mfd("config", "-s", "runtime.storage=caf\udce9"), "the value is not UTF-8")
     huge = tmp_path / "huge.yaml"
     huge.write_text("name: " + "a" * 2_000_000 + "\n")
     one_error_line(*mfd("config", "-c", str(huge)), str(huge), "allowed: at most 1000000")
