@@ -246,6 +246,7 @@ def train(
 def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.runtime import check_fits
     from mfdiffuser.workers.datagen import generate_dataset
     from mfdiffuser.workers.trainer import train_planner
 
@@ -257,6 +258,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
         return {"checkpoint": done, "dataset": read_meta(done)["dataset"]}
     train_name = tags.get("mfd.train_name") or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     with _ray(cfg):
+        check_fits(cfg)
         dataset, manifest = generate_dataset(cfg)
         tracking.set_tags(
             uri, run_id, {"mfd.train_name": train_name, "mfd.dataset_id": manifest.dataset_id}

@@ -167,6 +167,21 @@ def benchmarks(as_json: JsonOut = False) -> None:
         typer.echo(f"{b['name']} v{b['version']} [{b['family']}]  {params}\n    {b['description']}")
 
 
+@app.command("config")
+def show_config(
+    config: ConfigPath = None, settings: Settings = None, as_json: JsonOut = False
+) -> None:
+    """Validate a config without running anything: print it resolved (defaults filled in).
+
+    Exit status 2 and one line per problem when a value is not allowed. Writes nothing.
+    """
+    import yaml
+
+    cfg = _guard(lambda: _config(config, settings))
+    data = cfg.model_dump(mode="json")
+    typer.echo(json.dumps(data) if as_json else yaml.safe_dump(data, sort_keys=False).rstrip())
+
+
 @app.command()
 def solve(
     benchmark: Annotated[str, typer.Argument(help="Benchmark name (see `mfd benchmarks`).")],

@@ -119,7 +119,7 @@ def map_for_team(n: int) -> int:
 
 
 class BattleParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     map_size: int | None = Field(
         default=None,

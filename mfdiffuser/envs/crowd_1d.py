@@ -42,12 +42,12 @@ LOG_EPS = 1e-25
 
 
 class Crowd1DParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    size: int = Field(default=10, ge=2, description="number of cells n on the torus")
-    horizon: int = Field(default=10, ge=1, description="decision epochs H")
+    size: int = Field(default=10, ge=2, le=10_000, description="number of cells n on the torus")
+    horizon: int = Field(default=10, ge=1, le=10_000, description="decision epochs H")
     crowd_aversion: float = Field(
-        default=1.0, ge=0.0, description="coefficient of -log(mu(x) + 1e-25)"
+        default=1.0, ge=0.0, le=1e6, description="coefficient of -log(mu(x) + 1e-25), 0..1e6"
     )
 
 

@@ -101,7 +101,7 @@ Cell = tuple[int, int]  # (x, y): column, row
 
 
 class Crowd2DParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     size: int = Field(
         default=10, ge=2, description="torus side; set from the map when `walls` is given"

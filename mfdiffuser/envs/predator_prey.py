@@ -69,7 +69,7 @@ Cell = tuple[int, int]  # (x, y)
 
 
 class PredatorPreyParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     size: int = Field(default=5, ge=2, description="grid side")
     horizon: int = Field(default=10, ge=1, description="decision epochs H")

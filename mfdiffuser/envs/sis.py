@@ -25,7 +25,7 @@ REWARD = np.array([[0.0, -0.5], [-1.0, -1.5]])  # REWARD[s, a]
 
 
 class SISParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     horizon: int = Field(default=51, ge=1, description="decision epochs (MFGLib's T + 1)")
     initial_infected: float = Field(

@@ -63,7 +63,7 @@ class _StageGame(FiniteMeanFieldGame):
 class LeftRightParams(BaseModel):
     """left_right has no free parameters (MFGLib's Environment.left_right with mu0 = start)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class LeftRight(_StageGame):
@@ -80,7 +80,7 @@ class LeftRight(_StageGame):
 class RockPaperScissorsParams(BaseModel):
     """rock_paper_scissors has no free parameters (MFGLib's, T = 1, mu0 = start)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class RockPaperScissors(_StageGame):
@@ -109,7 +109,7 @@ RPS_VALUE = 6.0 / 11.0
 
 
 class GaussianSqueezeParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_actions: int = Field(default=10, ge=2, description="actions a = 0..n_actions-1")
     center: float = Field(default=400.0, description="centre c of the Gaussian in G(x)")

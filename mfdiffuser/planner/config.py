@@ -11,20 +11,36 @@ class PlannerConfig(BaseModel):
     """Every knob of the planner. Dimensions of the game (d_s, A, C) are not here: they come from
     the game itself, so one config serves every benchmark."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a bool is not an int and "5" is not 5; finite floats only
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     # §1 trajectory windows and particle sets
-    window: int = Field(4, ge=1, description="H: planning window, number of steps per particle.")
-    n_particles: int = Field(32, ge=1, description="M: particles per training sample.")
+    window: int = Field(
+        4, ge=1, le=1000, description="H: planning window, number of steps per particle, 1..1000."
+    )
+    n_particles: int = Field(
+        32, ge=1, le=4096, description="M: particles per training sample, 1..4096."
+    )
     max_particles: int = Field(
-        64, ge=1, description="M_max: particle cap when acting; M = min(N, M_max)."
+        64,
+        ge=1,
+        le=4096,
+        description="M_max: particle cap when acting; M = min(N, M_max), 1..4096.",
     )
 
     # §2 denoiser
-    diffusion_steps: int = Field(20, ge=2, description="K: number of denoising steps.")
-    hidden: int = Field(64, ge=1, description="Channels of the per-particle temporal trunk.")
-    n_blocks: int = Field(2, ge=1, description="Residual temporal blocks (one interaction each).")
-    kernel_size: int = Field(3, ge=1, description="Temporal convolution kernel (odd, 'same').")
+    diffusion_steps: int = Field(
+        20, ge=2, le=1000, description="K: number of denoising steps, 2..1000."
+    )
+    hidden: int = Field(
+        64, ge=1, le=4096, description="Channels of the per-particle temporal trunk, 1..4096."
+    )
+    n_blocks: int = Field(
+        2, ge=1, le=64, description="Residual temporal blocks (one interaction each), 1..64."
+    )
+    kernel_size: int = Field(
+        3, ge=1, le=63, description="Temporal convolution kernel (odd, 'same'), 1..63."
+    )
     interaction: bool = Field(
         True,
         description="Mean-field pooling after every block. False = per-agent Diffuser ablation "
@@ -40,13 +56,15 @@ class PlannerConfig(BaseModel):
     stages: int = Field(
         3,
         ge=1,
+        le=16,
         description="L: denoising stages with growing particle counts (must be <= the sampling "
-        "steps); 1 = the flat sampler (the coarse-to-fine ablation, `-s stages=1`).",
+        "steps), 1..16; 1 = the flat sampler (the coarse-to-fine ablation, `-s stages=1`).",
     )
     growth: int = Field(
         4,
         ge=2,
-        description="b: particle growth per stage, M_l = ceil(M_L / b^(L-l)) (at least 1).",
+        le=64,
+        description="b: particle growth per stage, M_l = ceil(M_L / b^(L-l)) (at least 1), 2..64.",
     )
     stage_steps: list[int] | None = Field(
         None,
@@ -60,16 +78,27 @@ class PlannerConfig(BaseModel):
     beta: float = Field(
         1.0,
         ge=0.0,
-        description="β: inverse temperature of the advantage tilt; 0 = unweighted "
+        le=1000.0,
+        description="β: inverse temperature of the advantage tilt, 0..1000; 0 = unweighted "
         "trajectory modelling (the value-weighting ablation, `-s beta=0`).",
     )
-    weight_clip: float = Field(20.0, gt=0.0, description="w_max: clip of normalised weights.")
+    weight_clip: float = Field(
+        20.0, gt=0.0, le=1e6, description="w_max: clip of normalised weights, (0, 1e6]."
+    )
 
     # §5 acting
     smoothing: float = Field(
-        0.1, ge=0.0, description="Additive smoothing of per-state first-action counts."
+        0.1,
+        ge=0.0,
+        le=1e6,
+        description="Additive smoothing of per-state first-action counts, 0..1e6.",
     )
-    draws: int = Field(4, ge=1, description="Seeded draws averaged into the expected policy table.")
+    draws: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Seeded draws averaged into the expected policy table, 1..1000.",
+    )
     acting: Literal["finite", "matching", "auto"] = Field(
         "finite",
         description="How agents read actions off particles (§5). 'finite': per-state table of "
@@ -83,6 +112,7 @@ class PlannerConfig(BaseModel):
     replan_every: int = Field(
         1,
         ge=1,
+        le=1000,
         description="r: replan every r steps (§5); between replans each agent follows its "
         "particle's planned actions. 1 = plan at every step. Must be <= window.",
     )
@@ -104,7 +134,8 @@ class PlannerConfig(BaseModel):
     guidance: float = Field(
         1.0,
         ge=0.0,
-        description="w: eps = eps_uncond + w·(eps_cond − eps_uncond); 0 = unconditional, "
+        le=100.0,
+        description="w: eps = eps_uncond + w·(eps_cond − eps_uncond), 0..100; 0 = unconditional, "
         "1 = conditional, > 1 extrapolates (only with return_guidance).",
     )
     guidance_quantile: float = Field(
@@ -122,7 +153,9 @@ class PlannerConfig(BaseModel):
         "diffusion models states only and an MLP f(s_t, s_{t+1}, context) -> action logits, "
         "trained with cross-entropy on the same windows, reads the actions (needs window >= 2).",
     )
-    inverse_hidden: int = Field(64, ge=1, description="Width of the inverse-dynamics MLP.")
+    inverse_hidden: int = Field(
+        64, ge=1, le=4096, description="Width of the inverse-dynamics MLP, 1..4096."
+    )
 
     # Sampler
     sampler: Literal["ddpm", "ddim"] = Field(
@@ -131,13 +164,15 @@ class PlannerConfig(BaseModel):
     sampling_steps: int | None = Field(
         None,
         ge=1,
+        le=1000,
         description="DDIM steps (<= diffusion_steps) on an evenly strided sub-schedule of the K "
         "training steps; None = K. Only 'ddim' may use fewer than K.",
     )
     ddim_eta: float = Field(
         0.0,
         ge=0.0,
-        description="η of DDIM: 0 = deterministic given the initial noise; 1 with "
+        le=1.0,
+        description="η of DDIM, 0..1: 0 = deterministic given the initial noise; 1 with "
         "sampling_steps = K = DDPM's posterior variance (the ancestral sampler).",
     )
 

@@ -7,15 +7,38 @@ This module is pure pydantic: it imports neither Ray nor MLflow.
 
 from __future__ import annotations
 
+import re
+import reprlib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mfdiffuser.envs.behaviour import QUALITIES
 from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
 from mfdiffuser.planner.config import PlannerConfig
+from mfdiffuser.platform.names import SafeName
+
+# Bounds that keep one bad setting from exhausting the machine (documented on the fields).
+MAX_CPUS = 1024  # per Train worker, per rollout actor, and Ray Train workers / actors per run
+MAX_AGENTS = 10_000_000  # N of a dataset or of an evaluation
+MAX_SEED = 2**32 - 1  # numpy and torch both take it
+# Agent-steps (episodes x N x horizon) of a dataset and of an evaluation: 2e8 rows of
+# (state, action, reward) are a few GB in memory while a shard or a rollout is written.
+MAX_AGENT_STEPS = 200_000_000
+MAX_YAML_BYTES = 1_000_000  # a config file or one -s value
+MAX_DEPTH = 16  # nesting of YAML collections (a config needs at most 5: a matrix parameter)
+MAX_SHOWN = 80  # characters of a value shown in an error message
+MAX_LINES = 10  # problems listed in one error
 
 
 class ConfigError(ValueError):
@@ -23,7 +46,19 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a bool is not an int and "5" is not 5; finite floats only
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False
+    )
+
+
+def _text(value: str) -> str:
+    if not value or len(value) > 4096 or any(not c.isprintable() for c in value):
+        raise ValueError("allowed: 1..4096 printable characters")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]  # paths, URIs, addresses
 
 
 class BenchmarkSection(_Section):
@@ -41,9 +76,10 @@ class BenchmarkSection(_Section):
     def _params_valid(self) -> BenchmarkSection:
         spec = get_benchmark(self.name)
         try:
-            validated = spec.params(self.params).model_dump()
+            validated = spec.params_model.model_validate(self.params, strict=True).model_dump()
         except ValidationError as err:
-            raise ValueError(validation_lines(err, prefix="params").replace("\n", "; ")) from None
+            lines = validation_lines(err, prefix="benchmark.params").splitlines()
+            raise ValueError("; ".join(lines)) from None
         # Store the complete, defaulted parameter set so every artifact records all of it.
         object.__setattr__(self, "params", validated)
         return self
@@ -55,11 +91,21 @@ class BenchmarkSection(_Section):
 
 class DataSection(_Section):
     quality: str = Field("expert", description=f"behaviour data quality: {', '.join(QUALITIES)}")
-    n_agents: int = Field(100, ge=1, description="agents per episode (N)")
-    episodes: int = Field(40, ge=1, description="episodes in the dataset")
-    shards: int = Field(4, ge=1, description="Parquet shards (units of parallel generation)")
-    seed: int = Field(0, ge=0)
-    path: str | None = Field(None, description="use this existing dataset instead of generating")
+    n_agents: int = Field(
+        100, ge=1, le=MAX_AGENTS, description=f"agents per episode (N), 1..{MAX_AGENTS:.0e}"
+    )
+    episodes: int = Field(
+        40,
+        ge=1,
+        le=1_000_000,
+        description=f"episodes in the dataset, 1..1e6; episodes x N x horizon <= "
+        f"{MAX_AGENT_STEPS:.0e} agent-steps",
+    )
+    shards: int = Field(
+        4, ge=1, le=10_000, description="Parquet shards (units of parallel generation), 1..10000"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0..2^32-1")
+    path: Text | None = Field(None, description="use this existing dataset instead of generating")
 
     @field_validator("quality")
     @classmethod
@@ -80,55 +126,90 @@ class DataSection(_Section):
 
 
 class TrainSection(_Section):
-    epochs: int = Field(3, ge=1)
-    steps_per_epoch: int = Field(100, ge=1)
-    batch_size: int = Field(16, ge=1, description="windows per worker per step")
-    lr: float = Field(1e-3, gt=0)
-    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP ranks)")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    epochs: int = Field(3, ge=1, le=100_000, description="1..1e5")
+    steps_per_epoch: int = Field(100, ge=1, le=1_000_000, description="1..1e6")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        le=65_536,
+        description="windows per worker per step, 1..65536; batch_size x planner.n_particles x "
+        "planner.window x planner.hidden <= 2^28 (1 GiB of float32 per activation)",
+    )
+    lr: float = Field(1e-3, gt=0, le=1000.0, description="learning rate, (0, 1000]")
+    num_workers: int = Field(
+        2,
+        ge=1,
+        le=MAX_CPUS,
+        description=f"Ray Train workers (DDP ranks), 1..{MAX_CPUS}; they must fit in the cluster",
+    )
+    cpus_per_worker: float = Field(
+        1.0, gt=0, le=MAX_CPUS, description=f"CPUs each Train worker asks for, (0, {MAX_CPUS}]"
+    )
     use_gpu: bool | None = Field(None, description="None = use GPUs when the cluster has them")
-    seed: int = Field(0, ge=0)
-    max_failures: int = Field(1, ge=0, description="worker-group restarts from the last checkpoint")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0..2^32-1")
+    max_failures: int = Field(
+        1, ge=0, le=100, description="worker-group restarts from the last checkpoint, 0..100"
+    )
 
 
 class EvalSection(_Section):
-    n_agents: list[int] = Field(default_factory=lambda: [100, 1000], min_length=1)
-    episodes: int = Field(2, ge=1, description="episodes per (N, seed)")
-    seeds: int = Field(1, ge=1, description="independent seeds per N")
-    seed: int = Field(0, ge=0)
+    n_agents: list[int] = Field(
+        default_factory=lambda: [100, 1000],
+        min_length=1,
+        max_length=100,
+        description=f"population sizes, each 1..{MAX_AGENTS:.0e}; sum x episodes x seeds x "
+        f"horizon <= {MAX_AGENT_STEPS:.0e} agent-steps",
+    )
+    episodes: int = Field(2, ge=1, le=10_000, description="episodes per (N, seed), 1..10000")
+    seeds: int = Field(1, ge=1, le=1000, description="independent seeds per N, 1..1000")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="0..2^32-1")
     decomposition: bool = Field(
         True, description="log the four-term suboptimality decomposition (finite games)"
     )
     plan_windows: int = Field(
-        8, ge=0, description="held-out windows for trajectory MMD and dynamics (0 = skip)"
+        8,
+        ge=0,
+        le=10_000,
+        description="held-out windows for trajectory MMD and dynamics, 0..10000 (0 = skip)",
     )
     held_out_episodes: int = Field(
-        2, ge=1, description="fresh behaviour episodes the plans are compared with"
+        2, ge=1, le=10_000, description="fresh behaviour episodes the plans are compared with"
     )
-    actor_cpus: float = Field(1.0, gt=0, description="CPUs each rollout actor asks for")
+    actor_cpus: float = Field(
+        1.0, gt=0, le=MAX_CPUS, description=f"CPUs each rollout actor asks for, (0, {MAX_CPUS}]"
+    )
     max_actors: int | None = Field(
-        None, ge=1, description="rollout actors per evaluation (None = one per cluster CPU)"
+        None,
+        ge=1,
+        le=MAX_CPUS,
+        description=f"rollout actors per evaluation, 1..{MAX_CPUS} (None = one per cluster CPU)",
     )
 
     @field_validator("n_agents")
     @classmethod
     def _positive(cls, ns: list[int]) -> list[int]:
-        bad = [n for n in ns if n < 1]
+        bad = [n for n in ns if not 1 <= n <= MAX_AGENTS]
         if bad:
-            raise ValueError(f"every N must be >= 1, got {bad}")
+            raise ValueError(f"every N must be 1..{MAX_AGENTS:.0e}, got {_shown(bad)}")
         return ns
 
 
 class RuntimeSection(_Section):
-    address: str | None = Field(None, description="Ray address; None = RAY_ADDRESS or local Ray")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local Ray (None = all)")
-    storage: str = Field("mfd-work", description="datasets and checkpoints (path or URI)")
-    tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or SQLite")
-    experiment: str | None = Field(None, description="MLflow experiment; None = benchmark name")
+    address: Text | None = Field(None, description="Ray address; None = RAY_ADDRESS or local Ray")
+    num_cpus: int | None = Field(
+        None, ge=1, le=MAX_CPUS, description=f"CPUs for a local Ray, 1..{MAX_CPUS} (None = all)"
+    )
+    storage: Text = Field("mfd-work", description="datasets and checkpoints (path or URI)")
+    tracking_uri: Text | None = Field(None, description="None = MLFLOW_TRACKING_URI or SQLite")
+    experiment: SafeName | None = Field(
+        None, description="MLflow experiment (a name, see README); None = benchmark name"
+    )
 
 
 class ExperimentConfig(_Section):
-    name: str = "experiment"
+    name: SafeName = Field(
+        "experiment", description="run name, part of checkpoint directories (a name, see README)"
+    )
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
     data: DataSection = Field(default_factory=DataSection)
     planner: PlannerConfig = Field(default_factory=PlannerConfig)
@@ -145,19 +226,72 @@ class ExperimentConfig(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fits_in_memory(self) -> ExperimentConfig:
+        d, e, p, t = self.data, self.eval, self.planner, self.train
+        horizon = self.benchmark.horizon
+        steps = d.episodes * d.n_agents * horizon
+        if steps > MAX_AGENT_STEPS:
+            raise ValueError(
+                f"data.episodes x data.n_agents x horizon = {d.episodes} x {d.n_agents} x "
+                f"{horizon} = {steps:.3g} agent-steps; allowed: <= {MAX_AGENT_STEPS:.0e}"
+            )
+        steps = sum(e.n_agents) * e.episodes * e.seeds * horizon
+        if steps > MAX_AGENT_STEPS:
+            raise ValueError(
+                f"eval.n_agents: sum {sum(e.n_agents)} x eval.episodes {e.episodes} x eval.seeds "
+                f"{e.seeds} x horizon {horizon} = {steps:.3g} agent-steps; "
+                f"allowed: <= {MAX_AGENT_STEPS:.0e}"
+            )
+        size = t.batch_size * p.n_particles * p.window * p.hidden
+        if size > 2**28:
+            raise ValueError(
+                f"train.batch_size x planner.n_particles x planner.window x planner.hidden = "
+                f"{size:.3g} floats per activation; allowed: <= 2^28 (1 GiB of float32)"
+            )
+        return self
+
+
+# Bounded: an input of shared references (a YAML alias bomb) never expands in full.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 2, 4, 4
+_REPR.maxstring = _REPR.maxother = MAX_SHOWN
+
+
+def _shown(value: Any) -> str:
+    """`repr(value)` for an error message, at most about MAX_SHOWN characters."""
+    text = _REPR.repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
 
 def _format_error(err: Any, prefix: str = "") -> str:
-    loc = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
+    loc = ".".join(
+        _shown(p)[1:-1] if isinstance(p, str) else str(p)
+        for p in err.get("loc", ())
+        if p != "__root__"
+    )
     field = ".".join(p for p in (prefix, loc) if p)
-    msg = err.get("msg", "").removeprefix("Value error, ")
-    if "input" in err and not isinstance(err["input"], dict) and field:
-        return f"{field} = {err['input']!r}: {msg}"
+    msg = err.get("msg", "").removeprefix("Value error, ")[:300]
+    value = err.get("input")
+    if isinstance(value, dict):  # a section's own check: its message names the field
+        first = re.match(r"\w+", msg)
+        if field and msg.startswith(f"{field}."):
+            return msg
+        if field and first and first.group() in value:
+            return f"{field}.{msg}"
+    elif "input" in err and field:
+        return f"{field} = {_shown(value)}: {msg}"
     return f"{field}: {msg}" if field else msg
 
 
 def validation_lines(err: ValidationError, prefix: str = "") -> str:
-    """A pydantic error as one line per problem: field (under `prefix`), value, what is allowed."""
-    return "\n".join(_format_error(e, prefix=prefix) for e in err.errors())
+    """A pydantic error as one line per problem: field (under `prefix`), value, what is allowed;
+    at most MAX_LINES of them."""
+    errors = err.errors()
+    lines = [_format_error(e, prefix=prefix) for e in errors[:MAX_LINES]]
+    if len(errors) > MAX_LINES:
+        lines.append(f"... and {len(errors) - MAX_LINES} more problems")
+    return "\n".join(lines)
 
 
 def _validate(data: dict[str, Any]) -> ExperimentConfig:
@@ -205,15 +339,114 @@ def resolve_key(key: str, benchmark: str) -> list[str]:
     raise ConfigError(f"-s {key}: ambiguous, say which: {', '.join(matches)}")
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a config refuses."""
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load, hardened: no aliases (an alias bomb is a few hundred bytes that expand to
+    gigabytes wherever the value is copied or printed), nesting at most MAX_DEPTH (the composer
+    recurses), duplicate keys refused (else the last one silently wins), and `1e-3` is a float
+    (YAML 1.1 wants `1.0e-3`, which nobody types on a command line)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused(
+                None, None, "aliases (*name) are not allowed in a config", event.start_mark
+            )
+        if isinstance(event, yaml.CollectionStartEvent) and self.depth >= MAX_DEPTH:
+            raise _Refused(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool | None):
+                raise _Refused(
+                    None,
+                    None,
+                    f"a key must be a plain value, got {type(key).__name__}",
+                    key_node.start_mark,
+                )
+            if key in seen:
+                raise _Refused(
+                    None,
+                    None,
+                    f"duplicate key {_shown(key)} on lines {seen[key]} and {line}",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str | bytes, where: str, *, text_if_invalid: bool = False) -> Any:
+    """YAML text -> Python value with the hardened loader; every error names `where`.
+
+    `text_if_invalid`: text that is not YAML at all comes back as it is (a string)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} bytes; allowed: at most {MAX_YAML_BYTES}")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{where}: not UTF-8 (byte 0x{text[err.start]:02x} at offset {err.start})"
+            ) from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        if text_if_invalid and not isinstance(err, _Refused):
+            return text
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{where}: not valid YAML ({at}{problem[:200]})") from None
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """A config file's YAML value (None when empty), or ConfigError naming the file."""
+    where = f"--config = {_shown(str(path))}"
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{where}: no such file")
+    if p.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {p.stat().st_size} bytes; allowed: at most {MAX_YAML_BYTES}")
+    return parse_yaml(p.read_bytes(), where)
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
-        raise ConfigError(f"-s {item!r}: expected key=value")
+        raise ConfigError(f"-s {_shown(item)}: expected key=value")
     key, raw = item.split("=", 1)
+    key = key.strip()
+    if not _KEY.fullmatch(key) or len(key) > 200:
+        raise ConfigError(f"-s {_shown(key)}: not a setting name (a dotted path like train.lr)")
     try:
-        value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ConfigError(f"-s {key}: the value is not UTF-8") from None
+    # Text that is not YAML is taken as a string; YAML that a config refuses is an error.
+    value = parse_yaml(raw, f"-s {key}", text_if_invalid=True) if raw else ""
+    return key, value
 
 
 def load_config(
@@ -225,15 +458,9 @@ def load_config(
     """YAML file (optional) + `key=value` overrides -> validated config, or ConfigError."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config = {str(path)!r}: no such file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--config = {str(path)!r}: not valid YAML ({err})") from None
+        loaded = read_yaml_file(path) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"--config = {str(path)!r}: must hold a mapping of sections")
+            raise ConfigError(f"--config = {_shown(str(path))}: must hold a mapping of sections")
         data = _deep_merge(data, loaded)
     benchmark = str(data.get("benchmark", {}).get("name", "crowd_1d"))
     explicit: dict[str, Any] = {}  # dotted path -> value, of the settings on the command line
@@ -243,7 +470,7 @@ def load_config(
             benchmark = str(value)
         if benchmark not in BENCHMARKS:
             raise ConfigError(
-                f"benchmark.name = {benchmark!r}: unknown benchmark; "
+                f"benchmark.name = {_shown(benchmark)}: unknown benchmark; "
                 f"available: {', '.join(sorted(BENCHMARKS))}"
             )
         node = data

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 import ray
 
+from mfdiffuser.platform.config import ConfigError, ExperimentConfig
+
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
@@ -41,3 +43,34 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_fits(cfg: ExperimentConfig, trial_cpus: float | None = None) -> None:
+    """Ray waits forever for resources the cluster does not have: a Train worker group (beside a
+    sweep trial's own `trial_cpus`) or a rollout actor that can never be placed fails here with
+    one line instead, right after Ray starts."""
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+    own = trial_cpus or 0.0
+    train = cfg.train
+    need = own + train.num_workers * train.cpus_per_worker
+    if need > cpus + 1e-9:
+        beside = f" + sweep.trial_cpus ({own:g})" if trial_cpus is not None else ""
+        fit = (cpus - own) / train.num_workers
+        raise ConfigError(
+            f"train.num_workers ({train.num_workers}) x train.cpus_per_worker "
+            f"({train.cpus_per_worker:g}){beside} = {need:g} CPUs, but the cluster has {cpus:g}: "
+            f"the Train run could never start; allowed: train.cpus_per_worker <= {fit:.2f} or "
+            "fewer workers"
+        )
+    if train.use_gpu and train.num_workers > gpus:
+        raise ConfigError(
+            f"train.use_gpu = True: {train.num_workers} workers need a GPU each, the cluster has "
+            f"{gpus:g}; allowed: train.num_workers <= {gpus:g}, or train.use_gpu = null"
+        )
+    room = cpus - own
+    if cfg.eval.actor_cpus > room + 1e-9:
+        raise ConfigError(
+            f"eval.actor_cpus = {cfg.eval.actor_cpus:g}: the cluster has {room:g} CPUs for a "
+            f"rollout actor; allowed: <= {room:.2f}"
+        )

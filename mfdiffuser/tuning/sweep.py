@@ -30,17 +30,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mfdiffuser.platform.config import (
+    MAX_AGENT_STEPS,
+    MAX_CPUS,
     ConfigError,
     ExperimentConfig,
     _deep_merge,
     parse_override,
+    read_yaml_file,
     resolve_key,
     validation_lines,
 )
+from mfdiffuser.platform.names import derived_name
 
 # Named axes -> the config paths they set. Any dotted config path is an axis too.
 AXES: dict[str, list[str]] = {
@@ -68,20 +71,27 @@ METHODS: dict[str, dict[str, Any]] = {
 
 
 class SweepSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     grid: dict[str, list[Any]] = Field(description="axis -> values; one trial per combination")
     transitions_per_dataset: int | None = Field(
         None,
         ge=1,
+        le=MAX_AGENT_STEPS,
         description="hold agent-transitions per dataset fixed across N: "
         "episodes = ceil(this / (N * horizon)) (BENCHMARKS.md sweep axes)",
     )
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="None = as many as the cluster's CPUs fit Train worker groups"
+        None,
+        ge=1,
+        le=MAX_CPUS,
+        description="None = as many as the cluster's CPUs fit Train worker groups",
     )
     trial_cpus: float = Field(
-        0.01, gt=0, description="CPUs of the trial process itself (its Train workers ask apart)"
+        0.01,
+        gt=0,
+        le=MAX_CPUS,
+        description="CPUs of the trial process itself (its Train workers ask apart)",
     )
     eval_at_trial_n: bool = Field(
         True, description="evaluate each trial at its own N (else at eval.n_agents)"
@@ -153,13 +163,7 @@ def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     """Parse and validate a sweep file; every trial's config is validated before anything runs."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config = {str(path)!r}: no such file")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config = {str(path)!r}: not valid YAML ({err})") from None
+    raw = read_yaml_file(path) or {}
     if not isinstance(raw, dict) or "sweep" not in raw:
         raise ConfigError(f"--config = {str(path)!r}: a sweep file needs a `sweep:` section")
     try:
@@ -210,7 +214,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         if section.eval_at_trial_n:
             cfg.eval.n_agents = [cfg.data.n_agents]
         key = ",".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in assignment.items())
-        cfg.name = f"{raw.get('name', 'sweep')}[{key}]"
+        # A trial's name becomes directory names: safe characters only (the key is a tag).
+        cfg.name = derived_name(str(raw.get("name", "sweep")), key)
         trials.append(Trial(axes=assignment, key=key, config=cfg.model_dump()))
     if len({t.key for t in trials}) != len(trials):
         raise ConfigError("sweep.grid: repeated values make duplicate trials")
@@ -267,7 +272,7 @@ def trial_run(cfg: ExperimentConfig, trial: Trial, uri: str, parent: str) -> tup
     if found:
         run = max(found, key=lambda r: r.info.start_time)
         return str(run.info.run_id), str(run.info.status)
-    run_id = tracking.start_run(cfg, uri, run_name=f"trial-{trial.key}")
+    run_id = tracking.start_run(cfg, uri, run_name=cfg.name)
     client = _client(uri)
     tags = {
         "mlflow.parentRunId": parent,
@@ -332,29 +337,6 @@ def _concurrency(sweep: Sweep, cfg: ExperimentConfig) -> int:
     return max(1, int((cpus + 1e-9) // max(train, actors)))
 
 
-def _check_fits(sweep: Sweep, cfg: ExperimentConfig) -> None:
-    """A trial holds its own `trial_cpus` while its Train worker group runs: if the two do not
-    fit in the cluster together, the Train run would wait for CPUs forever. Say so instead."""
-    import ray
-
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    need = sweep.section.trial_cpus + cfg.train.num_workers * cfg.train.cpus_per_worker
-    if need > cpus + 1e-9:
-        fit = (cpus - sweep.section.trial_cpus) / cfg.train.num_workers
-        raise ConfigError(
-            f"train.num_workers ({cfg.train.num_workers}) x train.cpus_per_worker "
-            f"({cfg.train.cpus_per_worker}) + sweep.trial_cpus ({sweep.section.trial_cpus}) "
-            f"= {need:g} CPUs, but the cluster has {cpus:g}: a trial could never start its "
-            f"Train run; allowed: train.cpus_per_worker <= {fit:.2f} or fewer workers"
-        )
-    room = cpus - sweep.section.trial_cpus
-    if cfg.eval.actor_cpus > room + 1e-9:
-        raise ConfigError(
-            f"eval.actor_cpus = {cfg.eval.actor_cpus:g}: beside the trial's own "
-            f"{sweep.section.trial_cpus:g} CPU the cluster has {room:g}; allowed: <= {room:.2f}"
-        )
-
-
 def trial_dirname(trial: Any) -> str:
     """Short trial directories (Tune's default spells the whole config into the name)."""
     return f"trial_{trial.trial_id}"
@@ -372,6 +354,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.runtime import check_fits
     from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
     from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
 
@@ -392,7 +375,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     for trial in sweep.trials:
         trial.config["runtime"]["storage"] = storage
         trial.config["runtime"]["tracking_uri"] = uri
-    _check_fits(sweep, first)
+    check_fits(first, trial_cpus=sweep.section.trial_cpus)
     start = time.perf_counter()
     tracking.ensure_experiment(uri, tracking.experiment_name(first))
     parent = parent_run(sweep, first, uri, resume)

@@ -67,8 +67,9 @@ def test_sweep_nests_trial_runs_reuses_datasets_and_survives_a_failed_trial(
 ) -> None:
     from mfdiffuser.tuning.sweep import load_sweep, run_sweep
 
-    # lr = 1e30 diverges in the first epoch: that trial fails, the other one must still finish.
-    sweep = load_sweep(_sweep_file(tmp_path, "lr", {"train.lr": [0.003, 1.0e30]}))
+    # lr = 1000 (the largest allowed) diverges in the first epoch: that trial fails, the other
+    # one must still finish.
+    sweep = load_sweep(_sweep_file(tmp_path, "lr", {"train.lr": [0.003, 1000.0]}))
     out = run_sweep(sweep)
     assert out["trials"] == 2 and out["trials_finished"] == 1 and out["trials_failed"] == 1
     assert "diverged" in out["errors"][0]
@@ -83,7 +84,7 @@ def test_sweep_nests_trial_runs_reuses_datasets_and_survives_a_failed_trial(
     assert len(trials) == 2
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
     by_lr = {r.data.tags["mfd.axis.train.lr"]: r for r in trials}
-    good, bad = by_lr["0.003"], by_lr["1e+30"]
+    good, bad = by_lr["0.003"], by_lr["1000.0"]
     assert good.info.status == "FINISHED" and bad.info.status == "FAILED"
     assert "diverged" in bad.data.tags["mfd.error"] + bad.data.tags["mfd.traceback"]
     m = good.data.metrics
