@@ -98,12 +98,15 @@ def _config(
     benchmark: str | None = None,
     extra: list[str] | None = None,
 ) -> Any:
+    from mfdiffuser.platform import jobs
     from mfdiffuser.platform.config import load_config
 
     items = (
         ([f"benchmark.name={benchmark}"] if benchmark else []) + (extra or []) + (settings or [])
     )
-    return load_config(config, items)
+    cfg = load_config(config, items)
+    jobs.check_storage(cfg.runtime.storage)  # tracking: checked where it is resolved
+    return cfg
 
 
 def _runtime(address: str | None, tracking_uri: str | None, storage: str | None) -> list[str]:
@@ -367,11 +370,13 @@ def sweep(
 
     Exit status 1 when a trial failed (its MLflow run is FAILED with the error; fix and --resume).
     """
+    from mfdiffuser.platform import jobs
     from mfdiffuser.tuning.sweep import load_sweep, run_sweep
 
     extra = _runtime(address, tracking_uri, storage)
     spec = _guard(lambda: load_sweep(config, extra + (settings or [])))
     first = spec.experiment_config(spec.trials[0])
+    _guard(lambda: jobs.check_locations(first))
     _loopback_if_local(first.runtime.address)
 
     def go() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mfdiffuser.platform import jobs
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
 from mfdiffuser.platform.provenance import code_version
 
@@ -29,6 +30,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 def resolve_tracking_uri(explicit: str | None, workdir: str | Path = ".") -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    jobs.check_tracking_uri(uri)
     if uri:
         return uri
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
