@@ -404,6 +404,19 @@ def sweep(
         raise typer.Exit(1)
 
 
+@app.command()
+def ui(
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """The MLflow UI on the store (one worker, on 127.0.0.1 only) until Ctrl-C or SIGTERM."""
+    from mfdiffuser.dashboards.ui import serve, store_uri
+
+    uri = _guard(lambda: store_uri(tracking_uri))
+    typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    raise typer.Exit(serve(uri, port))
+
+
 def _summary(r: dict[str, Any]) -> str:
     m = r["metrics"]
     lines = [

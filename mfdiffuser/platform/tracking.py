@@ -1,7 +1,8 @@
 """MLflow conventions: where the store is, one experiment per benchmark, metric prefixes.
 
 Naming scheme (one for the whole platform):
-- experiment: the benchmark name (e.g. `crowd_1d`) unless `runtime.experiment` says otherwise;
+- experiment: the benchmark name (e.g. `crowd_1d`) unless `runtime.experiment` says otherwise,
+  tagged as a model-training experiment for MLflow's UI;
 - run: one per train/evaluate flow, params flattened from the config (plus `benchmark.version`),
   tags `mfd.benchmark`, `mfd.benchmark_version`, `mfd.n_agents`, `mfd.window`, `mfd.quality`,
   `mfd.method`, `mfd.seed`, `mfd.code_version`;
@@ -63,6 +64,10 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), not its runs.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Create (or find) the experiment in the driver, so that worker processes never race to
     create a fresh SQLite schema (two creators fail with `duplicate column name`)."""
@@ -71,10 +76,12 @@ def ensure_experiment(uri: str, name: str) -> str:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get(KIND_TAG) != KIND:  # made before the tag was set, or by hand
+            client.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return str(exp.experiment_id)
     root = artifact_root(uri)
     base = root.rstrip("/") + f"/{name}" if root else None
-    return str(client.create_experiment(name, artifact_location=base))
+    return str(client.create_experiment(name, artifact_location=base, tags={KIND_TAG: KIND}))
 
 
 def experiment_name(cfg: ExperimentConfig) -> str:
