@@ -68,8 +68,8 @@ TINY_RUN = {
 def test_readme_ray_job_commands(tmp_path: Path) -> None:
     """`mfd run` as the README submits it: on PATH in the job, into the store the user named."""
     # The directory `--working-dir .` uploads, laid out like the repository root: its
-    # .gitignore (keeps .venv out of the upload), the venv, and the configs the commands name
-    # (the quickstart shrunk to a tiny run; JSON is YAML).
+    # .gitignore, the venv (Ray 2.60 leaves `.venv` out of the upload), and the configs the
+    # commands name (the quickstart shrunk to a tiny run; JSON is YAML).
     checkout = tmp_path / "checkout"
     (checkout / "configs").mkdir(parents=True)
     (checkout / ".gitignore").write_text((REPO / ".gitignore").read_text())
