@@ -464,7 +464,8 @@ def quickstart(
         cfg.runtime.tracking_uri = resolve_tracking_uri(None, wd)
     out = run_experiment(cfg, wd, resume=resume)
     out["workdir"] = str(wd)
-    out["mlflow_ui_command"] = f"mlflow ui --backend-store-uri {cfg.runtime.tracking_uri}"
+    mfd = Path(sys.executable).parent / "mfd"  # the venv's: its bin directory may not be on PATH
+    out["mlflow_ui_command"] = f"{mfd} ui --tracking-uri {cfg.runtime.tracking_uri}"
     return out
 
 

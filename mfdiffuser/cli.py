@@ -123,12 +123,15 @@ def _config(
     benchmark: str | None = None,
     extra: list[str] | None = None,
 ) -> Any:
+    from mfdiffuser.platform import jobs
     from mfdiffuser.platform.config import load_config
 
     items = (
         ([f"benchmark.name={benchmark}"] if benchmark else []) + (extra or []) + (settings or [])
     )
-    return load_config(config, items)
+    cfg = load_config(config, items)
+    jobs.check_storage(cfg.runtime.storage)  # tracking: checked where it is resolved
+    return cfg
 
 
 def _runtime(address: str | None, tracking_uri: str | None, storage: str | None) -> list[str]:
@@ -409,11 +412,13 @@ def sweep(
 
     Exit status 1 when a trial failed (its MLflow run is FAILED with the error; fix and --resume).
     """
+    from mfdiffuser.platform import jobs
     from mfdiffuser.tuning.sweep import load_sweep, run_sweep
 
     extra = _runtime(address, tracking_uri, storage)
     spec = _guard(lambda: load_sweep(config, extra + (settings or [])))
     first = spec.experiment_config(spec.trials[0])
+    _guard(lambda: jobs.check_locations(first))
     _loopback_if_local(first.runtime.address)
 
     def go() -> dict[str, Any]:
@@ -439,6 +444,19 @@ def sweep(
     )
     if result["trials_failed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """The MLflow UI on the store (one worker, on 127.0.0.1 only) until Ctrl-C or SIGTERM."""
+    from mfdiffuser.dashboards.ui import serve, store_uri
+
+    uri = _guard(lambda: store_uri(tracking_uri))
+    typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    raise typer.Exit(serve(uri, port))
 
 
 def _summary(r: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """MLflow conventions: where the store is, one experiment per benchmark, metric prefixes.
 
 Naming scheme (one for the whole platform):
-- experiment: the benchmark name (e.g. `crowd_1d`) unless `runtime.experiment` says otherwise;
+- experiment: the benchmark name (e.g. `crowd_1d`) unless `runtime.experiment` says otherwise,
+  tagged as a model-training experiment for MLflow's UI;
 - run: one per train/evaluate flow, params flattened from the config (plus `benchmark.version`),
   tags `mfd.benchmark`, `mfd.benchmark_version`, `mfd.n_agents`, `mfd.window`, `mfd.quality`,
   `mfd.method`, `mfd.seed`, `mfd.code_version`;
@@ -22,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from mfdiffuser.platform import jobs
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
 from mfdiffuser.platform.provenance import code_version
 
@@ -31,6 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 def resolve_tracking_uri(explicit: str | None, workdir: str | Path = ".") -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    jobs.check_tracking_uri(uri)
     if uri:
         return uri
     return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
@@ -63,6 +66,8 @@ def artifact_root(uri: str) -> str | None:
     return None
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces), not its runs.
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 _READY: set[str] = set()
 
 
@@ -83,21 +88,24 @@ def client(uri: str) -> Any:
 
 def ensure_experiment(uri: str, name: str) -> str:
     """Create (or find) the experiment in the driver, before any worker process logs to it."""
-    client_ = client(uri)
-    exp = client_.get_experiment_by_name(name)
-    if exp is not None:
-        return str(exp.experiment_id)
     from mlflow.exceptions import MlflowException
 
-    root = artifact_root(uri)
-    base = root.rstrip("/") + f"/{name}" if root else None
-    try:
-        return str(client_.create_experiment(name, artifact_location=base))
-    except MlflowException:  # another command created it a moment ago
-        exp = client_.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
+    client_ = client(uri)
+    exp = client_.get_experiment_by_name(name)
+    if exp is None:
+        root = artifact_root(uri)
+        base = root.rstrip("/") + f"/{name}" if root else None
+        try:
+            return str(
+                client_.create_experiment(name, artifact_location=base, tags={KIND_TAG: KIND})
+            )
+        except MlflowException:  # another command created it a moment ago
+            exp = client_.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(KIND_TAG) != KIND:  # made before the tag was set, or by hand
+        client_.set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
+    return str(exp.experiment_id)
 
 
 def experiment_name(cfg: ExperimentConfig) -> str:

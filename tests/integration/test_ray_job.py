@@ -1,270 +1,170 @@
-"""`mfd sweep` submitted with `ray job submit` to a head node this test starts on loopback.
+"""The README's Ray-job commands, run as they stand, against a loopback head with token auth on.
 
-The cluster is ours alone: its own temp dir and free ports, started with `ray start --head --block`
-as a subprocess in a new session, and stopped by signalling exactly the processes of that session
-(never `ray stop`, which kills every Ray process of the user).
+The README's `mfd:ray-job` block (activate the venv, token auth, `ray start --head`, `ray job
+submit … -- mfd run …`) runs verbatim in `bash`, with its three placeholders (MFD_JOBS,
+MFD_SHARED, MFD_TRACKING) set to a free loopback port and temp paths, HOME in a temp dir (the
+token), and the venv's bin directory off PATH (so the job finds `mfd` only through the README's
+activation). The cluster is ours alone: a shell `ray` function appends free ports and a temp dir
+to `ray start`, and the cluster is stopped by signalling exactly the processes of the bash
+session (never `ray stop`, which kills every Ray process of the user). The sweep block is the
+same submit with `mfd sweep`: it is parse-checked here, its run is what test_sweep.py covers.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
+import re
+import shlex
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from processes import LOOPBACK, free_ports, listen_addresses, session_pids, stop_session
+from typer.main import get_command
+
+from mfdiffuser.cli import app
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-RAY = str(BIN / "ray")
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
+def readme_block(marker: str) -> str:
+    """The fenced block right after `<!-- marker -->` in README.md."""
+    text = (REPO / "README.md").read_text()
+    found = re.search(rf"<!-- {re.escape(marker)} -->\n```bash\n(.*?)```", text, re.S)
+    assert found, f"README.md has no block marked {marker}"
+    return found.group(1)
+
+
+def _status(url: str) -> int | str:
+    """The HTTP status of a GET without credentials (or why there was none)."""
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError as err:
+        return str(err)
 
 
-# 127.0.0.1, ::ffff:127.0.0.1 and ::1 as /proc/net/tcp{,6} write them.
-_LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+# 2 DDP workers and the rollout actors on a 2-CPU head, a few seconds of work.
+TINY_RUN = {
+    "name": "job",
+    "data": {"n_agents": 20, "episodes": 2, "shards": 2},
+    "train": {"epochs": 1, "steps_per_epoch": 5, "batch_size": 4, "num_workers": 2},
+    "planner": {"diffusion_steps": 4, "n_particles": 8, "max_particles": 8},
+    "eval": {"n_agents": [20], "episodes": 1, "plan_windows": 2},
+}
 
 
-def _listen_addresses(port: int) -> set[str]:
-    """Local addresses of the sockets listening on `port` (hex, as in /proc/net/tcp)."""
-    out = set()
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
-        if not table.exists():  # no IPv6
-            continue
-        for line in table.read_text().splitlines()[1:]:
-            fields = line.split()
-            addr, hex_port = fields[1].split(":")
-            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                out.add(addr)
-    return out
+def test_readme_ray_job_commands(tmp_path: Path) -> None:
+    """`mfd run` as the README submits it: on PATH in the job, into the store the user named."""
+    # The directory `--working-dir .` uploads, laid out like the repository root: its
+    # .gitignore, the venv (Ray 2.60 leaves `.venv` out of the upload), and the configs the
+    # commands name (the quickstart shrunk to a tiny run; JSON is YAML).
+    checkout = tmp_path / "checkout"
+    (checkout / "configs").mkdir(parents=True)
+    (checkout / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    (checkout / ".venv").symlink_to(BIN.parent)
+    (checkout / "configs" / "quickstart.yaml").write_text(json.dumps(TINY_RUN))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    db = shared / "mlflow.db"
+    home = tmp_path / "home"
+    home.mkdir()
 
-
-def _session_pids(sid: int) -> list[int]:
-    """PIDs of the processes in session `sid` (the one our `ray start` leads).
-
-    Ray's workers get process groups of their own, and are re-parented to init once the raylet
-    is gone, but they stay in the session: this finds all of them and nothing else.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the parenthesised command: state ppid pgrp session ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if int(fields[3]) == sid:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _signal_session(sid: int, sig: signal.Signals) -> None:
-    for pid in _session_pids(sid):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _stop_cluster(head: subprocess.Popen[bytes]) -> None:
-    sid = head.pid
-    try:
-        os.killpg(sid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and _session_pids(sid):
-        time.sleep(0.5)
-    # `ray start --block` drains for up to 30 s on SIGTERM, and its workers live in process
-    # groups of their own: kill what is left of the session.
-    _signal_session(sid, signal.SIGKILL)
-    try:
-        head.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _session_pids(sid):
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
-    """A head node on loopback; yields the job server's address and the clients' environment."""
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    gcs_port, dash_port, client_port, agent_port, dash_metrics, autoscaler_metrics = _free_ports(6)
+    gcs, dash, client, agent, dash_metrics, autoscaler_metrics = free_ports(6)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "VIRTUAL_ENV", "RAY_AUTH_MODE")
+    }
+    venv_bins = {str(BIN), str(BIN.resolve())}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p not in venv_bins)
     env.update(
-        RAY_AUTH_MODE="disabled",  # loopback only; Ray 2.60 turns token auth on by default
+        HOME=str(home),
+        MFD_JOBS=f"http://127.0.0.1:{dash}",
+        MFD_SHARED=str(shared),
+        MFD_TRACKING=f"sqlite:///{db}",
         RAY_USAGE_STATS_ENABLED="0",
         MLFLOW_DISABLE_TELEMETRY="true",
-        # `ray start` replaces --node-ip-address=127.0.0.1 by the machine's address, and the GCS
-        # and raylet then listen on all interfaces. With multi-node clusters disabled the node
-        # address stays 127.0.0.1 and every server binds to loopback only.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         # Fixed by default (44227, 44217): would clash with another cluster on this machine.
         DASHBOARD_METRIC_PORT=str(dash_metrics),
         AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
     )
     # Ray's socket paths must stay under ~107 characters: a short temp dir of our own.
-    with tempfile.TemporaryDirectory(prefix="rj", dir="/tmp") as temp_dir:
-        log = open(Path(temp_dir) / "head.log", "wb")  # closed in the finally below
-        head = subprocess.Popen(
-            [
-                RAY,
-                "start",
-                "--head",
-                "--block",
-                "--node-ip-address=127.0.0.1",
-                f"--port={gcs_port}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={dash_port}",
-                # Fixed by default (10001, 52365): would clash with another test cluster.
-                f"--ray-client-server-port={client_port}",
-                f"--dashboard-agent-listen-port={agent_port}",
-                "--num-cpus=2",
-                f"--temp-dir={temp_dir}/r",
-                "--include-dashboard=true",
-            ],
+    with tempfile.TemporaryDirectory(prefix="rj", dir="/tmp") as ray_tmp:
+        own_cluster = (
+            f"--port={gcs} --dashboard-port={dash} --ray-client-server-port={client} "
+            f"--dashboard-agent-listen-port={agent} --num-cpus=2 --temp-dir={ray_tmp}"
+        )
+        script = (
+            "set -eo pipefail\n"
+            f'ray() {{ if [ "$1" = start ]; then command ray "$@" {own_cluster}; '
+            'else command ray "$@"; fi; }\n' + readme_block("mfd:ray-job")
+        )
+        bash = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=checkout,
             env=env,
-            cwd=temp_dir,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         try:
-            address = f"http://127.0.0.1:{dash_port}"
-            deadline = time.monotonic() + 180
-            while True:
-                if head.poll() is not None:
-                    pytest.fail(
-                        f"ray start exited with {head.returncode}:\n"
-                        + (Path(temp_dir) / "head.log").read_text(errors="replace")[-4000:]
-                    )
-                try:
-                    with urllib.request.urlopen(f"{address}/api/version", timeout=5) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail("the Ray job server did not come up within 180 s")
-                time.sleep(1)
-            listening = _listen_addresses(gcs_port)
-            assert listening, f"nothing listens on the GCS port {gcs_port}"
-            assert listening <= _LOOPBACK, f"the GCS listens beyond loopback: {listening}"
-            yield address, env
+            out, _ = bash.communicate(timeout=420)
+            # While the head is still up: loopback only, and no job API without the token.
+            listening = listen_addresses(gcs)
+            anonymous = _status(f"{env['MFD_JOBS']}/api/jobs/")
         finally:
-            _stop_cluster(head)
-            log.close()
+            if bash.poll() is None:
+                bash.kill()
+                bash.wait()
+            stop_session(bash.pid)
+        assert not session_pids(bash.pid), "processes of the head's session are left"
+    assert bash.returncode == 0, out[-6000:]
+    assert (home / ".ray" / "auth_token").is_file()  # the README's token, used by every client
+    assert anonymous == 401
 
-
-def _json_result(stdout: str) -> dict[str, Any]:
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and "parent_run_id" in obj:
-            return obj
-    raise AssertionError(f"no JSON sweep result in the job output:\n{stdout[-4000:]}")
-
-
-def test_mfd_sweep_as_ray_job(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
-    """A one-trial sweep as a Ray job: Tune, the Train run inside the trial, rollout actors."""
-    address, env = ray_head
-    workdir = tmp_path / "job"  # uploaded to the cluster: keep it empty
-    workdir.mkdir()
-    db = tmp_path / "mlflow.db"
-    sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(
-        json.dumps(  # JSON is YAML
-            {
-                "name": "job",
-                "data": {"n_agents": 20, "episodes": 2, "shards": 2},
-                # 2 DDP workers and the trial's own 0.01 CPU on a 2-CPU head
-                "train": {
-                    "epochs": 1,
-                    "steps_per_epoch": 5,
-                    "batch_size": 4,
-                    "num_workers": 2,
-                    "cpus_per_worker": 0.99,
-                },
-                "planner": {"diffusion_steps": 4, "n_particles": 8, "max_particles": 8},
-                "eval": {"episodes": 1, "plan_windows": 2},
-                "sweep": {"grid": {"seed": [0]}},
-            }
-        )
-    )
-    cmd = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        str(workdir),
-        "--",
-        # The entrypoint runs on the head with its environment; this interpreter has the package.
-        sys.executable,
-        "-m",
-        "mfdiffuser.cli",
-        "sweep",
-        *("--config", str(sweep)),
-        *("--storage", str(tmp_path / "store")),
-        *("--tracking-uri", f"sqlite:///{db}"),
-        "--json",
-    ]
-    proc = subprocess.run(
-        cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400, check=False
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
-
-    result = _json_result(proc.stdout)
-    assert result["tracking_uri"] == f"sqlite:///{db}"
-    assert result["trials_finished"] == 1.0 and result["trials_failed"] == 0.0
-    assert result["tune_path"].startswith(str(tmp_path / "store"))
+    assert listening, f"nothing listened on the GCS port {gcs}"
+    assert listening <= LOOPBACK, f"the GCS listened beyond loopback: {listening}"
 
     con = sqlite3.connect(db)
     try:
-        runs = dict(con.execute("SELECT run_uuid, status FROM runs").fetchall())
-        parent = result["parent_run_id"]
-        children = [
-            r
-            for (r,) in con.execute(
-                "SELECT run_uuid FROM tags WHERE key = 'mlflow.parentRunId' AND value = ?",
-                (parent,),
-            )
-        ]
-        assert runs == {parent: "FINISHED", children[0]: "FINISHED"}
-        rows = con.execute("SELECT key FROM metrics WHERE run_uuid = ?", (children[0],))
-        keys = {k for (k,) in rows}
+        runs = con.execute("SELECT run_uuid, status FROM runs").fetchall()
+        assert [status for _, status in runs] == ["FINISHED"], runs
+        rows = con.execute("SELECT key, value FROM metrics WHERE run_uuid = ?", (runs[0][0],))
+        metrics = dict(rows.fetchall())
     finally:
         con.close()
-    assert {"train/loss", "return/n20", "exploitability", "subopt/generative_error"} <= keys
+    assert {"train/loss", "return/n20", "exploitability"} <= set(metrics)
+    assert metrics["exploitability"] >= 0.0
+    # Datasets and checkpoints in the shared directory, not in Ray's temporary copy.
+    assert list((shared / "datasets").iterdir()) and list((shared / "train").iterdir())
+
+
+def test_readme_sweep_job_parses() -> None:
+    """The sweep block is the run block's submit with `mfd sweep`, and `mfd` accepts it."""
+    run_block = readme_block("mfd:ray-job")
+    sweep_block = readme_block("mfd:ray-job-sweep")
+    submit = run_block[run_block.index("ray job submit") :]
+    prefix = submit[: submit.index("mfd run")]
+    assert sweep_block.startswith(prefix)
+    argv = shlex.split(sweep_block.replace("\\\n", " "))  # placeholders stay "$MFD_…"
+    args = argv[argv.index("--") + 2 :]
+    assert args[0] == "sweep"
+    cli = get_command(app)
+    ctx = cli.make_context("mfd", list(args))
+    sweep = cli.get_command(ctx, "sweep")
+    params = sweep.make_context("sweep", args[1:], parent=ctx).params
+    assert (REPO / params["config"]).is_file()
+    assert (params["storage"], params["tracking_uri"]) == ("$MFD_SHARED", "$MFD_TRACKING")

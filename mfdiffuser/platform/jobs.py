@@ -1,0 +1,59 @@
+"""Inside a Ray job (`ray job submit … -- mfd …`), where the results may go.
+
+The job's entrypoint runs in Ray's temporary copy of `--working-dir`
+(`…/runtime_resources/working_dir_files/_ray_pkg_…`), which Ray deletes: a default or relative
+MLflow store or storage path would be written there and lost with it, so both are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from mfdiffuser.platform.config import ConfigError, ExperimentConfig
+
+# Ray's job supervisor sets it for the entrypoint only, not for the tasks and actors it starts
+# (ray/dashboard/modules/job/job_supervisor.py, `_get_driver_env_vars`).
+JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+_LOST = "inside a Ray job {what} is written into Ray's temporary working directory and lost"
+
+
+def in_ray_job() -> bool:
+    return JOB_ENV_VAR in os.environ
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """`uri`: --tracking-uri, else MLFLOW_TRACKING_URI, else None (the default ./mlflow.db)."""
+    if not in_ray_job():
+        return
+    fix = "pass --tracking-uri sqlite:////shared/mlflow.db (absolute) or http://host:5000"
+    if uri is None:
+        raise ConfigError(
+            f"runtime.tracking_uri = None: {_LOST.format(what='the default ./mlflow.db')}; {fix}"
+        )
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+    elif uri.startswith("file:"):
+        path = urlparse(uri).path
+    else:
+        return
+    if not Path(path).is_absolute():
+        raise ConfigError(
+            f"runtime.tracking_uri = {uri}: {_LOST.format(what='a relative store')}; {fix}"
+        )
+
+
+def check_locations(cfg: ExperimentConfig) -> None:
+    """Both checks on a loaded config, before any Ray work (`mfd sweep` connects to Ray first)."""
+    check_tracking_uri(cfg.runtime.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    check_storage(cfg.runtime.storage)
+
+
+def check_storage(storage: str) -> None:
+    if in_ray_job() and "://" not in storage and not Path(storage).is_absolute():
+        raise ConfigError(
+            f"runtime.storage = {storage}: {_LOST.format(what='a relative path')}; pass "
+            "--storage /shared/mfd (absolute, on a filesystem every node sees) or a URI"
+        )
