@@ -55,6 +55,9 @@ class BenchmarkSpec:
     # How the expert (and the `mixed` replay) is solved: fictitious play, 200 iterations, unless a
     # benchmark needs another solver to converge (sis: damped fictitious play; see solvers.py).
     expert_solver: SolverSetting = SolverSetting()  # noqa: RUF009 (frozen, immutable)
+    # Decision epochs per episode of simulator-only benchmarks (no game to ask); a finite game's
+    # episode length is its own `horizon` (stage games have no such parameter: always 2).
+    episode_length: Callable[[Any], int] | None = None
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
@@ -67,6 +70,14 @@ class BenchmarkSpec:
                 "exploitability); use its simulator (`make_sim`) and its own statistics"
             )
         return self.make_game(self.params(overrides))
+
+    def horizon(self, overrides: dict[str, Any] | None = None) -> int:
+        """Decision epochs per episode under these parameters (what every dataset row count,
+        window bound and transition budget is made of)."""
+        params = self.params(overrides)
+        if self.episode_length is not None:
+            return int(self.episode_length(params))
+        return int(self.make_game(params).horizon)
 
     def behaviour(
         self, game: FiniteMeanFieldGame, quality: str, solver_iterations: int | None = None
@@ -202,6 +213,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             make_game=_no_game,
             make_sim=_battle_sim,
             exact_model=False,
+            episode_length=lambda p: p.max_steps,
         ),
     )
 }

@@ -50,7 +50,9 @@ class BenchmarkSection(_Section):
 
     @property
     def horizon(self) -> int:
-        return int(self.params["horizon"])
+        """Decision epochs per episode, from the registry (not every benchmark has a `horizon`
+        parameter: the stage games are always 2)."""
+        return get_benchmark(self.name).horizon(self.params)
 
 
 class DataSection(_Section):
@@ -135,10 +137,18 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _window_fits(self) -> ExperimentConfig:
-        if self.planner.window > self.benchmark.horizon:
+        horizon = self.benchmark.horizon
+        if "window" not in self.planner.model_fields_set and self.planner.window > horizon:
+            # The default window is capped at short episodes (stage games: 2), so that
+            # `mfd generate left_right` needs no planner setting it never uses.
+            planner = PlannerConfig.model_validate(
+                {**self.planner.model_dump(exclude_unset=True), "window": horizon}
+            )
+            object.__setattr__(self, "planner", planner)
+        if self.planner.window > horizon:
             raise ValueError(
                 f"planner.window = {self.planner.window} is longer than the benchmark's horizon "
-                f"{self.benchmark.horizon}; allowed: 1..{self.benchmark.horizon}"
+                f"{horizon}; allowed: 1..{horizon}"
             )
         return self
 

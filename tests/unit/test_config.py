@@ -67,7 +67,9 @@ def test_unknown_and_ambiguous_keys() -> None:
 def test_window_checked_against_overridden_horizon() -> None:
     assert load_config(None, ["horizon=20", "planner.window=16"]).planner.window == 16
     with pytest.raises(ConfigError, match="horizon 3"):
-        load_config(None, ["horizon=3"])  # default window 4 no longer fits
+        load_config(None, ["horizon=3", "planner.window=4"])
+    # The default window (4) is capped at a shorter episode instead of failing.
+    assert load_config(None, ["horizon=3"]).planner.window == 3
 
 
 def test_bad_yaml_file(tmp_path: Path) -> None:
