@@ -174,8 +174,8 @@ def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".", explicit: str | 
 
 
 def generate(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Generate (or reuse) the offline dataset of `cfg` with a pool of Ray actors."""
-    from mfdiffuser.workers.datagen import dataset_params, generate_dataset
+    """Generate the offline dataset of `cfg` with a pool of Ray actors, or reuse it (no Ray)."""
+    from mfdiffuser.workers.datagen import dataset_params, existing_dataset, generate_dataset
 
     try:  # battle: n_agents (agents per team) must fit the map; checked before any Ray work
         dataset_params(cfg)
@@ -183,10 +183,15 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
         msg = validation_lines(err, "benchmark.params") if isinstance(err, ValidationError) else err
         raise ConfigError(str(msg)) from None
     start = time.perf_counter()
-    with _ray(cfg):
-        uri, manifest = generate_dataset(cfg)
+    found = existing_dataset(cfg)  # a reused dataset needs no Ray (its start takes 10-30 s)
+    if found is None:
+        with _ray(cfg):
+            uri, manifest = generate_dataset(cfg)
+    else:
+        uri, manifest = found
     return {
         "dataset": uri,
+        "reused": found is not None,
         "dataset_id": manifest.dataset_id,
         "rows": manifest.rows,
         "episodes": manifest.episodes,
@@ -301,15 +306,19 @@ def evaluate(
                 max_actors=ev.max_actors,
             )
         metrics = dict(out["metrics"])
-        if "behaviour/return" not in _run_metrics(uri, run_id):
-            try:
-                behaviour = read_manifest(meta["dataset"]).behaviour
-                metrics["behaviour/return"] = float(behaviour["return"])
-                metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
-            except (FileNotFoundError, KeyError, ValueError):
-                pass  # the dataset is gone; the policy's own metrics still stand
+        try:  # returned beside the planner's figures (the summaries compare the two)
+            behaviour = read_manifest(meta["dataset"]).behaviour
+            metrics["behaviour/return"] = float(behaviour["return"])
+            metrics["behaviour/exploitability"] = float(behaviour["exploitability"])
+        except (FileNotFoundError, KeyError, ValueError):
+            pass  # the dataset is gone; the policy's own metrics still stand
         metrics["eval/seconds"] = time.perf_counter() - start
-        tracking.log_metrics(uri, run_id, metrics)
+        logged = _run_metrics(uri, run_id)  # `mfd train` logged behaviour/* already
+        tracking.log_metrics(
+            uri,
+            run_id,
+            {k: v for k, v in metrics.items() if not k.startswith("behaviour/") or k not in logged},
+        )
         _log_json(
             uri,
             run_id,

@@ -6,7 +6,8 @@ Every artifact records all three (see `BenchmarkSpec.describe`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,10 +220,21 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }
 
 
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """` (did you mean <prefix>X?)` for the closest X of `choices`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def unknown_benchmark(name: str) -> str:
+    return (
+        f"unknown benchmark{did_you_mean(name, BENCHMARKS)}; "
+        f"available: {', '.join(sorted(BENCHMARKS))}"
+    )
+
+
 def get_benchmark(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise ValueError(
-            f"benchmark: unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}"
-        ) from None
+        raise ValueError(f"benchmark = {name!r}: {unknown_benchmark(name)}") from None
