@@ -175,8 +175,8 @@ def _tracking(cfg: ExperimentConfig, workdir: str | Path = ".", explicit: str | 
 
 
 def generate(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Generate (or reuse) the offline dataset of `cfg` with a pool of Ray actors."""
-    from mfdiffuser.workers.datagen import dataset_params, generate_dataset
+    """Generate the offline dataset of `cfg` with a pool of Ray actors, or reuse it (no Ray)."""
+    from mfdiffuser.workers.datagen import dataset_params, existing_dataset, generate_dataset
 
     try:  # battle: n_agents (agents per team) must fit the map; checked before any Ray work
         dataset_params(cfg)
@@ -184,10 +184,15 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
         msg = validation_lines(err, "benchmark.params") if isinstance(err, ValidationError) else err
         raise ConfigError(str(msg)) from None
     start = time.perf_counter()
-    with _ray(cfg):
-        uri, manifest = generate_dataset(cfg)
+    found = existing_dataset(cfg)  # a reused dataset needs no Ray (its start takes 10-30 s)
+    if found is None:
+        with _ray(cfg):
+            uri, manifest = generate_dataset(cfg)
+    else:
+        uri, manifest = found
     return {
         "dataset": uri,
+        "reused": found is not None,
         "dataset_id": manifest.dataset_id,
         "rows": manifest.rows,
         "episodes": manifest.episodes,

@@ -18,6 +18,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from mfdiffuser import __version__
+from mfdiffuser.api import ALGORITHMS
+from mfdiffuser.envs.behaviour import QUALITIES
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 app = typer.Typer(
@@ -64,6 +68,29 @@ Resume = Annotated[
 Storage = Annotated[
     str | None, typer.Option("--storage", help="Datasets and checkpoints: a path or URI.")
 ]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from mfdiffuser.platform.provenance import code_version
+
+        typer.echo(f"mfd {__version__} (code {code_version()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the package version and the code version (git commit) and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def _loopback_if_local(address: str | None) -> None:
@@ -190,7 +217,10 @@ def solve(
     benchmark: Annotated[str, typer.Argument(help="Benchmark name (see `mfd benchmarks`).")],
     settings: Settings = None,
     algorithm: Annotated[
-        str, typer.Option(help="uniform | expert | fp | omd (cooperative games: uniform, expert)")
+        str,
+        typer.Option(
+            help=f"{' | '.join(ALGORITHMS)} (cooperative games and battle: uniform, expert)"
+        ),
     ] = "uniform",
     iterations: Annotated[int, typer.Option(help="Solver iterations (fp, omd).")] = 100,
     learning_rate: Annotated[float, typer.Option(help="Mirror-descent step size.")] = 0.1,
@@ -201,17 +231,18 @@ def solve(
     from mfdiffuser.platform.config import ConfigError, parse_override
 
     def run() -> dict[str, Any]:
-        from mfdiffuser.envs.registry import get_benchmark
+        from mfdiffuser.envs.registry import did_you_mean, get_benchmark
 
         spec = get_benchmark(benchmark)
         params: dict[str, Any] = {}
         for item in settings or []:
             key, value = parse_override(item)
             key = key.removeprefix("benchmark.params.")
-            if key not in spec.params_model.model_fields:
+            allowed = spec.params_model.model_fields
+            if key not in allowed:
                 raise ConfigError(
-                    f"-s {key}: not a parameter of {benchmark}; "
-                    f"allowed: {', '.join(spec.params_model.model_fields)}"
+                    f"-s {key}: not a parameter of {benchmark}{did_you_mean(key, allowed)}; "
+                    f"allowed: {', '.join(allowed)}"
                 )
             params[key] = value
         return do_solve(benchmark, params, algorithm, iterations, learning_rate)
@@ -241,7 +272,9 @@ def generate(
     ] = None,
     config: ConfigPath = None,
     settings: Settings = None,
-    quality: Annotated[str | None, typer.Option(help="Data quality: random | expert.")] = None,
+    quality: Annotated[
+        str | None, typer.Option(help=f"Data quality: {' | '.join(QUALITIES)}.")
+    ] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes in the dataset.")] = None,
     storage: Storage = None,
     address: Address = None,
@@ -262,8 +295,9 @@ def generate(
         result,
         as_json,
         lambda r: (
-            f"dataset {r['dataset']}\n  {r['rows']} rows, {r['episodes']} episodes, {r['shards']} "
-            f"shards; behaviour return {r['behaviour']['return']:.4f}, "
+            f"dataset {r['dataset']}{' (reused)' if r['reused'] else ''}\n  {r['rows']} rows, "
+            f"{r['episodes']} episodes, {r['shards']} shards; "
+            f"behaviour return {r['behaviour']['return']:.4f}, "
             + (
                 f"exploitability {r['behaviour']['exploitability']:.4f}"
                 if r["behaviour"].get("exploitability") is not None
@@ -413,12 +447,13 @@ def sweep(
     Exit status 1 when a trial failed (its MLflow run is FAILED with the error; fix and --resume).
     """
     from mfdiffuser.platform import jobs
-    from mfdiffuser.tuning.sweep import load_sweep, run_sweep
+    from mfdiffuser.tuning.sweep import check_sweep, load_sweep, run_sweep
 
     extra = _runtime(address, tracking_uri, storage)
     spec = _guard(lambda: load_sweep(config, extra + (settings or [])))
     first = spec.experiment_config(spec.trials[0])
     _guard(lambda: jobs.check_locations(first))
+    _guard(lambda: check_sweep(spec, resume=resume))  # before Ray's start, which takes 10-30 s
     _loopback_if_local(first.runtime.address)
 
     def go() -> dict[str, Any]:
@@ -469,7 +504,17 @@ def _summary(r: dict[str, Any]) -> str:
     for key in sorted(m):
         if key.startswith("return/n") and not key.endswith("_std"):
             lines.append(f"  {key}: {m[key]:.4f} ± {m[key + '_std']:.4f}")
-    lines.append(f"  exploitability (planner): {m['exploitability']:.4f}")
+
+    def beside(key: str) -> str:
+        return f" (behaviour {m[key]:.4f})" if key in m else ""
+
+    if "return_mf" in m:
+        lines.append(
+            f"  mean-field return: planner {m['return_mf']:.4f}{beside('behaviour/return')}"
+        )
+    lines.append(
+        f"  exploitability: planner {m['exploitability']:.4f}{beside('behaviour/exploitability')}"
+    )
     if "subopt/regularisation_gap" in m:
         terms = (
             f"regularisation gap {m['subopt/regularisation_gap']:+.4f}, "
@@ -483,11 +528,6 @@ def _summary(r: dict[str, Any]) -> str:
                 f"    mean-field error at N={n}: {m[key]:+.4f} "
                 f"(total {m[f'subopt/total/n{n}']:+.4f})"
             )
-    if "behaviour/exploitability" in m:
-        lines.append(
-            f"  behaviour policy: return {m['behaviour/return']:.4f}, "
-            f"exploitability {m['behaviour/exploitability']:.4f}"
-        )
     return "\n".join(lines)
 
 

@@ -6,7 +6,8 @@ Every artifact records all three (see `BenchmarkSpec.describe`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,9 @@ class BenchmarkSpec:
     # How the expert (and the `mixed` replay) is solved: fictitious play, 200 iterations, unless a
     # benchmark needs another solver to converge (sis: damped fictitious play; see solvers.py).
     expert_solver: SolverSetting = SolverSetting()  # noqa: RUF009 (frozen, immutable)
+    # Decision epochs per episode of simulator-only benchmarks (no game to ask); a finite game's
+    # episode length is its own `horizon` (stage games have no such parameter: always 2).
+    episode_length: Callable[[Any], int] | None = None
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
@@ -67,6 +71,14 @@ class BenchmarkSpec:
                 "exploitability); use its simulator (`make_sim`) and its own statistics"
             )
         return self.make_game(self.params(overrides))
+
+    def horizon(self, overrides: dict[str, Any] | None = None) -> int:
+        """Decision epochs per episode under these parameters (what every dataset row count,
+        window bound and transition budget is made of)."""
+        params = self.params(overrides)
+        if self.episode_length is not None:
+            return int(self.episode_length(params))
+        return int(self.make_game(params).horizon)
 
     def behaviour(
         self, game: FiniteMeanFieldGame, quality: str, solver_iterations: int | None = None
@@ -202,15 +214,27 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             make_game=_no_game,
             make_sim=_battle_sim,
             exact_model=False,
+            episode_length=lambda p: p.max_steps,
         ),
     )
 }
+
+
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """` (did you mean <prefix>X?)` for the closest X of `choices`, or "" when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
+
+
+def unknown_benchmark(name: str) -> str:
+    return (
+        f"unknown benchmark{did_you_mean(name, BENCHMARKS)}; "
+        f"available: {', '.join(sorted(BENCHMARKS))}"
+    )
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
     try:
         return BENCHMARKS[name]
     except KeyError:
-        raise ValueError(
-            f"benchmark: unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}"
-        ) from None
+        raise ValueError(f"benchmark = {name!r}: {unknown_benchmark(name)}") from None

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from mfdiffuser.envs.behaviour import QUALITIES
-from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
+from mfdiffuser.envs.registry import BENCHMARKS, did_you_mean, get_benchmark, unknown_benchmark
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.platform.names import SafeName
 
@@ -69,7 +69,7 @@ class BenchmarkSection(_Section):
     @classmethod
     def _known(cls, name: str) -> str:
         if name not in BENCHMARKS:
-            raise ValueError(f"unknown benchmark; available: {', '.join(sorted(BENCHMARKS))}")
+            raise ValueError(unknown_benchmark(name))
         return name
 
     @model_validator(mode="after")
@@ -86,7 +86,9 @@ class BenchmarkSection(_Section):
 
     @property
     def horizon(self) -> int:
-        return int(self.params["horizon"])
+        """Decision epochs per episode, from the registry (not every benchmark has a `horizon`
+        parameter: the stage games are always 2)."""
+        return get_benchmark(self.name).horizon(self.params)
 
 
 class DataSection(_Section):
@@ -219,10 +221,18 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _window_fits(self) -> ExperimentConfig:
-        if self.planner.window > self.benchmark.horizon:
+        horizon = self.benchmark.horizon
+        if "window" not in self.planner.model_fields_set and self.planner.window > horizon:
+            # The default window is capped at short episodes (stage games: 2), so that
+            # `mfd generate left_right` needs no planner setting it never uses.
+            planner = PlannerConfig.model_validate(
+                {**self.planner.model_dump(exclude_unset=True), "window": horizon}
+            )
+            object.__setattr__(self, "planner", planner)
+        if self.planner.window > horizon:
             raise ValueError(
                 f"planner.window = {self.planner.window} is longer than the benchmark's horizon "
-                f"{self.benchmark.horizon}; allowed: 1..{self.benchmark.horizon}"
+                f"{horizon}; allowed: 1..{horizon}"
             )
         return self
 
@@ -321,20 +331,38 @@ def resolve_key(key: str, benchmark: str) -> list[str]:
     (`size`, `horizon`), else the one config field with that name (`n_agents` is ambiguous:
     `data.n_agents` vs `eval.n_agents`, so the data one wins as the benchmark-facing N).
     """
-    if "." in key:
-        return key.split(".")
     spec = get_benchmark(benchmark)
-    if key in spec.params_model.model_fields:
+    leaves = _leaf_fields(ExperimentConfig)
+    params = list(spec.params_model.model_fields)
+    if "." in key:
+        paths = [*leaves, *(f"benchmark.params.{p}" for p in params)]
+        if key not in paths:
+            section = key.rsplit(".", 1)[0] + "."
+            fields = [p.removeprefix(section) for p in paths if p.startswith(section)]
+            sections = sorted({p.split(".")[0] for p in paths})
+            # within a known section, only its field names compete (not the shared prefix)
+            hint = (
+                did_you_mean(key.removeprefix(section), fields, section)
+                if fields
+                else did_you_mean(key, paths)
+            )
+            raise ConfigError(
+                f"-s {key}: unknown setting{hint}; allowed: "
+                + (f"{section}{{{', '.join(fields)}}}" if fields else ", ".join(sections))
+            )
+        return key.split(".")
+    if key in params:
         return ["benchmark", "params", key]
     if key == "n_agents":
         return ["data", "n_agents"]
-    matches = [p for p, leaf in _leaf_fields(ExperimentConfig).items() if leaf == key]
+    matches = [p for p, leaf in leaves.items() if leaf == key]
     if len(matches) == 1:
         return matches[0].split(".")
     if not matches:
         raise ConfigError(
-            f"-s {key}: unknown setting; use a dotted path (e.g. planner.window) or one of the "
-            f"{benchmark} parameters: {', '.join(spec.params_model.model_fields)}"
+            f"-s {key}: unknown setting{did_you_mean(key, [*params, *leaves.values()])}; use a "
+            f"dotted path (e.g. planner.window) or one of the {benchmark} parameters: "
+            f"{', '.join(params)}"
         )
     raise ConfigError(f"-s {key}: ambiguous, say which: {', '.join(matches)}")
 
@@ -470,8 +498,7 @@ def load_config(
             benchmark = str(value)
         if benchmark not in BENCHMARKS:
             raise ConfigError(
-                f"benchmark.name = {_shown(benchmark)}: unknown benchmark; "
-                f"available: {', '.join(sorted(BENCHMARKS))}"
+                f"benchmark.name = {_shown(benchmark)}: {unknown_benchmark(benchmark)}"
             )
         node = data
         parts = ["benchmark", "name"] if key == "benchmark" else resolve_key(key, benchmark)

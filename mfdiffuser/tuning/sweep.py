@@ -349,14 +349,11 @@ def _last_line(err: BaseException) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)[:500]
 
 
-def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
-    """Generate the datasets, run (or resume) the Tune experiment, summarise. Needs Ray."""
-    from ray import tune
+def check_sweep(sweep: Sweep, *, resume: bool = False) -> tuple[str, str, str]:
+    """What can fail before Ray starts: an unusable tracking store, a sweep that already ran.
 
-    from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import check_fits
+    Returns (tracking URI, absolute storage, Tune experiment directory)."""
     from mfdiffuser.platform.tracking import check_tracking_uri, resolve_tracking_uri
-    from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
 
     first = sweep.experiment_config(sweep.trials[0])
     uri = resolve_tracking_uri(first.runtime.tracking_uri)
@@ -364,13 +361,26 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     storage = first.runtime.storage
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-    tune_path = f"{storage.rstrip('/')}/sweeps"
-    exp_dir = f"{tune_path}/{sweep.name}-{sweep.sweep_id}"
+    exp_dir = f"{storage.rstrip('/')}/sweeps/{sweep.name}-{sweep.sweep_id}"
     if not resume and "://" not in exp_dir and Path(exp_dir).exists():
         raise ConfigError(
             f"sweep {sweep.name!r} already ran in {exp_dir}: pass --resume to continue it "
             "(finished trials are not run again), or give the sweep another name"
         )
+    return uri, storage, exp_dir
+
+
+def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
+    """Generate the datasets, run (or resume) the Tune experiment, summarise. Needs Ray."""
+    from ray import tune
+
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.runtime import check_fits
+    from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
+
+    first = sweep.experiment_config(sweep.trials[0])
+    uri, storage, exp_dir = check_sweep(sweep, resume=resume)
+    tune_path = exp_dir.rsplit("/", 1)[0]
     # Trials run in their own working directories: give them absolute locations.
     for trial in sweep.trials:
         trial.config["runtime"]["storage"] = storage

@@ -141,16 +141,27 @@ def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     return storage.join(cfg.runtime.storage, "datasets", dataset_id(spec)), spec
 
 
+def existing_dataset(cfg: ExperimentConfig) -> tuple[str, Manifest] | None:
+    """The complete dataset of `cfg` (`data.path`, or its content address with a manifest), if
+    there is one: found without Ray."""
+    if cfg.data.path:
+        return cfg.data.path, read_manifest(cfg.data.path)
+    uri, _ = dataset_uri(cfg)
+    fs, path = storage.resolve(uri)
+    if storage.exists(fs, storage.join(path, "manifest.json")):
+        return uri, read_manifest(uri)
+    return None
+
+
 def generate_dataset(
     cfg: ExperimentConfig, *, max_actors: int | None = None
 ) -> tuple[str, Manifest]:
     """Generate (or reuse) the dataset of `cfg`; returns its URI and manifest. Needs Ray."""
-    if cfg.data.path:
-        return cfg.data.path, read_manifest(cfg.data.path)
+    found = existing_dataset(cfg)
+    if found is not None:
+        return found
     uri, spec = dataset_uri(cfg)
     fs, path = storage.resolve(uri)
-    if storage.exists(fs, storage.join(path, "manifest.json")):
-        return uri, read_manifest(uri)
     storage.makedirs(fs, path)
 
     bench = get_benchmark(cfg.benchmark.name)

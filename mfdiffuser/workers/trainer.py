@@ -7,6 +7,7 @@ logs `train/*` metrics to MLflow; a failed worker group restarts from the last c
 
 from __future__ import annotations
 
+import os
 import signal
 import tempfile
 import threading
@@ -159,6 +160,7 @@ def train_planner(
     run_name: str | None = None,
 ) -> Path:
     """Run the TorchTrainer; returns the local path of the final checkpoint directory."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -196,10 +198,22 @@ def train_planner(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
     )
+    # Ray Train 2.60 starts a PreemptionWatcher actor (max_restarts=-1) whose constructor gets the
+    # workers' actor handles, and Ray's core worker logs that as an error on every run (actor
+    # arguments in the object store with restarts; ray-project/ray#53727). The watcher only
+    # reacts to drained nodes, and on a one-node cluster a drain ends the run anyway: there its
+    # feature flag turns it off, unless the user set the flag.
+    watcher = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    unwatched = watcher not in os.environ and len([n for n in ray.nodes() if n["Alive"]]) == 1
+    if unwatched:
+        os.environ[watcher] = "0"  # read at fit() and passed to the Train controller
     on_sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
-    finally:  # fit() installs a SIGINT handler that aborts its (by then finished) controller
+    finally:
+        if unwatched:
+            os.environ.pop(watcher, None)
+        # fit() installs a SIGINT handler that aborts its (by then finished) controller
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_sigint)
     if result.error is not None:

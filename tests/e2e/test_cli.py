@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,10 +16,12 @@ MFD = [sys.executable, "-m", "mfdiffuser.cli"]
 
 
 def mfd(
-    *args: str, cwd: Path | None = None, timeout: int = 120
+    *args: str, cwd: Path | None = None, timeout: int = 120, ray_tmpdir: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if ray_tmpdir is not None:  # a Ray started by this command leaves ray_tmpdir/ray/session_*
+        env["RAY_TMPDIR"] = str(ray_tmpdir)
     return subprocess.run(
         [*MFD, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )
@@ -43,7 +46,9 @@ def test_solve_json_contract() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["solve", "nope"], "unknown benchmark 'nope'"),
+        (["solve", "nope"], "benchmark = 'nope': unknown benchmark"),
+        (["solve", "crowd1d"], "unknown benchmark (did you mean crowd_1d?)"),
+        (["solve", "crowd_1d", "-s", "sise=3"], "(did you mean size?)"),
         (["solve", "crowd_1d", "-s", "size=1"], "size"),
         (["solve", "crowd_1d", "-s", "colour=red"], "colour"),
         (["solve", "crowd_1d", "--algorithm", "magic"], "magic"),
@@ -77,6 +82,65 @@ def test_bad_sweep_fails_before_launch_with_exit_2(tmp_path: Path) -> None:
     r = mfd("sweep", "--config", str(bad))
     assert r.returncode == 2 and "empty grid" in r.stderr, r.stderr
     assert not (tmp_path / "store").exists()  # nothing launched, nothing written
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_sweep_fails_before_ray_starts(tmp_path: Path) -> None:
+    from mfdiffuser.tuning.sweep import check_sweep, load_sweep
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: early\nsweep:\n  grid:\n    seed: [0]\n")
+    store, ray_tmp = tmp_path / "store", tmp_path / "raytmp"
+    closed = f"http://127.0.0.1:{_free_port()}"
+    r = mfd(
+        "sweep",
+        "-c",
+        str(sweep),
+        "--storage",
+        str(store),
+        "--tracking-uri",
+        closed,
+        ray_tmpdir=ray_tmp,
+    )
+    assert r.returncode == 2 and r.stderr.startswith("error: tracking URI"), r.stderr
+    assert "unreachable" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+    # A sweep of this name already ran here (its Tune experiment directory exists).
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = load_sweep(sweep, [f"runtime.tracking_uri={db}", f"runtime.storage={store}"])
+    _, _, exp_dir = check_sweep(spec)
+    Path(exp_dir).mkdir(parents=True)
+    r = mfd(
+        "sweep", "-c", str(sweep), "--storage", str(store), "--tracking-uri", db, ray_tmpdir=ray_tmp
+    )
+    assert r.returncode == 2 and "already ran in" in r.stderr and "--resume" in r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert not ray_tmp.exists()  # no Ray was started for either
+
+
+def test_version() -> None:
+    from mfdiffuser import __version__
+    from mfdiffuser.platform.provenance import code_version
+
+    r = mfd("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"mfd {__version__} (code {code_version()})\n"
+
+
+def test_help_lists_every_choice() -> None:
+    from mfdiffuser.api import ALGORITHMS
+    from mfdiffuser.envs.behaviour import QUALITIES
+
+    def help_text(command: str) -> str:  # the help panel's words, without borders and wrapping
+        return " ".join(mfd(command, "--help").stdout.replace("│", " ").split())
+
+    assert " | ".join(QUALITIES) in help_text("generate")
+    assert " | ".join(ALGORITHMS) in help_text("solve")
 
 
 def test_help_for_every_command() -> None:
@@ -166,3 +230,11 @@ def test_human_summary_shows_the_decomposition() -> None:
     assert "return/n100: 27.5000 ± 0.3000" in text
     assert "generative error +0.0520" in text
     assert "mean-field error at N=100: +0.7900 (total +0.8430)" in text
+    assert "exploitability: planner 0.3100\n" in text  # no behaviour figures given
+    m |= {"return_mf": 27.1, "behaviour/return": 26.0, "behaviour/exploitability": 0.02}
+    text = _summary(
+        {"metrics": m, "run_id": "r", "experiment": "e", "tracking_uri": "u"}
+        | {"checkpoint": "c", "wall_seconds": 1.0}
+    )
+    assert "exploitability: planner 0.3100 (behaviour 0.0200)" in text
+    assert "mean-field return: planner 27.1000 (behaviour 26.0000)" in text

@@ -58,16 +58,35 @@ def test_unknown_and_ambiguous_keys() -> None:
         load_config(None, ["frobnicate=3"])
     with pytest.raises(ConfigError, match="ambiguous"):
         load_config(None, ["seed=3"])  # data.seed, train.seed, eval.seed
-    with pytest.raises(ConfigError, match=r"extra|not permitted|Extra"):
+    with pytest.raises(ConfigError, match=r"planner.frobnicate: unknown setting; allowed: planner"):
         load_config(None, ["planner.frobnicate=3"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["size"])
 
 
+@pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("planner.windw=3", "(did you mean planner.window?)"),
+        ("plannr.window=3", "(did you mean planner.window?)"),
+        ("benchmark.params.sise=3", "(did you mean benchmark.params.size?)"),
+        ("sze=3", "(did you mean size?)"),
+        ("n_agent=3", "(did you mean n_agents?)"),
+        ("benchmark=crowd1d", "'crowd1d': unknown benchmark (did you mean crowd_1d?)"),
+    ],
+)
+def test_unknown_names_suggest_the_closest(override: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert suggestion in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
 def test_window_checked_against_overridden_horizon() -> None:
     assert load_config(None, ["horizon=20", "planner.window=16"]).planner.window == 16
     with pytest.raises(ConfigError, match="horizon 3"):
-        load_config(None, ["horizon=3"])  # default window 4 no longer fits
+        load_config(None, ["horizon=3", "planner.window=4"])
+    # The default window (4) is capped at a shorter episode instead of failing.
+    assert load_config(None, ["horizon=3"]).planner.window == 3
 
 
 def test_bad_yaml_file(tmp_path: Path) -> None:

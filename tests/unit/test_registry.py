@@ -64,3 +64,20 @@ def test_benchmark_parameters_are_validated_by_name() -> None:
         load_config(None, ["benchmark.name=sis", "horizon=0"])
     cfg = load_config(None, ["benchmark.name=four_rooms", "planner.window=8"])
     assert cfg.benchmark.params["horizon"] == 40 and cfg.benchmark.params["size"] == 13
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_every_benchmark_loads_with_its_episode_length(name: str) -> None:
+    # Stage games have no `horizon` parameter: the registry knows their episode length.
+    cfg = load_config(None, [f"benchmark.name={name}"])
+    spec = get_benchmark(name)
+    expected = (
+        spec.game(cfg.benchmark.params).horizon
+        if spec.exact_model
+        else cfg.benchmark.params["max_steps"]
+    )
+    assert cfg.benchmark.horizon == spec.horizon(cfg.benchmark.params) == expected
+    assert cfg.benchmark.horizon == {"left_right": 2, "sis": 51, "battle": 400}.get(
+        name, cfg.benchmark.horizon
+    )
+    assert cfg.planner.window == min(4, expected)  # the default window fits every episode

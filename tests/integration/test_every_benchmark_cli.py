@@ -1,0 +1,125 @@
+"""Every registered benchmark through the commands a user types: `mfd generate` -> `mfd train` ->
+`mfd evaluate`, parsed by the real CLI (typer's CliRunner, in-process) on the session's Ray."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mfdiffuser.cli import app
+from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
+from mfdiffuser.platform.config import load_config
+
+pytestmark = pytest.mark.integration
+
+N, EPISODES = 4, 2
+TINY = [
+    f"n_agents={N}",
+    f"data.episodes={EPISODES}",
+    "data.shards=1",
+    "train.epochs=1",
+    "train.steps_per_epoch=3",
+    "train.batch_size=2",
+    "planner.diffusion_steps=2",
+    "planner.stages=1",
+    "planner.n_particles=4",
+    "planner.max_particles=4",
+    "planner.hidden=16",
+    "planner.n_blocks=1",
+    "eval.episodes=1",
+    "eval.plan_windows=1",
+    "eval.held_out_episodes=1",
+]
+# One worker everywhere but predator_prey (three populations), which keeps DDP over 2 ranks;
+# crowd_1d's 2-rank DDP is tested in test_ray_flow.py.
+WORKERS = {"predator_prey": 2}
+# Long default episodes, shortened for time (the length still comes from the registry).
+PARAMS = {"battle": ["max_steps=12"], "sis": ["horizon=6"], "four_rooms": ["horizon=6"]}
+
+
+def _mfd(*args: str) -> dict:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, (args, result.output[-3000:], result.exception)
+    return json.loads(result.stdout)
+
+
+# ~10-30 s each on 2 idle cores; the cap leaves room for a loaded machine.
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_generate_train_evaluate(name: str, ray_local: None, tmp_path: Path) -> None:
+    spec = get_benchmark(name)
+    settings = [*TINY, *PARAMS.get(name, []), f"train.num_workers={WORKERS.get(name, 1)}"]
+    sets = [x for s in settings for x in ("-s", s)]
+    where = ["--storage", str(tmp_path / "store")]
+
+    data = _mfd("generate", name, *sets, *where)
+    horizon = load_config(None, [f"benchmark.name={name}", *settings]).benchmark.horizon
+    assert data["episodes"] == EPISODES and not data["reused"]
+    manifest = json.loads((Path(data["dataset"]) / "manifest.json").read_text())
+    if spec.exact_model:
+        assert manifest["rows"] == EPISODES * N * horizon == data["rows"]
+        assert math.isfinite(data["behaviour"]["exploitability"])
+    else:  # battle: two teams of N, episodes end when a team is gone (at most `horizon` steps)
+        assert 0 < manifest["rows"] <= EPISODES * 2 * N * horizon
+        assert 0 <= data["behaviour"]["win_rate"] <= 1
+
+    tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
+    if not spec.exact_model:
+        for args in (["train", *train], ["evaluate", str(tmp_path)]):
+            result = CliRunner().invoke(app, args)
+            assert result.exit_code == 2, (args, result.output[-3000:])
+            assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+            assert "Traceback" not in result.output
+        return
+
+    trained = _mfd("train", *train)
+    assert trained["dataset"] == data["dataset"]  # the generated dataset, reused
+    assert (Path(trained["checkpoint"]) / "meta.json").is_file()
+    evaluated = _mfd("evaluate", trained["checkpoint"], "-n", str(N), *tracking)
+    m = evaluated["metrics"]
+    assert evaluated["run_id"] == trained["run_id"]
+    assert math.isfinite(m[f"return/n{N}"]) and math.isfinite(m["exploitability"])
+    assert m["exploitability"] >= -1e-9
+    assert m["behaviour/exploitability"] == data["behaviour"]["exploitability"]
+    # No Ray Train run of this session logged the PreemptionWatcher error (see trainer.py).
+    assert "'PreemptionWatcher'" not in _ray_logs()
+
+
+def _ray_logs() -> str:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return "".join(p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
+
+
+@pytest.mark.timeout(120)
+def test_generate_again_reuses_without_ray(ray_local: None, tmp_path: Path) -> None:
+    args = ["generate", "left_right", "--episodes", "1", "-s", "n_agents=3"]
+    args += ["--storage", str(tmp_path / "store"), "--json"]
+    first = _mfd(*args[:-1])  # on the session's Ray
+    assert not first["reused"]
+    ray_tmp = tmp_path / "raytmp"  # a Ray started by the command would leave ray_tmp/ray/session_*
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    r = subprocess.run(
+        [sys.executable, "-m", "mfdiffuser.cli", *args], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = json.loads(r.stdout)
+    assert again["reused"] and again["dataset"] == first["dataset"]
+    assert again["rows"] == first["rows"] == 1 * 3 * 2
+    assert not ray_tmp.exists()
+    r = subprocess.run(
+        [sys.executable, "-m", "mfdiffuser.cli", *args[:-1]],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.stdout.startswith(f"dataset {first['dataset']} (reused)\n"), r.stdout
