@@ -184,9 +184,10 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(str(msg)) from None
     start = time.perf_counter()
     with _ray(cfg):
-        uri, manifest = generate_dataset(cfg)
+        uri, manifest, repaired = generate_dataset(cfg)
     return {
         "dataset": uri,
+        "repaired": repaired,
         "dataset_id": manifest.dataset_id,
         "rows": manifest.rows,
         "episodes": manifest.episodes,
@@ -204,8 +205,9 @@ def train(
     end_run: bool = True,
 ) -> dict[str, Any]:
     """Generate/reuse the dataset, then fit the planner with Ray Train; one MLflow run."""
+    from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.platform import tracking
-    from mfdiffuser.workers.datagen import generate_dataset
+    from mfdiffuser.workers.datagen import Dataset, generate_dataset
     from mfdiffuser.workers.trainer import train_planner
 
     if not get_benchmark(cfg.benchmark.name).exact_model:
@@ -214,12 +216,14 @@ def train(
             "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
             f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
         )
+    # A user's dataset is verified (and refused if it fails) before any run or Ray work.
+    given = Dataset(cfg.data.path, verify_dataset(cfg.data.path), None) if cfg.data.path else None
     uri = tracking_uri or _tracking(cfg)
     run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-train")
     start = time.perf_counter()
     try:
         with _ray(cfg):
-            dataset, manifest = generate_dataset(cfg)
+            dataset, manifest, repaired = given or generate_dataset(cfg)
             _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
             _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
             tracking.log_metrics(
@@ -246,6 +250,7 @@ def train(
         "run_id": run_id,
         "tracking_uri": uri,
         "dataset": dataset,
+        "repaired": repaired,
         "train_seconds": time.perf_counter() - start,
     }
 
@@ -263,6 +268,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Roll the planner out with Ray actors at each N; log into the checkpoint's MLflow run."""
     from mfdiffuser.data.manifest import read_manifest
+    from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import ray_session
@@ -283,6 +289,8 @@ def evaluate(
         ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
+    if ev.decomposition:  # the rollout actors re-read the dataset: verified here, before Ray
+        verify_dataset(meta["dataset"])
     # Default: the store the training logged to, so the evaluation lands in the training run.
     uri = _tracking(cfg, explicit=tracking_uri or meta.get("tracking_uri"))
     run_id = run_id or _existing_run(uri, meta.get("run_id"))

@@ -74,6 +74,7 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     so that stdout holds the one JSON object and nothing else.
     """
     from mfdiffuser.platform.config import ConfigError
+    from mfdiffuser.platform.errors import WorkerError
 
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     try:
@@ -82,6 +83,9 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except (WorkerError, FloatingPointError) as err:  # a crash: the traceback is in MLflow
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _emit(result: dict[str, Any], as_json: bool, human: Callable[[dict[str, Any]], str]) -> None:
@@ -219,8 +223,9 @@ def generate(
         result,
         as_json,
         lambda r: (
-            f"dataset {r['dataset']}\n  {r['rows']} rows, {r['episodes']} episodes, {r['shards']} "
-            f"shards; behaviour return {r['behaviour']['return']:.4f}, "
+            (f"{r['repaired']}\n" if r["repaired"] else "")
+            + f"dataset {r['dataset']}\n  {r['rows']} rows, {r['episodes']} episodes, "
+            f"{r['shards']} shards; behaviour return {r['behaviour']['return']:.4f}, "
             + (
                 f"exploitability {r['behaviour']['exploitability']:.4f}"
                 if r["behaviour"].get("exploitability") is not None

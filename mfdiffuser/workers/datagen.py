@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.exceptions import RayError
 from ray.util import ActorPool
 
 from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import (
+    MANIFEST,
     Manifest,
     ShardInfo,
     dataset_id,
@@ -29,14 +31,18 @@ from mfdiffuser.data.manifest import (
     write_manifest,
 )
 from mfdiffuser.data.schema import SCHEMA_VERSION
+from mfdiffuser.data.verify import Problem, dataset_problems, verify_dataset
 from mfdiffuser.envs import exploitability, policy_value
 from mfdiffuser.envs.behaviour import occupancy_mixture
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.platform.config import ExperimentConfig
+from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, worker_failure
 from mfdiffuser.platform.provenance import code_version
 
 
-@ray.remote(num_cpus=0.5)
+# A restarted actor is rebuilt from the same arguments and its shard task re-run: shards depend
+# only on (seed, episode) and are written atomically, so a retry writes the same bytes once.
+@ray.remote(num_cpus=0.5, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class GeneratorActor:
     """Holds one benchmark instance and its behaviour policies; writes shards on request."""
 
@@ -141,16 +147,45 @@ def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     return storage.join(cfg.runtime.storage, "datasets", dataset_id(spec)), spec
 
 
-def generate_dataset(
-    cfg: ExperimentConfig, *, max_actors: int | None = None
-) -> tuple[str, Manifest]:
-    """Generate (or reuse) the dataset of `cfg`; returns its URI and manifest. Needs Ray."""
+class Dataset(NamedTuple):
+    uri: str
+    manifest: Manifest
+    repaired: str | None  # what a re-run regenerated in a dataset that failed verification
+
+
+def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) -> Dataset:
+    """Generate (or verify and reuse) the dataset of `cfg`. Needs Ray to generate.
+
+    A user's dataset (`data.path`) that fails verification is refused (DatasetError), never
+    rewritten. A content-addressed one is repaired: the shards its manifest vouches for that
+    verify are kept, the others regenerated, and the manifest is written again.
+    """
     if cfg.data.path:
-        return cfg.data.path, read_manifest(cfg.data.path)
+        return Dataset(cfg.data.path, verify_dataset(cfg.data.path), None)
     uri, spec = dataset_uri(cfg)
     fs, path = storage.resolve(uri)
-    if storage.exists(fs, storage.join(path, "manifest.json")):
-        return uri, read_manifest(uri)
+    ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
+    problems: list[Problem] | None = None  # None: no manifest (a fresh or interrupted run)
+    kept: dict[int, ShardInfo] = {}
+    if storage.exists(fs, storage.join(path, MANIFEST)):
+        try:
+            old = read_manifest(uri)
+        except ValueError as err:  # unparsable, or another schema version
+            old, problems = None, [Problem(MANIFEST, "unreadable", one_line(err))]
+        if old is not None and old.spec != spec:  # not this dataset's: vouches for nothing
+            old, problems = None, [Problem(MANIFEST, "spec mismatch", "another config's")]
+        if old is not None:
+            problems = dataset_problems(uri, old)
+            if not problems:
+                return Dataset(uri, old, None)
+            bad = {p.file for p in problems}
+            kept = {
+                s.index: s
+                for s in old.shards
+                if s.file not in bad
+                and s.index < len(ranges)
+                and (s.file, tuple(s.episodes)) == (shard_file(s.index), ranges[s.index])
+            }
     storage.makedirs(fs, path)
 
     bench = get_benchmark(cfg.benchmark.name)
@@ -162,8 +197,9 @@ def generate_dataset(
     else:  # battle: scripted behaviours, played inside the actors
         policies, horizon = [], 0
     n = cfg.data.n_agents
-    ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
-    done = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
+    if problems is None:  # resume: the shards an interrupted run wrote (atomically) stay
+        kept = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
+    done = dict(kept)
     todo = [i for i in range(len(ranges)) if i not in done]
     if todo:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -182,6 +218,8 @@ def generate_dataset(
             for info in results:
                 shard = ShardInfo.model_validate(info)
                 done[shard.index] = shard
+        except RayError as err:
+            raise WorkerError(f"dataset {uri}: {worker_failure(err)}; a re-run resumes") from err
         finally:  # shards already written stay; a re-run resumes from them
             for a in actors:
                 ray.kill(a)
@@ -209,7 +247,20 @@ def generate_dataset(
         row_schema="finite" if bench.exact_model else "battle",
     )
     write_manifest(uri, manifest)
-    return uri, manifest
+    repaired = None if problems is None else _repair_note(problems, todo, ranges)
+    return Dataset(uri, manifest, repaired)
+
+
+def _repair_note(problems: list[Problem], todo: list[int], ranges: list[tuple[int, int]]) -> str:
+    """E.g. `regenerated 1 of 4 shards: shard-00002.parquet (sha256 mismatch)`."""
+    kinds = {p.file: p.kind for p in problems}
+    files = [shard_file(i) for i in todo]
+    note = f"regenerated {len(todo)} of {len(ranges)} shards"
+    if files:
+        note += ": " + ", ".join(f"{f} ({kinds.get(f, 'not in the manifest')})" for f in files)
+    if own := [str(p) for p in problems if p.file == MANIFEST]:
+        note += "; manifest rewritten: " + "; ".join(own)
+    return note
 
 
 def team_behaviour_summary(shards: list[ShardInfo], quality: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ real SQLite MLflow store."""
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
+from listening import LOOPBACK, process_listeners
 from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
 
 from mfdiffuser import api
 from mfdiffuser.data.manifest import read_manifest
@@ -39,7 +43,7 @@ def test_generate_writes_shards_and_resumes_without_duplicates(
     ray_local: None, tmp_path: Path
 ) -> None:
     cfg = _cfg(tmp_path, "data.quality=random")
-    uri, manifest = generate_dataset(cfg)
+    uri, manifest, _ = generate_dataset(cfg)
     root = Path(uri)
     horizon = cfg.benchmark.horizon
     assert manifest.rows == 6 * 50 * horizon
@@ -55,7 +59,7 @@ def test_generate_writes_shards_and_resumes_without_duplicates(
     (root / "manifest.json").unlink()
     (root / manifest.shards[1].file).unlink()
     (root / ".shard-00001.parquet.tmp-dead").write_bytes(b"partial")
-    uri2, again = generate_dataset(cfg)
+    uri2, again, _ = generate_dataset(cfg)
     assert uri2 == uri
     assert [s.sha256 for s in again.shards] == [s.sha256 for s in manifest.shards]
     keys = pa.concat_tables(
@@ -87,8 +91,37 @@ def trained(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "planner.beta=1.0",  # value weighting on: advantages all-reduced across both ranks
     )
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    out = api.train(cfg, tracking_uri=uri)
-    return {**out, "cfg": cfg, "uri": uri}
+    # While it trains, sample the listening sockets of the DDP workers (rendezvous, gloo).
+    samples: list[dict[int, set[tuple[str, int]]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        gcs = ray.get_runtime_context().gcs_address  # this test's own cluster
+        while not done.wait(1.0):
+            workers = list_actors(
+                address=gcs,
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                detail=True,
+            )
+            samples.append({int(w.pid): process_listeners(int(w.pid)) for w in workers})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = api.train(cfg, tracking_uri=uri)
+    finally:
+        done.set()
+        sampler.join(timeout=30)
+    return {**out, "cfg": cfg, "uri": uri, "listeners": samples}
+
+
+def test_ddp_rendezvous_listens_on_loopback_only(trained: dict[str, Any]) -> None:
+    """Local Ray: torch's rendezvous and gloo bind 127.0.0.1, never every interface."""
+    both = [s for s in trained["listeners"] if len(s) == 2]
+    assert both, f"never saw the 2 DDP workers alive: {trained['listeners']}"
+    seen = {addr for s in both for socks in s.values() for addr, _ in socks}
+    assert seen, "the DDP workers held no listening sockets"
+    assert seen <= LOOPBACK, f"DDP workers listen beyond loopback: {seen}"
 
 
 def test_ddp_training_reduces_loss_and_logs_to_mlflow(trained: dict[str, Any]) -> None:

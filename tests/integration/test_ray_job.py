@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from listening import LOOPBACK, listen_addresses
 
 pytestmark = pytest.mark.integration
 
@@ -40,24 +41,6 @@ def _free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
-
-
-# 127.0.0.1, ::ffff:127.0.0.1 and ::1 as /proc/net/tcp{,6} write them.
-_LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
-
-
-def _listen_addresses(port: int) -> set[str]:
-    """Local addresses of the sockets listening on `port` (hex, as in /proc/net/tcp)."""
-    out = set()
-    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
-        if not table.exists():  # no IPv6
-            continue
-        for line in table.read_text().splitlines()[1:]:
-            fields = line.split()
-            addr, hex_port = fields[1].split(":")
-            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                out.add(addr)
-    return out
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -173,9 +156,9 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
                 if time.monotonic() > deadline:
                     pytest.fail("the Ray job server did not come up within 180 s")
                 time.sleep(1)
-            listening = _listen_addresses(gcs_port)
+            listening = listen_addresses(gcs_port)
             assert listening, f"nothing listens on the GCS port {gcs_port}"
-            assert listening <= _LOOPBACK, f"the GCS listens beyond loopback: {listening}"
+            assert listening <= LOOPBACK, f"the GCS listens beyond loopback: {listening}"
             yield address, env
         finally:
             _stop_cluster(head)
