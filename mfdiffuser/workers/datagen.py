@@ -2,7 +2,8 @@
 
 Resumable: shards are written atomically and their content depends only on (dataset seed,
 episode index), so a re-run after an interruption skips the shards that exist and regenerates the
-rest; the manifest is written last, and a dataset with a manifest is complete and is reused.
+rest; the manifest is written last. A dataset with a manifest is verified against it
+(`mfdiffuser.data.verify`) and reused, or, if it fails, repaired the same way.
 """
 
 from __future__ import annotations
