@@ -16,8 +16,10 @@ import ray
 from listening import LOOPBACK, process_listeners
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
+from typer.testing import CliRunner
 
 from mfdiffuser import api
+from mfdiffuser.cli import app
 from mfdiffuser.data.manifest import read_manifest
 from mfdiffuser.planner.checkpoint import read_meta
 from mfdiffuser.platform.config import ExperimentConfig, load_config
@@ -160,3 +162,22 @@ def test_evaluate_logs_returns_and_exploitability(trained: dict[str, Any]) -> No
     run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
     assert run.data.metrics["return/n60"] == pytest.approx(m["return/n60"])
     assert run.data.metrics["exploitability"] == pytest.approx(m["exploitability"])
+
+
+def test_evaluate_refuses_a_corrupted_dataset(trained: dict[str, Any]) -> None:
+    """The rollout actors re-read the training data: verified first, before any Ray work."""
+    shard = Path(trained["dataset"]) / read_manifest(trained["dataset"]).shards[0].file
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])  # truncated
+    try:
+        res = CliRunner().invoke(
+            app, ["evaluate", trained["checkpoint"], "--tracking-uri", trained["uri"]]
+        )
+    finally:
+        shard.write_bytes(data)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"error: dataset {trained['dataset']}: {shard.name}: sha256 mismatch "
+        f"(expected {hashlib.sha256(data).hexdigest()[:12]}…, "
+        f"got {hashlib.sha256(data[:-100]).hexdigest()[:12]}…)"
+    )
