@@ -197,7 +197,7 @@ class LoopbackBackend(_TorchBackend):
     Ray: one machine), the ranks meet through a FileStore instead and gloo binds the loopback
     interface, so nothing listens beyond loopback. On a real cluster Ray's default stays."""
 
-    def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
+    def on_start(self, worker_group: Any, backend_config: Any) -> None:
         if set(worker_group.execute(ray.util.get_node_ip_address)) != {"127.0.0.1"}:
             super().on_start(worker_group, backend_config)
             return
