@@ -82,6 +82,15 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _train_workers() -> set[str]:
+    """Ids of every Ray Train worker this session's Ray has started, alive or not."""
+    gcs = ray.get_runtime_context().gcs_address
+    workers = list_actors(
+        address=gcs, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000
+    )
+    return {a.actor_id for a in workers}
+
+
 SHARD = "shard-00001.parquet"
 CASES: dict[str, tuple[Callable[[Path, dict[str, Any]], None], str, str]] = {
     "flipped_byte": (lambda r, d: _flip_byte(r / SHARD), SHARD, "sha256 mismatch"),
@@ -180,16 +189,7 @@ def test_unrecoverable_worker_error_is_not_retried(
     (root / "manifest.json").write_text(json.dumps(manifest))
     verify_dataset(str(root))
 
-    def train_workers() -> set[str]:
-        gcs = ray.get_runtime_context().gcs_address
-        return {
-            a.actor_id
-            for a in list_actors(
-                address=gcs, filters=[("class_name", "=", "RayTrainWorker")], limit=10_000
-            )
-        }
-
-    before = train_workers()
+    before = _train_workers()
     db = tmp_path / "mlflow.db"
     res = CliRunner().invoke(
         app,
@@ -212,9 +212,39 @@ def test_unrecoverable_worker_error_is_not_retried(
         f"error: dataset {str(root)!r}: rows do not form complete episodes of 20 agents"
     ), res.output
     assert not any(line.startswith("Traceback") for line in lines), res.output
-    assert len(train_workers() - before) == 2  # one worker group of 2, not retried
+    assert len(_train_workers() - before) == 2  # one worker group of 2, not retried
 
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED"
     assert "episodes_from_table" in run.data.tags["mfd.traceback"]  # the worker's traceback
+
+
+def test_diverged_training_fails_once_with_one_line(
+    datasets: dict[str, Any], tmp_path: Path
+) -> None:
+    """A diverged loss (FloatingPointError in the loop) is a crash: exit 1, one line, no retry."""
+    db = tmp_path / "mlflow.db"
+    before = _train_workers()
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--dataset",
+            datasets["seed0"]["dataset"],
+            "--storage",
+            str(tmp_path / "store"),
+            "--tracking-uri",
+            f"sqlite:///{db}",
+            *DATA,
+            *("-s", "train.lr=1e30", "-s", "train.epochs=2", "-s", "train.steps_per_epoch=3"),
+        ],
+    )
+    assert res.exit_code == 1, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: train/loss = ") and "training diverged" in last, res.output
+    assert len(_train_workers() - before) == 2  # one worker group of 2, not retried
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    assert "FloatingPointError" in run.data.tags["mfd.traceback"]
