@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from pydantic import ValidationError
 from ray.train import WorkerGroupError
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.torch.config import (
@@ -28,7 +29,7 @@ from ray.train.v2._internal.execution.failure_handling import (
 )
 from ray.train.v2.api.exceptions import TrainingFailedError
 
-from mfdiffuser.platform.config import ExperimentConfig
+from mfdiffuser.platform.config import ConfigError, ExperimentConfig, validation_lines
 from mfdiffuser.platform.errors import WorkerError, one_line
 
 
@@ -184,25 +185,26 @@ class FailFastPolicy(DefaultFailurePolicy):
         return super().make_decision(training_failed_error)
 
 
-def _loopback_store() -> str:
-    """On a worker: gloo on the loopback interface; returns a fresh FileStore path."""
+def _gloo_on_loopback() -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    # A fresh file per attempt: a FileStore file must not be reused by another process group.
-    return str(Path(tempfile.mkdtemp(prefix="mfd-ddp-")) / "store")
 
 
 class LoopbackBackend(_TorchBackend):
     """Ray's torch backend puts torch's TCPStore on rank 0, listening on every interface
     (MASTER_ADDR does not change that). When every worker runs on a 127.0.0.1 node (a local
-    Ray: one machine), the ranks meet through a FileStore instead and gloo binds the loopback
-    interface, so nothing listens beyond loopback. On a real cluster Ray's default stays."""
+    Ray: one machine, the controller's), the ranks meet through a FileStore instead and gloo
+    binds the loopback interface, so nothing listens beyond loopback. On a real cluster Ray's
+    default stays."""
+
+    store: Path | None = None
 
     def on_start(self, worker_group: Any, backend_config: Any) -> None:
         if set(worker_group.execute(ray.util.get_node_ip_address)) != {"127.0.0.1"}:
             super().on_start(worker_group, backend_config)
             return
-        store = worker_group.execute_single(0, _loopback_store)
-        worker_group.execute(_loopback_store)  # GLOO_SOCKET_IFNAME on every rank
+        # A fresh file per attempt: a FileStore file must not be reused by another group.
+        self.store = Path(tempfile.gettempdir()) / f"mfd-ddp-{uuid.uuid4().hex}"
+        worker_group.execute(_gloo_on_loopback)
         worker_group.execute(_set_torch_distributed_env_vars)
         n = len(worker_group)
         setups = [
@@ -212,12 +214,17 @@ class LoopbackBackend(_TorchBackend):
                 backend=backend_config.backend,  # set by TorchTrainer: gloo, or nccl on GPUs
                 world_rank=rank,
                 world_size=n,
-                init_method=f"file://{store}",
+                init_method=f"file://{self.store}",
                 timeout_s=backend_config.timeout_s,
             )
             for rank in range(n)
         ]
         ray.get(setups)
+
+    def on_shutdown(self, worker_group: Any, backend_config: Any) -> None:
+        super().on_shutdown(worker_group, backend_config)
+        if self.store is not None:  # torch removes it unless a rank died
+            self.store.unlink(missing_ok=True)
 
 
 class LoopbackTorchConfig(TorchConfig):
@@ -284,6 +291,8 @@ def train_planner(
         # One line for the user; the workers' tracebacks stay in the chained error (and so in
         # the MLflow run's mfd.traceback tag).
         base = unrecoverable(err)
+        if isinstance(base, ValidationError):  # pydantic's text spans lines
+            raise ConfigError(validation_lines(base)) from err
         if base is not None:
             raise base from err
         failures = list(getattr(err, "worker_failures", {}).values())  # none: the controller's
