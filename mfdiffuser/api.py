@@ -185,14 +185,15 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
         raise ConfigError(str(msg)) from None
     start = time.perf_counter()
     found = existing_dataset(cfg)  # a reused dataset needs no Ray (its start takes 10-30 s)
+    reused = found is not None
     if found is None:
         with _ray(cfg):
-            uri, manifest = generate_dataset(cfg)
-    else:
-        uri, manifest = found
+            found = generate_dataset(cfg)
+    uri, manifest, repaired = found
     return {
         "dataset": uri,
-        "reused": found is not None,
+        "reused": reused,
+        "repaired": repaired,
         "dataset_id": manifest.dataset_id,
         "rows": manifest.rows,
         "episodes": manifest.episodes,
@@ -220,7 +221,9 @@ def train(
     already holds a Ray Train run (`mfd.train_name`) continues it from its last checkpoint, and
     one whose training finished (`mfd.checkpoint`) is not trained again.
     """
+    from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.platform import tracking
+    from mfdiffuser.workers.datagen import Dataset
 
     if not get_benchmark(cfg.benchmark.name).exact_model:
         raise ConfigError(
@@ -228,12 +231,14 @@ def train(
             "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
             f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
         )
+    # A user's dataset is verified (and refused if it fails) before any run or Ray work.
+    given = Dataset(cfg.data.path, verify_dataset(cfg.data.path), None) if cfg.data.path else None
     uri = tracking_uri or _tracking(cfg)
     owned = run_id is None
     run_id = run_id or tracking.start_run(cfg, uri, run_name=f"{cfg.name}-train")
     start = time.perf_counter()
     try:
-        out = _train_into(cfg, uri, run_id)
+        out = _train_into(cfg, uri, run_id, given)
     except BaseException as err:
         if owned:
             tracking.fail_run(uri, run_id, err)
@@ -248,7 +253,7 @@ def train(
     }
 
 
-def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
+def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None) -> dict[str, Any]:
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import check_fits
@@ -260,11 +265,11 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
     done = tags.get("mfd.checkpoint")
     if done and Path(done).is_dir() and read_meta(done).get("epoch") == cfg.train.epochs:
         _notice(f"training of run {run_id} finished before: reusing checkpoint {done}")
-        return {"checkpoint": done, "dataset": read_meta(done)["dataset"]}
+        return {"checkpoint": done, "dataset": read_meta(done)["dataset"], "repaired": None}
     train_name = tags.get("mfd.train_name") or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     with _ray(cfg):
         check_fits(cfg)
-        dataset, manifest = generate_dataset(cfg)
+        dataset, manifest, repaired = given or generate_dataset(cfg)
         tracking.set_tags(
             uri, run_id, {"mfd.train_name": train_name, "mfd.dataset_id": manifest.dataset_id}
         )
@@ -278,7 +283,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str) -> dict[str, Any]:
     tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
     tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
     tracking.set_tags(uri, run_id, {"mfd.checkpoint": str(checkpoint)})
-    return {"checkpoint": str(checkpoint), "dataset": dataset}
+    return {"checkpoint": str(checkpoint), "dataset": dataset, "repaired": repaired}
 
 
 def _behaviour_metrics(behaviour: dict[str, Any]) -> dict[str, float]:
@@ -311,6 +316,7 @@ def evaluate(
     else into a new run; with `run_id` into that run, which the caller owns.
     """
     from mfdiffuser.data.manifest import read_manifest
+    from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import ray_session
@@ -337,6 +343,8 @@ def evaluate(
         ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
+    if ev.decomposition:  # the rollout actors re-read the dataset: verified here, before Ray
+        verify_dataset(meta["dataset"])
     uri = resolve_and_check_tracking(tracking_uri)
     role = "caller" if run_id else "own"
     if run_id is None:

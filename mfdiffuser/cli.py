@@ -111,6 +111,7 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     so that stdout holds the one JSON object and nothing else.
     """
     from mfdiffuser.platform.config import ConfigError
+    from mfdiffuser.platform.errors import WorkerError
 
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     # SIGTERM ends a command like Ctrl-C does: the MLflow run it owns is KILLED, not left
@@ -123,9 +124,16 @@ def _guard(fn: Callable[[], T], as_json: bool = False) -> T:
     except (ConfigError, FileNotFoundError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    except (WorkerError, FloatingPointError) as err:  # a crash: the traceback is in MLflow
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except (KeyboardInterrupt, SystemExit) as err:
         detail = f" ({err})" if str(err) and not isinstance(err, SystemExit) else ""
-        typer.echo(f"interrupted{detail}: its MLflow run is KILLED", err=True)
+        typer.echo(
+            f"interrupted{detail}: the MLflow run it started is KILLED "
+            "(`mfd run`/`quickstart`: re-run with --resume to continue it)",
+            err=True,
+        )
         raise typer.Exit(130) from None
     finally:
         if main:
@@ -295,7 +303,8 @@ def generate(
         result,
         as_json,
         lambda r: (
-            f"dataset {r['dataset']}{' (reused)' if r['reused'] else ''}\n  {r['rows']} rows, "
+            (f"{r['repaired']}\n" if r["repaired"] else "")
+            + f"dataset {r['dataset']}{' (reused)' if r['reused'] else ''}\n  {r['rows']} rows, "
             f"{r['episodes']} episodes, {r['shards']} shards; "
             f"behaviour return {r['behaviour']['return']:.4f}, "
             + (

@@ -2,23 +2,26 @@
 
 Resumable: shards are written atomically and their content depends only on (dataset seed,
 episode index), so a re-run after an interruption skips the shards that exist and regenerates the
-rest; the manifest is written last, and a dataset with a manifest is complete and is reused.
+rest; the manifest is written last. A dataset with a manifest is verified against it
+(`mfdiffuser.data.verify`) and reused, or, if it fails, repaired the same way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.exceptions import RayError
 from ray.util import ActorPool
 
 from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import (
+    MANIFEST,
     Manifest,
     ShardInfo,
     dataset_id,
@@ -29,14 +32,18 @@ from mfdiffuser.data.manifest import (
     write_manifest,
 )
 from mfdiffuser.data.schema import SCHEMA_VERSION
+from mfdiffuser.data.verify import Problem, dataset_problems, verify_dataset
 from mfdiffuser.envs import exploitability, policy_value
 from mfdiffuser.envs.behaviour import occupancy_mixture
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.platform.config import ExperimentConfig
+from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, worker_failure
 from mfdiffuser.platform.provenance import code_version
 
 
-@ray.remote(num_cpus=0.5)
+# A restarted actor is rebuilt from the same arguments and its shard task re-run: shards depend
+# only on (seed, episode) and are written atomically, so a retry writes the same bytes once.
+@ray.remote(num_cpus=0.5, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class GeneratorActor:
     """Holds one benchmark instance and its behaviour policies; writes shards on request."""
 
@@ -141,27 +148,66 @@ def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
     return storage.join(cfg.runtime.storage, "datasets", dataset_id(spec)), spec
 
 
-def existing_dataset(cfg: ExperimentConfig) -> tuple[str, Manifest] | None:
-    """The complete dataset of `cfg` (`data.path`, or its content address with a manifest), if
-    there is one: found without Ray."""
-    if cfg.data.path:
-        return cfg.data.path, read_manifest(cfg.data.path)
-    uri, _ = dataset_uri(cfg)
+class Dataset(NamedTuple):
+    uri: str
+    manifest: Manifest
+    repaired: str | None  # what a re-run regenerated in a dataset that failed verification
+
+
+def _inspect(
+    uri: str, spec: dict[str, Any], ranges: list[tuple[int, int]]
+) -> tuple[Manifest | None, list[Problem] | None, dict[int, ShardInfo]]:
+    """What the store holds of a content-addressed dataset, without Ray: (its manifest if the
+    whole dataset verifies, the problems found (None: no manifest yet), the shards to keep)."""
     fs, path = storage.resolve(uri)
-    if storage.exists(fs, storage.join(path, "manifest.json")):
-        return uri, read_manifest(uri)
-    return None
+    if not storage.exists(fs, storage.join(path, MANIFEST)):
+        return None, None, {}
+    try:
+        old = read_manifest(uri)
+    except ValueError as err:  # unparsable, or another schema version
+        return None, [Problem(MANIFEST, "unreadable", one_line(err))], {}
+    if old.spec != spec:  # not this dataset's: vouches for nothing
+        return None, [Problem(MANIFEST, "spec mismatch", "another config's")], {}
+    problems = dataset_problems(uri, old)
+    if not problems:
+        return old, [], {}
+    bad = {p.file for p in problems}
+    kept = {
+        s.index: s
+        for s in old.shards
+        if s.file not in bad
+        and s.index < len(ranges)
+        and (s.file, tuple(s.episodes)) == (shard_file(s.index), ranges[s.index])
+    }
+    return None, problems, kept
 
 
-def generate_dataset(
-    cfg: ExperimentConfig, *, max_actors: int | None = None
-) -> tuple[str, Manifest]:
-    """Generate (or reuse) the dataset of `cfg`; returns its URI and manifest. Needs Ray."""
-    found = existing_dataset(cfg)
-    if found is not None:
-        return found
+def existing_dataset(cfg: ExperimentConfig) -> Dataset | None:
+    """The dataset of `cfg` when it is complete and verifies, found without Ray (whose start
+    takes 10-30 s); None when it must be generated or repaired. A user's dataset (`data.path`)
+    that fails verification is refused (DatasetError)."""
+    if cfg.data.path:
+        return Dataset(cfg.data.path, verify_dataset(cfg.data.path), None)
+    uri, spec = dataset_uri(cfg)
+    good, _, _ = _inspect(uri, spec, shard_ranges(cfg.data.episodes, cfg.data.shards))
+    return Dataset(uri, good, None) if good is not None else None
+
+
+def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) -> Dataset:
+    """Generate (or verify and reuse) the dataset of `cfg`. Needs Ray to generate.
+
+    A user's dataset (`data.path`) that fails verification is refused (DatasetError), never
+    rewritten. A content-addressed one is repaired: the shards its manifest vouches for that
+    verify are kept, the others regenerated, and the manifest is written again.
+    """
+    if cfg.data.path:
+        return Dataset(cfg.data.path, verify_dataset(cfg.data.path), None)
     uri, spec = dataset_uri(cfg)
     fs, path = storage.resolve(uri)
+    ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
+    good, problems, kept = _inspect(uri, spec, ranges)
+    if good is not None:
+        return Dataset(uri, good, None)
     storage.makedirs(fs, path)
 
     bench = get_benchmark(cfg.benchmark.name)
@@ -173,8 +219,9 @@ def generate_dataset(
     else:  # battle: scripted behaviours, played inside the actors
         policies, horizon = [], 0
     n = cfg.data.n_agents
-    ranges = shard_ranges(cfg.data.episodes, cfg.data.shards)
-    done = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
+    if problems is None:  # resume: the shards an interrupted run wrote (atomically) stay
+        kept = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
+    done = dict(kept)
     todo = [i for i in range(len(ranges)) if i not in done]
     if todo:
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
@@ -193,6 +240,8 @@ def generate_dataset(
             for info in results:
                 shard = ShardInfo.model_validate(info)
                 done[shard.index] = shard
+        except RayError as err:
+            raise WorkerError(f"dataset {uri}: {worker_failure(err)}; a re-run resumes") from err
         finally:  # shards already written stay; a re-run resumes from them
             for a in actors:
                 ray.kill(a)
@@ -220,7 +269,20 @@ def generate_dataset(
         row_schema="finite" if bench.exact_model else "battle",
     )
     write_manifest(uri, manifest)
-    return uri, manifest
+    repaired = None if problems is None else _repair_note(problems, todo, ranges)
+    return Dataset(uri, manifest, repaired)
+
+
+def _repair_note(problems: list[Problem], todo: list[int], ranges: list[tuple[int, int]]) -> str:
+    """E.g. `regenerated 1 of 4 shards: shard-00002.parquet (sha256 mismatch)`."""
+    kinds = {p.file: p.kind for p in problems}
+    files = [shard_file(i) for i in todo]
+    note = f"regenerated {len(todo)} of {len(ranges)} shards"
+    if files:
+        note += ": " + ", ".join(f"{f} ({kinds.get(f, 'not in the manifest')})" for f in files)
+    if own := [str(p) for p in problems if p.file == MANIFEST]:
+        note += "; manifest rewritten: " + "; ".join(own)
+    return note
 
 
 def team_behaviour_summary(shards: list[ShardInfo], quality: str) -> dict[str, Any]:

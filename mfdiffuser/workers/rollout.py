@@ -14,11 +14,15 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.exceptions import RayError
 
 from mfdiffuser.platform.config import ExperimentConfig
+from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, worker_failure
 
 
-@ray.remote(num_cpus=1)
+# Every method is a pure function of its arguments and the checkpoint the constructor loads
+# again on a restart, so a retried task returns what the lost one would have.
+@ray.remote(num_cpus=1, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class RolloutActor:
     def __init__(self, checkpoint: str) -> None:
         import torch
@@ -190,6 +194,8 @@ def evaluate_checkpoint(
         results = ray.get(refs)
         table_results = ray.get(table_refs)
         diag = ray.get(diag_ref) if diag_ref is not None else None
+    except RayError as err:
+        raise WorkerError(f"evaluation of {checkpoint}: {worker_failure(err)}") from err
     finally:  # a failed rollout must not leave actors holding CPUs
         for a in actors:
             ray.kill(a)

@@ -16,8 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
+from pydantic import ValidationError
+from ray.train import WorkerGroupError
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch.config import (
+    _set_torch_distributed_env_vars,
+    _setup_torch_process_group,
+    _TorchBackend,
+)
+from ray.train.v2._internal.execution.failure_handling import (
+    DefaultFailurePolicy,
+    FailureDecision,
+)
+from ray.train.v2.api.exceptions import TrainingFailedError
 
-from mfdiffuser.platform.config import ExperimentConfig
+from mfdiffuser.platform.config import ConfigError, ExperimentConfig, validation_lines
+from mfdiffuser.platform.errors import WorkerError, one_line
 
 
 def _train_worker(loop_cfg: dict[str, Any]) -> None:
@@ -150,6 +165,89 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     )
 
 
+# Errors of the training loop that a restart would only repeat: a bad value (our own
+# ValueError, ConfigError, DatasetError) or a diverged loss. Ray Train V2 retries every worker
+# error up to `max_failures` and has no setting for this, hence FailFastPolicy.
+UNRECOVERABLE = (ValueError, FloatingPointError)
+
+
+def unrecoverable(err: BaseException) -> BaseException | None:
+    """The first worker error of a failed Ray Train run that no retry can fix, if any."""
+    if not isinstance(err, WorkerGroupError):
+        return None
+    for failure in err.worker_failures.values():
+        # Ray wraps an error of the loop with its traceback text; `_base_exc` is the error.
+        base = getattr(failure, "_base_exc", failure)
+        if isinstance(base, UNRECOVERABLE):
+            return base
+    return None
+
+
+class FailFastPolicy(DefaultFailurePolicy):
+    """Ray Train's default failure policy, except that an unrecoverable error is not retried."""
+
+    def make_decision(self, training_failed_error: TrainingFailedError) -> FailureDecision:
+        if unrecoverable(training_failed_error) is not None:
+            return FailureDecision.RAISE
+        return super().make_decision(training_failed_error)
+
+
+def _gloo_on_loopback() -> None:
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+
+
+class LoopbackBackend(_TorchBackend):
+    """Ray's torch backend puts torch's TCPStore on rank 0, listening on every interface
+    (MASTER_ADDR does not change that). When every worker runs on a 127.0.0.1 node (a local
+    Ray: one machine, the controller's), the ranks meet through a FileStore instead and gloo
+    binds the loopback interface, so nothing listens beyond loopback. On a real cluster Ray's
+    default stays."""
+
+    store: Path | None = None
+
+    def on_start(self, worker_group: Any, backend_config: Any) -> None:
+        if set(worker_group.execute(ray.util.get_node_ip_address)) != {"127.0.0.1"}:
+            super().on_start(worker_group, backend_config)
+            return
+        # A fresh file per attempt: a FileStore file must not be reused by another group.
+        self.store = Path(tempfile.gettempdir()) / f"mfd-ddp-{uuid.uuid4().hex}"
+        worker_group.execute(_gloo_on_loopback)
+        worker_group.execute(_set_torch_distributed_env_vars)
+        n = len(worker_group)
+        setups = [
+            worker_group.execute_single_async(
+                rank,
+                _setup_torch_process_group,
+                backend=backend_config.backend,  # set by TorchTrainer: gloo, or nccl on GPUs
+                world_rank=rank,
+                world_size=n,
+                init_method=f"file://{self.store}",
+                timeout_s=backend_config.timeout_s,
+            )
+            for rank in range(n)
+        ]
+        ray.get(setups)
+
+    def on_shutdown(self, worker_group: Any, backend_config: Any) -> None:
+        super().on_shutdown(worker_group, backend_config)
+        if self.store is not None:  # torch removes it unless a rank died
+            self.store.unlink(missing_ok=True)
+
+
+class LoopbackTorchConfig(TorchConfig):
+    @property
+    def backend_cls(self) -> type:
+        return LoopbackBackend
+
+
+class Trainer(TorchTrainer):
+    """TorchTrainer with FailFastPolicy (`fit` builds the default policy; this is its hook)."""
+
+    def _initialize_and_run_controller(self, **kwargs: Any) -> Any:
+        kwargs["failure_policy"] = FailFastPolicy(self.run_config.failure_config)
+        return super()._initialize_and_run_controller(**kwargs)
+
+
 def train_planner(
     cfg: ExperimentConfig,
     dataset: str,
@@ -160,10 +258,6 @@ def train_planner(
     run_name: str | None = None,
 ) -> Path:
     """Run the TorchTrainer; returns the local path of the final checkpoint directory."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from mfdiffuser.data import storage
     from mfdiffuser.planner.checkpoint import read_meta
     from mfdiffuser.platform.provenance import code_version
@@ -175,7 +269,7 @@ def train_planner(
         storage_path = storage.join(cfg.runtime.storage, "train")
     else:
         storage_path = str(Path(cfg.runtime.storage).resolve() / "train")
-    trainer = TorchTrainer(
+    trainer = Trainer(
         _train_worker,
         train_loop_config={
             "config": cfg.model_dump(),
@@ -190,6 +284,7 @@ def train_planner(
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
+        torch_config=LoopbackTorchConfig(),
         run_config=ray.train.RunConfig(
             # A unique name: re-using one with the same storage silently resumes the old run.
             name=run_name or f"{cfg.name}-{uuid.uuid4().hex[:8]}",
@@ -210,6 +305,17 @@ def train_planner(
     on_sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
+    except TrainingFailedError as err:
+        # One line for the user; the workers' tracebacks stay in the chained error (and so in
+        # the MLflow run's mfd.traceback tag).
+        base = unrecoverable(err)
+        if isinstance(base, ValidationError):  # pydantic's text spans lines
+            raise ConfigError(validation_lines(base)) from err
+        if base is not None:
+            raise base from err
+        failures = list(getattr(err, "worker_failures", {}).values())  # none: the controller's
+        first = getattr(failures[0], "_base_exc", failures[0]) if failures else err
+        raise WorkerError(f"training failed: {one_line(first)}") from err
     finally:
         if unwatched:
             os.environ.pop(watcher, None)

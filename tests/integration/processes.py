@@ -26,18 +26,39 @@ def free_ports(n: int) -> list[int]:
 LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
 
 
-def listen_addresses(port: int) -> set[str]:
-    """Local addresses of the sockets listening on `port` (hex, as in /proc/net/tcp)."""
-    out = set()
+def _listeners() -> list[tuple[str, int, int]]:
+    """(local address in hex, port, socket inode) of every listening TCP socket."""
+    out = []
     for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
         if not table.exists():  # no IPv6
             continue
         for line in table.read_text().splitlines()[1:]:
             fields = line.split()
             addr, hex_port = fields[1].split(":")
-            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                out.add(addr)
+            if fields[3] == "0A":  # 0A: LISTEN
+                out.append((addr, int(hex_port, 16), int(fields[9])))
     return out
+
+
+def listen_addresses(port: int) -> set[str]:
+    """Local addresses of the sockets listening on `port` (hex, as in /proc/net/tcp)."""
+    return {addr for addr, p, _ in _listeners() if p == port}
+
+
+def process_listeners(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of the listening sockets the process `pid` holds open."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    except OSError:  # the process is gone
+        return set()
+    return {(addr, port) for addr, port, inode in _listeners() if inode in inodes}
 
 
 def session_pids(sid: int) -> list[int]:

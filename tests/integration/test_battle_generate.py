@@ -34,7 +34,7 @@ def test_battle_dataset_through_the_actor_pool(ray_local: None, tmp_path: Path) 
             f"runtime.storage={tmp_path / 'store'}",
         ],
     )
-    uri, manifest = generate_dataset(cfg)
+    uri, manifest, _ = generate_dataset(cfg)
     root = Path(uri)
     assert manifest.row_schema == "battle"
     params = manifest.spec["benchmark"]["params"]
@@ -72,7 +72,7 @@ def test_battle_dataset_through_the_actor_pool(ray_local: None, tmp_path: Path) 
     # interrupted: manifest and one shard gone -> the same bytes again, nothing duplicated
     (root / "manifest.json").unlink()
     (root / manifest.shards[0].file).unlink()
-    uri2, again = generate_dataset(cfg)
+    uri2, again, _ = generate_dataset(cfg)
     assert uri2 == uri and [s.sha256 for s in again.shards] == [s.sha256 for s in manifest.shards]
     assert again.behaviour["win_rate"] == b["win_rate"]
     assert read_manifest(uri).row_schema == "battle"

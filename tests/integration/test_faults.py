@@ -1,5 +1,6 @@
-"""Faults during training: a killed DDP worker is replaced and training resumes from the last
-checkpoint (`train.max_failures`), and the run still ends with every epoch trained once."""
+"""Faults: a killed DDP worker is replaced and training resumes from the last checkpoint
+(`train.max_failures`), and the run still ends with every epoch trained once; a killed
+generation actor is restarted and the dataset is the one an uninterrupted run writes."""
 
 from __future__ import annotations
 
@@ -10,14 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
 from mfdiffuser import api
+from mfdiffuser.data.verify import verify_dataset
 from mfdiffuser.planner.checkpoint import read_meta
 from mfdiffuser.platform.config import load_config
+from mfdiffuser.workers.datagen import generate_dataset
 
 pytestmark = pytest.mark.integration
 
@@ -77,3 +82,60 @@ def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path) 
     steps = sorted(m.step for m in client.get_metric_history(out["run_id"], "train/epoch"))
     # Every epoch logged once: the epochs after the checkpoint are trained again, not logged again.
     assert steps == [1, 2, 3, 4]
+
+
+def test_killed_generator_actor_is_restarted_and_the_dataset_is_identical(
+    ray_local: None, tmp_path: Path
+) -> None:
+    def cfg(store: str) -> Any:
+        return load_config(
+            None,
+            [
+                f"runtime.storage={tmp_path / store}",
+                "data.quality=random",
+                "data.n_agents=50000",
+                "data.episodes=8",
+                "data.shards=8",
+            ],
+        )
+
+    out: dict[str, Any] = {}
+
+    def generate() -> None:
+        try:
+            out["dataset"] = generate_dataset(cfg("killed"), max_actors=2)
+        except BaseException as err:  # surfaced by the assertion below
+            out["error"] = err
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    gcs = ray.get_runtime_context().gcs_address  # this test's own cluster
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "killed").glob("datasets/*/shard-*.parquet")):
+        assert thread.is_alive() and time.monotonic() < deadline, out
+        time.sleep(0.1)
+    (victim,) = list_actors(
+        address=gcs,
+        filters=[("class_name", "=", "GeneratorActor"), ("state", "=", "ALIVE")],
+        detail=True,
+    )[:1]
+    os.kill(int(victim.pid), signal.SIGKILL)  # a worker process this test's Ray started
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in out, out
+    (restarted,) = list_actors(
+        address=gcs, filters=[("actor_id", "=", victim.actor_id)], detail=True
+    )
+    assert restarted.num_restarts == 1  # the kill took effect while generation ran
+
+    uri, manifest, _ = out["dataset"]
+    keys = pa.concat_tables(
+        [
+            pq.read_table(Path(uri) / s.file, columns=["episode", "t", "agent"])
+            for s in manifest.shards
+        ]
+    ).to_pandas()
+    assert len(keys) == manifest.rows == 8 * 50000 * 10 and not keys.duplicated().any()
+    assert sorted(keys["episode"].unique()) == list(range(8))  # every shard exactly once
+    verify_dataset(uri)
+    _, uninterrupted, _ = generate_dataset(cfg("uninterrupted"), max_actors=2)
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in uninterrupted.shards]

@@ -31,7 +31,7 @@ def test_predator_prey_dataset_through_the_actor_pool(ray_local: None, tmp_path:
             "data.quality=medium",
         ],
     )
-    uri, manifest = generate_dataset(cfg)
+    uri, manifest, _ = generate_dataset(cfg)
     assert manifest.rows == 4 * 30 * 6 and len(manifest.shards) == 2
     rows = sum(pq.read_metadata(Path(uri) / s.file).num_rows for s in manifest.shards)
     assert rows == manifest.rows

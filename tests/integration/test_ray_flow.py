@@ -18,7 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 from mlflow.tracking import MlflowClient
+from processes import LOOPBACK, process_listeners
+from ray.util.state import list_actors
 from typer.testing import CliRunner
 
 from mfdiffuser import api
@@ -48,7 +51,7 @@ def test_generate_writes_shards_and_resumes_without_duplicates(
     ray_local: None, tmp_path: Path
 ) -> None:
     cfg = _cfg(tmp_path, "data.quality=random")
-    uri, manifest = generate_dataset(cfg)
+    uri, manifest, _ = generate_dataset(cfg)
     root = Path(uri)
     horizon = cfg.benchmark.horizon
     assert manifest.rows == 6 * 50 * horizon
@@ -64,7 +67,7 @@ def test_generate_writes_shards_and_resumes_without_duplicates(
     (root / "manifest.json").unlink()
     (root / manifest.shards[1].file).unlink()
     (root / ".shard-00001.parquet.tmp-dead").write_bytes(b"partial")
-    uri2, again = generate_dataset(cfg)
+    uri2, again, _ = generate_dataset(cfg)
     assert uri2 == uri
     assert [s.sha256 for s in again.shards] == [s.sha256 for s in manifest.shards]
     keys = pa.concat_tables(
@@ -96,8 +99,37 @@ def trained(ray_local: None, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         "planner.beta=1.0",  # value weighting on: advantages all-reduced across both ranks
     )
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    out = api.train(cfg, tracking_uri=uri)
-    return {**out, "cfg": cfg, "uri": uri}
+    # While it trains, sample the listening sockets of the DDP workers (rendezvous, gloo).
+    samples: list[dict[int, set[tuple[str, int]]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        gcs = ray.get_runtime_context().gcs_address  # this test's own cluster
+        while not done.wait(1.0):
+            workers = list_actors(
+                address=gcs,
+                filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                detail=True,
+            )
+            samples.append({int(w.pid): process_listeners(int(w.pid)) for w in workers})
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        out = api.train(cfg, tracking_uri=uri)
+    finally:
+        done.set()
+        sampler.join(timeout=30)
+    return {**out, "cfg": cfg, "uri": uri, "listeners": samples}
+
+
+def test_ddp_rendezvous_listens_on_loopback_only(trained: dict[str, Any]) -> None:
+    """Local Ray: torch's rendezvous and gloo bind 127.0.0.1, never every interface."""
+    both = [s for s in trained["listeners"] if len(s) == 2]
+    assert both, f"never saw the 2 DDP workers alive: {trained['listeners']}"
+    seen = {addr for s in both for socks in s.values() for addr, _ in socks}
+    assert seen, "the DDP workers held no listening sockets"
+    assert seen <= LOOPBACK, f"DDP workers listen beyond loopback: {seen}"
 
 
 def test_ddp_training_reduces_loss_and_logs_to_mlflow(trained: dict[str, Any]) -> None:
@@ -214,3 +246,22 @@ def test_a_failed_evaluation_leaves_the_training_run_finished(
     assert run.info.status == "FINISHED"  # the training run keeps its status
     assert run.data.tags["mfd.eval.status"] == "FAILED"
     assert run.data.tags["mfd.eval.error"]
+
+
+def test_evaluate_refuses_a_corrupted_dataset(trained: dict[str, Any]) -> None:
+    """The rollout actors re-read the training data: verified first, before any Ray work."""
+    shard = Path(trained["dataset"]) / read_manifest(trained["dataset"]).shards[0].file
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-100])  # truncated
+    try:
+        res = CliRunner().invoke(
+            app, ["evaluate", trained["checkpoint"], "--tracking-uri", trained["uri"]]
+        )
+    finally:
+        shard.write_bytes(data)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == (
+        f"error: dataset {trained['dataset']}: {shard.name}: sha256 mismatch "
+        f"(expected {hashlib.sha256(data).hexdigest()[:12]}…, "
+        f"got {hashlib.sha256(data[:-100]).hexdigest()[:12]}…)"
+    )

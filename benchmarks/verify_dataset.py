@@ -1,0 +1,126 @@
+"""Cost of verifying a dataset against its manifest (`mfdiffuser.data.verify.verify_dataset`).
+
+    .venv/bin/python benchmarks/verify_dataset.py [--size-gb 1.0] [--dataset DIR] [--repeat 3]
+
+Without --dataset it builds one of about --size-gb under a temporary directory (removed at the
+end), without Ray: one real shard (crowd_1d, random behaviour, 20,000 agents, 10 episodes: 2M
+rows, zstd, as `mfd generate` writes it) copied into as many shard files as the size needs,
+with a manifest as the generator writes it. Verification reads every byte (sha256) plus each
+footer, so its cost depends on the bytes only, not on whether shards differ. With --dataset it
+times that dataset instead.
+
+Printed: wall seconds and process CPU seconds of each verification, the 1-minute load average
+before and after it (the machine may be shared), and seconds per GB (median wall time / size).
+The files of a freshly built dataset sit in the page cache, so this is the cost of hashing and
+of the filesystem calls, not of the disk; a cold read adds the disk's own time. Not part of the
+test pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import io
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from mfdiffuser.data.generate import generate_shard
+from mfdiffuser.data.manifest import (
+    Manifest,
+    ShardInfo,
+    dataset_id,
+    dataset_spec,
+    shard_file,
+    shard_ranges,
+    write_manifest,
+)
+from mfdiffuser.data.schema import SCHEMA_VERSION
+from mfdiffuser.data.verify import verify_dataset
+from mfdiffuser.envs.registry import get_benchmark
+
+N_AGENTS, EPISODES_PER_SHARD = 20_000, 10
+
+
+def build(root: Path, size_gb: float) -> Path:
+    spec = get_benchmark("crowd_1d")
+    game = spec.game({})
+    policies = spec.behaviour(game, "random").policies
+    table, _ = generate_shard(
+        lambda: spec.make_sim(game, N_AGENTS), policies, range(EPISODES_PER_SHARD), seed=0
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()
+    n_shards = max(1, round(size_gb * 1e9 / len(data)))
+    episodes = n_shards * EPISODES_PER_SHARD
+    ds_spec = dataset_spec(spec.describe({}), "random", N_AGENTS, episodes, n_shards, seed=0)
+    uri = root / dataset_id(ds_spec)
+    uri.mkdir(parents=True)
+    sha = hashlib.sha256(data).hexdigest()
+    shards = []
+    for i, rng in enumerate(shard_ranges(episodes, n_shards)):
+        (uri / shard_file(i)).write_bytes(data)
+        shards.append(
+            ShardInfo(
+                index=i,
+                file=shard_file(i),
+                episodes=list(rng),
+                rows=table.num_rows,
+                sha256=sha,
+                mean_return=0.0,
+            )
+        )
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        dataset_id=uri.name,
+        spec=ds_spec,
+        shards=shards,
+        rows=table.num_rows * n_shards,
+        episodes=episodes,
+        behaviour={"return": 0.0, "exploitability": None},
+        code_version="benchmark",
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    write_manifest(str(uri), manifest)
+    return uri
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-gb", type=float, default=1.0)
+    ap.add_argument("--dataset", help="time this dataset instead of building one")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="mfd-verify-") as tmp:
+        if args.dataset:
+            uri = Path(args.dataset)
+        else:
+            start = time.perf_counter()
+            uri = build(Path(tmp), args.size_gb)
+            print(f"built {uri} in {time.perf_counter() - start:.1f} s")
+        size = sum(p.stat().st_size for p in uri.iterdir() if p.is_file())
+        n_shards = len(list(uri.glob("shard-*.parquet")))
+        print(f"{n_shards} shards, {size / 1e9:.3f} GB")
+        print(f"{'run':>3} {'wall s':>8} {'cpu s':>8} {'load before':>11} {'load after':>10}")
+        walls = []
+        for i in range(args.repeat):
+            load0 = os.getloadavg()[0]
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            verify_dataset(str(uri))
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            walls.append(wall)
+            print(f"{i + 1:>3} {wall:>8.2f} {cpu:>8.2f} {load0:>11.2f} {os.getloadavg()[0]:>10.2f}")
+        print(
+            f"median {statistics.median(walls) / (size / 1e9):.2f} s per GB (wall), "
+            f"on {os.cpu_count()} cores"
+        )
+
+
+if __name__ == "__main__":
+    main()
