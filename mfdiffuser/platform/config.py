@@ -490,16 +490,14 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config = {_shown(str(path))}: must hold a mapping of sections")
         data = _deep_merge(data, loaded)
-    benchmark = str(data.get("benchmark", {}).get("name", "crowd_1d"))
+    items = [parse_override(item) for item in overrides or []]
+    # Bare keys are the final benchmark's parameters, wherever `-s benchmark=…` stands.
+    names = [str(v) for k, v in items if k in ("benchmark", "benchmark.name")]
+    benchmark = names[-1] if names else str(data.get("benchmark", {}).get("name", "crowd_1d"))
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"benchmark.name = {_shown(benchmark)}: {unknown_benchmark(benchmark)}")
     explicit: dict[str, Any] = {}  # dotted path -> value, of the settings on the command line
-    for item in overrides or []:
-        key, value = parse_override(item)
-        if key in ("benchmark", "benchmark.name"):
-            benchmark = str(value)
-        if benchmark not in BENCHMARKS:
-            raise ConfigError(
-                f"benchmark.name = {_shown(benchmark)}: {unknown_benchmark(benchmark)}"
-            )
+    for key, value in items:
         node = data
         parts = ["benchmark", "name"] if key == "benchmark" else resolve_key(key, benchmark)
         for part in parts[:-1]:

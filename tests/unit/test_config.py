@@ -81,6 +81,11 @@ def test_unknown_names_suggest_the_closest(override: str, suggestion: str) -> No
     assert suggestion in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
+def test_bare_keys_belong_to_the_benchmark_set_anywhere() -> None:
+    cfg = load_config(None, ["max_steps=12", "benchmark.name=battle"])
+    assert cfg.benchmark.params["max_steps"] == 12 and cfg.benchmark.horizon == 12
+
+
 def test_window_checked_against_overridden_horizon() -> None:
     assert load_config(None, ["horizon=20", "planner.window=16"]).planner.window == 16
     with pytest.raises(ConfigError, match="horizon 3"):
