@@ -317,7 +317,7 @@ def evaluate(
     """
     from mfdiffuser.data.manifest import read_manifest
     from mfdiffuser.data.verify import verify_dataset
-    from mfdiffuser.planner.checkpoint import read_meta
+    from mfdiffuser.planner.checkpoint import load_checkpoint, read_meta
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import ray_session
     from mfdiffuser.workers.rollout import evaluate_checkpoint
@@ -360,6 +360,7 @@ def evaluate(
                 )
     start = time.perf_counter()
     try:
+        load_checkpoint(checkpoint)  # refused weights fail here, in one line, not in an actor
         with ray_session(address):
             out = evaluate_checkpoint(
                 checkpoint,

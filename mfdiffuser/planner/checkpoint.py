@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,22 @@ def load_checkpoint(
 ) -> tuple[MFDiffuser, np.ndarray, dict[str, Any], dict[str, Any] | None]:
     """(planner, prior[T, S, A], meta, optimizer_state or None)."""
     meta = read_meta(directory)
-    blob = torch.load(Path(directory) / WEIGHTS, map_location=map_location, weights_only=True)
-    planner = MFDiffuser.from_spec(PlannerConfig(**meta["planner"]), **meta["dims"])
-    planner.load_state_dict({"model": blob["model"], **blob.get("extra", {})})
-    return planner, blob["prior"].numpy(), meta, blob.get("optimizer")
+    where = f"checkpoint {str(directory)!r}: {WEIGHTS}"
+    try:
+        blob = torch.load(Path(directory) / WEIGHTS, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise ValueError(
+            f"{where} holds objects other than tensors: refused (a checkpoint is only ever "
+            "loaded as tensors, so it can never run code)"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"{where} is unreadable ({type(err).__name__}): truncated or corrupt"
+        ) from None
+    try:
+        planner = MFDiffuser.from_spec(PlannerConfig(**meta["planner"]), **meta["dims"])
+        planner.load_state_dict({"model": blob["model"], **blob.get("extra", {})})
+        return planner, blob["prior"].numpy(), meta, blob.get("optimizer")
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{where} does not match its meta.json ({type(err).__name__})") from None

@@ -7,6 +7,7 @@ This module is pure pydantic: it imports neither Ray nor MLflow.
 
 from __future__ import annotations
 
+import json
 import re
 import reprlib
 from pathlib import Path
@@ -76,7 +77,10 @@ class BenchmarkSection(_Section):
     def _params_valid(self) -> BenchmarkSection:
         spec = get_benchmark(self.name)
         try:
-            validated = spec.params_model.model_validate(self.params, strict=True).model_dump()
+            # Strict in JSON mode: "5" is not 5 and true is not 1, but a list is a tuple, as YAML
+            # and every JSON record (a checkpoint's meta.json) write them.
+            raw = json.dumps(self.params, default=str)
+            validated = spec.params_model.model_validate_json(raw, strict=True).model_dump()
         except ValidationError as err:
             lines = validation_lines(err, prefix="benchmark.params").splitlines()
             raise ValueError("; ".join(lines)) from None

@@ -237,7 +237,7 @@ def test_diverged_training_fails_once_with_one_line(
             "--tracking-uri",
             f"sqlite:///{db}",
             *DATA,
-            *("-s", "train.lr=1e30", "-s", "train.epochs=2", "-s", "train.steps_per_epoch=3"),
+            *("-s", "train.lr=1000", "-s", "train.epochs=2", "-s", "train.steps_per_epoch=3"),
         ],
     )
     assert res.exit_code == 1, res.output

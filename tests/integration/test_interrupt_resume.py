@@ -51,7 +51,9 @@ def _runs(db: Path) -> list[tuple[str, str]]:
         con.close()
 
 
-def test_interrupted_run_resumes_into_the_same_run(ray_local: None, tmp_path: Path) -> None:
+def test_interrupted_run_resumes_into_the_same_run(
+    ray_local: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = tmp_path / "store"
     made = CliRunner().invoke(
         app,
@@ -67,6 +69,27 @@ def test_interrupted_run_resumes_into_the_same_run(ray_local: None, tmp_path: Pa
     )
     assert made.exit_code == 0, made.output
     dataset = Path(json.loads(made.stdout.strip().splitlines()[-1])["dataset"])
+    # Given by a relative or an absolute path, the dataset resolves to the same config, whose
+    # data section is the manifest's; a contradicting command-line setting is refused.
+    monkeypatch.chdir(tmp_path)
+    shown = [
+        CliRunner().invoke(app, ["config", "-s", f"data.path={where}", "--json"])
+        for where in (os.path.relpath(dataset, tmp_path), dataset)
+    ]
+    assert [r.exit_code for r in shown] == [0, 0], [r.output for r in shown]
+    rel, absolute = (json.loads(r.stdout) for r in shown)
+    assert rel == absolute and rel["data"]["path"] == str(dataset)
+    assert (rel["data"]["quality"], rel["data"]["n_agents"], rel["data"]["episodes"]) == (
+        "medium",
+        20,
+        4,
+    )
+    refused = CliRunner().invoke(
+        app, ["train", "--dataset", str(dataset), "-s", "quality=expert", "--storage", "store"]
+    )
+    assert refused.exit_code == 2
+    assert "data.quality = 'expert' but the dataset has 'medium'" in refused.output
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any run was made
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(json.dumps(TINY))
     db = tmp_path / "mlflow.db"

@@ -7,10 +7,12 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,12 +238,16 @@ def test_a_failed_evaluation_leaves_the_training_run_finished(
     broken = tmp_path / "broken"
     shutil.copytree(trained["checkpoint"], broken)
     weights = broken / "weights.pt"
-    weights.write_bytes(weights.read_bytes()[:100])  # refused when the rollout actors load it
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
     result = CliRunner().invoke(
         app,
         ["evaluate", str(broken), "-n", "20", "--episodes", "1", "--tracking-uri", trained["uri"]],
     )
-    assert result.exit_code != 0
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: checkpoint {str(broken)!r}: weights.pt is unreadable (RuntimeError): truncated or "
+        "corrupt"
+    ]
     run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
     assert run.info.status == "FINISHED"  # the training run keeps its status
     assert run.data.tags["mfd.eval.status"] == "FAILED"
@@ -265,3 +271,42 @@ def test_evaluate_refuses_a_corrupted_dataset(trained: dict[str, Any]) -> None:
         f"(expected {hashlib.sha256(data).hexdigest()[:12]}…, "
         f"got {hashlib.sha256(data[:-100]).hexdigest()[:12]}…)"
     )
+
+
+def test_a_killed_rollout_actor_is_restarted_and_the_training_run_stays_finished(
+    trained: dict[str, Any],
+) -> None:
+    out: dict[str, Any] = {}
+
+    def evaluate() -> None:
+        try:
+            out.update(
+                api.evaluate(
+                    trained["checkpoint"], n_agents=[400], episodes=3, tracking_uri=trained["uri"]
+                )
+            )
+        except BaseException as err:  # surfaced by the assertion below
+            out["error"] = err
+
+    thread = threading.Thread(target=evaluate, daemon=True)
+    thread.start()
+    gcs = ray.get_runtime_context().gcs_address  # this test's own cluster
+    victims: list[Any] = []
+    while not victims and thread.is_alive():
+        victims = list_actors(
+            address=gcs,
+            filters=[("class_name", "=", "RolloutActor"), ("state", "=", "ALIVE")],
+            detail=True,
+        )
+        time.sleep(0.1)
+    assert victims, f"the evaluation ended before a rollout actor was seen: {out}"
+    os.kill(int(victims[0].pid), signal.SIGKILL)  # a worker process this test's Ray started
+    thread.join(timeout=300)
+    assert not thread.is_alive() and "error" not in out, out
+    (restarted,) = list_actors(
+        address=gcs, filters=[("actor_id", "=", victims[0].actor_id)], detail=True
+    )
+    assert restarted.num_restarts == 1  # the kill took effect while the evaluation ran
+    assert np.isfinite(out["metrics"]["return/n400"])
+    run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["mfd.eval.status"] == "FINISHED"

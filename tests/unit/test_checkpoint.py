@@ -46,8 +46,33 @@ def test_foreign_schema_and_non_checkpoints_fail_clearly(tmp_path: Path) -> None
         load_checkpoint(tmp_path)
 
 
-def test_weights_file_refuses_arbitrary_objects(tmp_path: Path) -> None:
+class _RunsCode:
+    """Unpickling this runs code: it creates the file named by `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.path),))  # type: ignore[return-value]
+
+
+def test_weights_file_refuses_arbitrary_objects_with_one_clear_line(tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, _planner(), np.full((4, 5, 3), 1 / 3), {})
+    ran = tmp_path / "code-ran"
+    torch.save({"model": {}, "prior": torch.zeros(1), "evil": _RunsCode(ran)}, ckpt / WEIGHTS)
+    with pytest.raises(ValueError, match="holds objects other than tensors: refused") as err:
+        load_checkpoint(ckpt)
+    assert not ran.exists()  # nothing of the file's code ran
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_or_mismatched_weights_fail_clearly(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, _planner(), np.full((4, 5, 3), 1 / 3), {})
-    torch.save({"model": {}, "prior": torch.zeros(1), "evil": object()}, tmp_path / WEIGHTS)
-    with pytest.raises(Exception, match=r"[Ww]eights only|weights_only"):
+    weights = (tmp_path / WEIGHTS).read_bytes()
+    (tmp_path / WEIGHTS).write_bytes(weights[:100])
+    with pytest.raises(ValueError, match=r"unreadable .*truncated or corrupt"):
+        load_checkpoint(tmp_path)
+    torch.save({"model": {}, "prior": torch.zeros(1)}, tmp_path / WEIGHTS)
+    with pytest.raises(ValueError, match=r"does not match its meta\.json"):
         load_checkpoint(tmp_path)
