@@ -80,6 +80,10 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             rtg = np.concatenate(gathered)
         planner.set_return_stats(rtg)
     start_epoch, opt_state, logged_upto = 0, None, 0
+    if rank == 0 and loop_cfg.get("run_id"):
+        # A run that was interrupted (or restarted after a failure) may have logged epochs past
+        # its last checkpoint, or before any: they are trained again but logged once.
+        logged_upto = tracking.last_step(loop_cfg["tracking_uri"], loop_cfg["run_id"], "train/loss")
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
@@ -88,11 +92,6 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             planner.load_state_dict(loaded.state_dict())
             start_epoch = int(meta["epoch"])
         if rank == 0 and loop_cfg.get("run_id"):
-            # Epochs after the checkpoint may have been logged before the interruption: they are
-            # trained again but logged once.
-            logged_upto = tracking.last_step(
-                loop_cfg["tracking_uri"], loop_cfg["run_id"], "train/loss"
-            )
             # Visible in MLflow: this run survived a failure and went on from this epoch.
             tracking.log_metrics(
                 loop_cfg["tracking_uri"],

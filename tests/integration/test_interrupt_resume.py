@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 TINY = {
     "name": "tiny",
     "planner": {"diffusion_steps": 4, "n_particles": 8, "max_particles": 8, "window": 2},
-    # Four epochs, each long enough (~1-2 s) to be interrupted in the middle of the third.
-    "train": {"epochs": 4, "steps_per_epoch": 60, "batch_size": 4, "num_workers": 2},
+    # Four epochs, each long enough (a few seconds, also on an idle machine) that Ray Train has
+    # registered the first checkpoint when the second is written, and SIGINT lands in the third.
+    "train": {"epochs": 4, "steps_per_epoch": 300, "batch_size": 4, "num_workers": 2},
     "eval": {"n_agents": [20], "episodes": 1, "plan_windows": 2},
 }
 
