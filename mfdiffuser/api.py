@@ -472,14 +472,18 @@ def quickstart(
         QUICKSTART_CONFIG,
         [f"runtime.storage={wd / 'store'}", *(overrides or [])],
     )
-    if cfg.runtime.tracking_uri is None:
-        from mfdiffuser.platform.tracking import resolve_tracking_uri
+    from mfdiffuser.platform import tracking
 
-        cfg.runtime.tracking_uri = resolve_tracking_uri(None, wd)
+    if cfg.runtime.tracking_uri is None:
+        cfg.runtime.tracking_uri = tracking.resolve_tracking_uri(None, wd)
     out = run_experiment(cfg, wd, resume=resume)
     out["workdir"] = str(wd)
     mfd = Path(sys.executable).parent / "mfd"  # the venv's: its bin directory may not be on PATH
     out["mlflow_ui_command"] = f"{mfd} ui --tracking-uri {cfg.runtime.tracking_uri}"
+    run = tracking.client(cfg.runtime.tracking_uri).get_run(out["run_id"])
+    out["mlflow_ui_url"] = tracking.ui_url(
+        experiment_id=run.info.experiment_id, run_id=run.info.run_id
+    )
     return out
 
 

@@ -428,7 +428,8 @@ def quickstart(
             _summary(r)
             + (
                 f"\n\nResults in {r['workdir']}\n"
-                f"Open them in the MLflow UI:\n  {r['mlflow_ui_command']}"
+                f"Open them in the MLflow UI:\n  {r['mlflow_ui_command']}\n"
+                f"  then {r['mlflow_ui_url']}"
             )
         ),
     )
@@ -499,7 +500,9 @@ def ui(
     from mfdiffuser.dashboards.ui import serve, store_uri
 
     uri = _guard(lambda: store_uri(tracking_uri))
-    typer.echo(f"MLflow UI on {uri}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    from mfdiffuser.platform.tracking import ui_url
+
+    typer.echo(f"MLflow UI on {uri}: {ui_url(port)} (Ctrl-C stops it)")
     raise typer.Exit(serve(uri, port))
 
 

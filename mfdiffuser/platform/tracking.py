@@ -71,6 +71,16 @@ KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 _READY: set[str] = set()
 
 
+def ui_url(port: int = 5000, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """A link into `mfd ui` that opens MLflow 3's model-training view (runs, metrics). Without
+    `workflowType` in the URL a fresh browser opens its GenAI view (traces) even for an
+    experiment tagged as model training."""
+    page = "experiments"
+    if experiment_id is not None:
+        page += f"/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"http://127.0.0.1:{port}/#/{page}?workflowType=machine_learning"
+
+
 def client(uri: str) -> Any:
     """An `MlflowClient` of the store. A new SQLite store is created once under a file lock
     beside it: two commands starting at once against a fresh store would otherwise both run

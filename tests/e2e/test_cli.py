@@ -208,6 +208,13 @@ def test_quickstart_tiny(tmp_path: Path) -> None:
     } <= keys
     # Nothing escaped the working directory.
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mfd-work").exists()
+    # What it prints to open the run: the venv's `mfd ui` on this store, the run's page in the
+    # model-training view.
+    assert (
+        out["mlflow_ui_command"]
+        == f"{Path(sys.executable).parent / 'mfd'} ui --tracking-uri sqlite:///{db}"
+    )
+    assert out["mlflow_ui_url"].endswith(f"/runs/{out['run_id']}?workflowType=machine_learning")
 
 
 def test_human_summary_shows_the_decomposition() -> None:

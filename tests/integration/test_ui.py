@@ -78,7 +78,8 @@ def test_mfd_ui_serves_the_store_and_stops_clean(tmp_path: Path) -> None:
         mfd.send_signal(signal.SIGTERM)
         out, _ = mfd.communicate(timeout=60)
     assert mfd.returncode == 0, out
-    assert f"MLflow UI on {uri}: {base}" in out
+    # the link opens MLflow 3's model-training view (a fresh browser defaults to GenAI traces)
+    assert f"MLflow UI on {uri}: {base}/#/experiments?workflowType=machine_learning" in out
     deadline = time.monotonic() + 10
     while session_pids(mfd.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
