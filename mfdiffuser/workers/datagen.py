@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -145,7 +146,10 @@ def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
         cfg.data.shards,
         cfg.data.seed,
     )
-    return storage.join(cfg.runtime.storage, "datasets", dataset_id(spec)), spec
+    root = cfg.runtime.storage
+    if "://" not in root:  # absolute: Ray Train workers and rollout actors run elsewhere
+        root = str(Path(root).resolve())
+    return storage.join(root, "datasets", dataset_id(spec)), spec
 
 
 class Dataset(NamedTuple):

@@ -60,12 +60,14 @@ def _mfd(*args: str) -> dict:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_generate_train_evaluate(
-    name: str, ray_local: None, tracking: list[str], tmp_path: Path
+    name: str, ray_local: None, tracking: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = get_benchmark(name)
     settings = [*TINY, *PARAMS.get(name, []), f"train.num_workers={WORKERS.get(name, 1)}"]
     sets = [x for s in settings for x in ("-s", s)]
-    where = ["--storage", str(tmp_path / "store")]
+    # A relative store, as a user types it: the Ray workers run in other working directories.
+    monkeypatch.chdir(tmp_path)
+    where = ["--storage", "store"]
 
     data = _mfd("generate", name, *sets, *where)
     horizon = load_config(None, [f"benchmark.name={name}", *settings]).benchmark.horizon
