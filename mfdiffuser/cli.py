@@ -533,7 +533,7 @@ def _summary(r: dict[str, Any]) -> str:
             f"distribution shift {m['subopt/distribution_shift']:+.4f}, "
             f"generative error {m['subopt/generative_error']:+.4f}"
         )
-        lines.append(f"  suboptimality (METHOD.md §6): {terms}")
+        lines.append(f"  suboptimality, four terms: {terms}")
         for key in sorted(k for k in m if k.startswith("subopt/mf_error/n")):
             n = key.rsplit("/n", 1)[1]
             lines.append(
