@@ -8,10 +8,12 @@ logs `train/*` metrics to MLflow; a failed worker group restarts from the last c
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import tempfile
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +210,9 @@ class LoopbackBackend(_TorchBackend):
         if set(worker_group.execute(ray.util.get_node_ip_address)) != {"127.0.0.1"}:
             super().on_start(worker_group, backend_config)
             return
-        # A fresh file per attempt: a FileStore file must not be reused by another group.
-        self.store = Path(tempfile.gettempdir()) / f"mfd-ddp-{uuid.uuid4().hex}"
+        # A fresh file per attempt: a FileStore file must not be reused by another group. The
+        # directory is the driver's, removed after fit() whatever happened to the workers.
+        self.store = Path(backend_config.store_dir) / f"rendezvous-{uuid.uuid4().hex}"
         worker_group.execute(_gloo_on_loopback)
         worker_group.execute(_set_torch_distributed_env_vars)
         n = len(worker_group)
@@ -228,12 +231,17 @@ class LoopbackBackend(_TorchBackend):
         ray.get(setups)
 
     def on_shutdown(self, worker_group: Any, backend_config: Any) -> None:
-        super().on_shutdown(worker_group, backend_config)
-        if self.store is not None:  # torch removes it unless a rank died
-            self.store.unlink(missing_ok=True)
+        try:
+            super().on_shutdown(worker_group, backend_config)
+        finally:
+            if self.store is not None:  # torch removes it unless a rank died
+                self.store.unlink(missing_ok=True)
 
 
+@dataclass
 class LoopbackTorchConfig(TorchConfig):
+    store_dir: str = ""  # where the ranks' FileStore files go (one machine: a local directory)
+
     @property
     def backend_cls(self) -> type:
         return LoopbackBackend
@@ -268,6 +276,7 @@ def train_planner(
         storage_path = storage.join(cfg.runtime.storage, "train")
     else:
         storage_path = str(Path(cfg.runtime.storage).resolve() / "train")
+    rendezvous = tempfile.mkdtemp(prefix="mfd-ddp-")  # removed after fit (see LoopbackBackend)
     trainer = Trainer(
         _train_worker,
         train_loop_config={
@@ -283,7 +292,7 @@ def train_planner(
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
-        torch_config=LoopbackTorchConfig(),
+        torch_config=LoopbackTorchConfig(store_dir=rendezvous),
         run_config=ray.train.RunConfig(
             # A unique name: re-using one with the same storage silently resumes the old run.
             name=run_name or f"{cfg.name}-{uuid.uuid4().hex[:8]}",
@@ -321,6 +330,7 @@ def train_planner(
         # fit() installs a SIGINT handler that aborts its (by then finished) controller
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_sigint)
+        shutil.rmtree(rendezvous, ignore_errors=True)
     if result.error is not None:
         raise result.error
     epoch = read_meta(result.checkpoint.path)["epoch"] if result.checkpoint is not None else 0

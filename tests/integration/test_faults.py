@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,12 @@ from mfdiffuser.workers.datagen import generate_dataset
 pytestmark = pytest.mark.integration
 
 
+def _rendezvous_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("mfd-ddp-*"))
+
+
 def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path) -> None:
+    rendezvous = _rendezvous_dirs()
     cfg = load_config(
         None,
         [
@@ -82,6 +88,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_local: None, tmp_path: Path) 
     steps = sorted(m.step for m in client.get_metric_history(out["run_id"], "train/epoch"))
     # Every epoch logged once: the epochs after the checkpoint are trained again, not logged again.
     assert steps == [1, 2, 3, 4]
+    # The DDP rendezvous files, one per attempt (a rank died in the first), are all gone.
+    assert _rendezvous_dirs() == rendezvous
 
 
 def test_killed_generator_actor_is_restarted_and_the_dataset_is_identical(
