@@ -263,9 +263,10 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     start = time.perf_counter()
     tags = tracking.get_run(uri, run_id).data.tags
     done = tags.get("mfd.checkpoint")
-    if done and Path(done).is_dir() and read_meta(done).get("epoch") == cfg.train.epochs:
+    meta = read_meta(done) if done and Path(done).is_dir() else {}
+    if meta.get("epoch") == cfg.train.epochs:
         _notice(f"training of run {run_id} finished before: reusing checkpoint {done}")
-        return {"checkpoint": done, "dataset": read_meta(done)["dataset"], "repaired": None}
+        return {"checkpoint": done, "dataset": meta["dataset"], "repaired": None}
     train_name = tags.get("mfd.train_name") or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     with _ray(cfg):
         check_fits(cfg)

@@ -1,11 +1,11 @@
-"""The four-term suboptimality decomposition of METHOD.md §6 (finite-state benchmarks).
+"""The four-term suboptimality decomposition (finite-state benchmarks).
 
     J^∞(π_ref) − J^N(π̂) =  [J^∞(π_ref) − J^∞(π_β*)]     regularisation gap (data quality, β)
                           + [J^∞(π_β*)  − J^∞(π_β^D)]    offline distribution shift (coverage)
                           + [J^∞(π_β^D) − J^∞(π̂)]       generative error (the diffusion model)
                           + [J^∞(π̂)    − J^N(π̂)]        mean-field approximation error
 
-Our documented choices where METHOD.md leaves room:
+Our choices where the paper's bound leaves room:
 - π_b (in π_β*) is the TRUE behaviour policy: the occupancy-weighted mixture of the policies that
   made the data (`occupancy_mixture`), and A^{π_b} its exact advantage against its own exact flow.
 - π_β^D is the target the diffusion model is actually trained on: the data's EMPIRICAL behaviour

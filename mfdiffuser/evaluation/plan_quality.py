@@ -1,4 +1,4 @@
-"""How good are the planner's generated trajectories themselves (METHOD.md §6, "also logged")?
+"""How good are the planner's generated trajectories themselves (logged beside the decomposition)?
 
 - Trajectory distance: the unbiased MMD² (Gaussian kernel) between a set of generated particle
   windows and the held-out data windows they stand for (same episode, window start, μ_t and

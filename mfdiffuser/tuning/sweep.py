@@ -1,4 +1,4 @@
-"""Tune sweeps over N, H, data quality, method, β, M and seeds (ARCHITECTURE.md data flow, step 5).
+"""Tune sweeps over N, H, data quality, method, β, M and seeds.
 
 A sweep file is an experiment config (the same sections as `configs/quickstart.yaml`) plus a
 `sweep:` section:
@@ -61,7 +61,7 @@ AXES: dict[str, list[str]] = {
     "method": [],  # expands through METHODS
 }
 
-# A method is a named set of planner settings (the ablations of METHOD.md §7 / issue 4).
+# A method is a named set of planner settings (the method and its ablations).
 METHODS: dict[str, dict[str, Any]] = {
     "mf_diffuser": {},
     "mf_diffuser_flat": {"planner.stages": 1},
@@ -79,7 +79,7 @@ class SweepSection(BaseModel):
         ge=1,
         le=MAX_AGENT_STEPS,
         description="hold agent-transitions per dataset fixed across N: "
-        "episodes = ceil(this / (N * horizon)) (BENCHMARKS.md sweep axes)",
+        "episodes = ceil(this / (N * horizon)) (so coverage does not change with N)",
     )
     max_concurrent_trials: int | None = Field(
         None,
