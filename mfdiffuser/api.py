@@ -208,6 +208,23 @@ def _notice(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def check_method(cfg: ExperimentConfig) -> None:
+    """The config's method can run on its benchmark at its N, or ConfigError (before Ray)."""
+    from mfdiffuser.methods.registry import get_method
+
+    spec = get_benchmark(cfg.benchmark.name)
+    reason = get_method(cfg.method.name).cannot_run(spec, [cfg.data.n_agents, *cfg.eval.n_agents])
+    if reason is None:
+        return
+    if not spec.exact_model:
+        raise ConfigError(
+            f"benchmark.name = {cfg.benchmark.name!r}: methods train on finite-state "
+            "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
+            f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
+        )
+    raise ConfigError(f"method.name = {cfg.method.name!r}: {reason}")
+
+
 def train(
     cfg: ExperimentConfig,
     *,
@@ -225,12 +242,7 @@ def train(
     from mfdiffuser.platform import tracking
     from mfdiffuser.workers.datagen import Dataset
 
-    if not get_benchmark(cfg.benchmark.name).exact_model:
-        raise ConfigError(
-            f"benchmark.name = {cfg.benchmark.name!r}: the planner trains on finite-state "
-            "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
-            f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
-        )
+    check_method(cfg)
     # A user's dataset is verified (and refused if it fails) before any run or Ray work.
     given = Dataset(cfg.data.path, verify_dataset(cfg.data.path), None) if cfg.data.path else None
     uri = tracking_uri or _tracking(cfg)
@@ -254,11 +266,12 @@ def train(
 
 
 def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None) -> dict[str, Any]:
-    from mfdiffuser.planner.checkpoint import read_meta
+    from mfdiffuser.methods.checkpoint import read_meta
+    from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import check_fits
     from mfdiffuser.workers.datagen import generate_dataset
-    from mfdiffuser.workers.trainer import train_planner
+    from mfdiffuser.workers.trainer import solve_reference, train_planner
 
     start = time.perf_counter()
     tags = tracking.get_run(uri, run_id).data.tags
@@ -278,9 +291,18 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
         _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
         if "behaviour/return" not in _run_metrics(uri, run_id):  # once, also when resumed
             tracking.log_metrics(uri, run_id, _behaviour_metrics(manifest.behaviour))
-        checkpoint = train_planner(
-            cfg, dataset, len(manifest.shards), tracking_uri=uri, run_id=run_id, run_name=train_name
-        )
+        if get_method(cfg.method.name).kind == "reference":
+            checkpoint = solve_reference(cfg, dataset, train_name)
+            tracking.log_metrics(uri, run_id, read_meta(checkpoint)["metrics"])
+        else:
+            checkpoint = train_planner(
+                cfg,
+                dataset,
+                len(manifest.shards),
+                tracking_uri=uri,
+                run_id=run_id,
+                run_name=train_name,
+            )
     tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
     tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
     tracking.set_tags(uri, run_id, {"mfd.checkpoint": str(checkpoint)})
@@ -318,7 +340,7 @@ def evaluate(
     """
     from mfdiffuser.data.manifest import read_manifest
     from mfdiffuser.data.verify import verify_dataset
-    from mfdiffuser.planner.checkpoint import load_checkpoint, read_meta
+    from mfdiffuser.methods.checkpoint import load_checkpoint, read_meta
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import ray_session
     from mfdiffuser.workers.rollout import evaluate_checkpoint

@@ -1,4 +1,4 @@
-"""The one experiment config: benchmark, data, planner, training, evaluation, runtime.
+"""The one experiment config: benchmark, data, method, training, evaluation, runtime.
 
 Loaded from YAML (`configs/*.yaml`) and overridden with `-s key=value`. Every value is validated
 here, before any Ray work starts; errors name the field, the value and what is allowed.
@@ -8,6 +8,7 @@ This module is pure pydantic: it imports neither Ray nor MLflow.
 from __future__ import annotations
 
 import json
+import math
 import re
 import reprlib
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -26,6 +28,7 @@ from pydantic import (
 
 from mfdiffuser.envs.behaviour import QUALITIES
 from mfdiffuser.envs.registry import BENCHMARKS, did_you_mean, get_benchmark, unknown_benchmark
+from mfdiffuser.methods.registry import METHODS, get_method, unknown_method
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.platform.names import SafeName
 
@@ -95,6 +98,49 @@ class BenchmarkSection(_Section):
         return get_benchmark(self.name).horizon(self.params)
 
 
+class MethodSection(_Section):
+    name: str = Field("mf_diffuser", description="registered method name (`mfd methods`)")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the method's parameters (`mfd methods`)"
+    )
+    # The parameters given (before defaults), so defaults can adapt to the benchmark.
+    _given: set[str] = PrivateAttr(default_factory=set)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in METHODS:
+            raise ValueError(unknown_method(name))
+        return name
+
+    @model_validator(mode="after")
+    def _params_valid(self) -> MethodSection:
+        spec = get_method(self.name)
+        pinned = [
+            f"method.params.{k} = {_shown(self.params[k])}: {self.name} fixes {k} = "
+            f"{_shown(v)} (it is that variant); drop the setting or use another method"
+            for k, v in spec.fixed.items()
+            if k in self.params and self.params[k] != v
+        ]
+        if pinned:
+            raise ValueError("; ".join(pinned))
+        try:
+            # Strict in JSON mode, as the benchmark's parameters.
+            raw = json.dumps({**self.params, **spec.fixed}, default=str)
+            validated = spec.params_model.model_validate_json(raw, strict=True).model_dump()
+        except ValidationError as err:
+            lines = validation_lines(err, prefix="method.params").splitlines()
+            raise ValueError("; ".join(lines)) from None
+        self._given = set(self.params)
+        object.__setattr__(self, "params", validated)  # complete: every record holds all of it
+        return self
+
+    @property
+    def settings(self) -> BaseModel:
+        """The validated parameter object (e.g. a PlannerConfig for the MF-Diffuser family)."""
+        return get_method(self.name).params(self.params)
+
+
 class DataSection(_Section):
     quality: str = Field("expert", description=f"behaviour data quality: {', '.join(QUALITIES)}")
     n_agents: int = Field(
@@ -138,8 +184,8 @@ class TrainSection(_Section):
         16,
         ge=1,
         le=65_536,
-        description="windows per worker per step, 1..65536; batch_size x planner.n_particles x "
-        "planner.window x planner.hidden <= 2^28 (1 GiB of float32 per activation)",
+        description="windows per worker per step, 1..65536; batch_size x the method's "
+        "n_particles x window x hidden (those it has) <= 2^28 (1 GiB of float32 per activation)",
     )
     lr: float = Field(1e-3, gt=0, le=1000.0, description="learning rate, (0, 1000]")
     num_workers: int = Field(
@@ -218,31 +264,62 @@ class ExperimentConfig(_Section):
     )
     benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
     data: DataSection = Field(default_factory=DataSection)
-    planner: PlannerConfig = Field(default_factory=PlannerConfig)
+    method: MethodSection = Field(default_factory=MethodSection)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _planner_alias(cls, data: Any) -> Any:
+        """`planner:` is MF-Diffuser's parameters: an alias of `method.params` for its family."""
+        if not isinstance(data, dict) or "planner" not in data:
+            return data
+        data = dict(data)
+        planner, method = data.pop("planner"), dict(data.get("method") or {})
+        name = method.get("name", "mf_diffuser")
+        if name in METHODS and METHODS[name].family != "mf_diffuser":
+            raise ValueError(
+                f"planner: holds MF-Diffuser's settings; method {name!r} takes its own under "
+                "method.params (see `mfd methods`)"
+            )
+        if not isinstance(planner, dict):
+            raise ValueError(f"planner = {_shown(planner)}: must be a mapping of settings")
+        method["params"] = {**planner, **(method.get("params") or {})}
+        data["method"] = method
+        return data
+
+    @property
+    def planner(self) -> PlannerConfig:
+        """MF-Diffuser's parameters (methods of its family only)."""
+        settings = self.method.settings
+        if not isinstance(settings, PlannerConfig):
+            raise AttributeError(f"method {self.method.name!r} has no planner settings")
+        return settings
+
     @model_validator(mode="after")
     def _window_fits(self) -> ExperimentConfig:
         horizon = self.benchmark.horizon
-        if "window" not in self.planner.model_fields_set and self.planner.window > horizon:
-            # The default window is capped at short episodes (stage games: 2), so that
-            # `mfd generate left_right` needs no planner setting it never uses.
-            planner = PlannerConfig.model_validate(
-                {**self.planner.model_dump(exclude_unset=True), "window": horizon}
-            )
-            object.__setattr__(self, "planner", planner)
-        if self.planner.window > horizon:
+        window = self.method.params.get("window")
+        if window is None:
+            return self
+        if "window" not in self.method._given and window > horizon:
+            # A default window is capped at short episodes (stage games: 2), so that
+            # `mfd generate left_right` needs no method setting it never uses.
+            given = {k: self.method.params[k] for k in self.method._given}
+            section = MethodSection(name=self.method.name, params={**given, "window": horizon})
+            section._given = set(self.method._given)
+            object.__setattr__(self, "method", section)
+        elif window > horizon:
             raise ValueError(
-                f"planner.window = {self.planner.window} is longer than the benchmark's horizon "
+                f"method.params.window = {window} is longer than the benchmark's horizon "
                 f"{horizon}; allowed: 1..{horizon}"
             )
         return self
 
     @model_validator(mode="after")
     def _fits_in_memory(self) -> ExperimentConfig:
-        d, e, p, t = self.data, self.eval, self.planner, self.train
+        d, e, t, p = self.data, self.eval, self.train, self.method.params
         horizon = self.benchmark.horizon
         steps = d.episodes * d.n_agents * horizon
         if steps > MAX_AGENT_STEPS:
@@ -257,11 +334,13 @@ class ExperimentConfig(_Section):
                 f"{e.seeds} x horizon {horizon} = {steps:.3g} agent-steps; "
                 f"allowed: <= {MAX_AGENT_STEPS:.0e}"
             )
-        size = t.batch_size * p.n_particles * p.window * p.hidden
+        # One activation of a network over windows: batch x particles x window x width.
+        dims = [k for k in ("n_particles", "window", "hidden") if isinstance(p.get(k), int)]
+        size = t.batch_size * math.prod(p[k] for k in dims)
         if size > 2**28:
+            names = " x ".join(["train.batch_size", *(f"method.params.{k}" for k in dims)])
             raise ValueError(
-                f"train.batch_size x planner.n_particles x planner.window x planner.hidden = "
-                f"{size:.3g} floats per activation; allowed: <= 2^28 (1 GiB of float32)"
+                f"{names} = {size:.3g} floats per activation; allowed: <= 2^28 (1 GiB of float32)"
             )
         return self
 
@@ -328,18 +407,28 @@ def _leaf_fields(model: type[BaseModel], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def resolve_key(key: str, benchmark: str) -> list[str]:
+def resolve_key(key: str, benchmark: str, method: str = "mf_diffuser") -> list[str]:
     """Resolve an override key to its dotted path.
 
-    Dotted keys are taken as they are. A bare key is a benchmark parameter if the benchmark has it
-    (`size`, `horizon`), else the one config field with that name (`n_agents` is ambiguous:
-    `data.n_agents` vs `eval.n_agents`, so the data one wins as the benchmark-facing N).
+    Dotted keys are taken as they are; `planner.X` is `method.params.X` for the MF-Diffuser
+    family. A bare key is a benchmark parameter if the benchmark has it (`size`, `horizon`),
+    else a parameter of the method (`window`, `beta`), else the one config field with that name
+    (`n_agents` is ambiguous: `data.n_agents` vs `eval.n_agents`, so the data one wins as the
+    benchmark-facing N).
     """
     spec = get_benchmark(benchmark)
+    mspec = get_method(method)
     leaves = _leaf_fields(ExperimentConfig)
     params = list(spec.params_model.model_fields)
+    method_params = [p for p in mspec.params_model.model_fields if p not in mspec.fixed]
+    if key.startswith("planner.") and mspec.family == "mf_diffuser":
+        key = "method.params." + key.removeprefix("planner.")
     if "." in key:
-        paths = [*leaves, *(f"benchmark.params.{p}" for p in params)]
+        paths = [
+            *leaves,
+            *(f"benchmark.params.{p}" for p in params),
+            *(f"method.params.{p}" for p in method_params),
+        ]
         if key not in paths:
             section = key.rsplit(".", 1)[0] + "."
             fields = [p.removeprefix(section) for p in paths if p.startswith(section)]
@@ -350,6 +439,12 @@ def resolve_key(key: str, benchmark: str) -> list[str]:
                 if fields
                 else did_you_mean(key, paths)
             )
+            pinned = key.removeprefix("method.params.")
+            if key.startswith("method.params.") and pinned in mspec.fixed:
+                raise ConfigError(
+                    f"-s {key}: {method} fixes {pinned} = {mspec.fixed[pinned]!r} (it is that "
+                    "variant); use another method to change it"
+                )
             raise ConfigError(
                 f"-s {key}: unknown setting{hint}; allowed: "
                 + (f"{section}{{{', '.join(fields)}}}" if fields else ", ".join(sections))
@@ -357,16 +452,26 @@ def resolve_key(key: str, benchmark: str) -> list[str]:
         return key.split(".")
     if key in params:
         return ["benchmark", "params", key]
+    if key in method_params:
+        return ["method", "params", key]
+    if key in mspec.fixed:
+        raise ConfigError(
+            f"-s {key}: {method} fixes {key} = {mspec.fixed[key]!r} (it is that variant); use "
+            "another method to change it"
+        )
     if key == "n_agents":
         return ["data", "n_agents"]
+    if key == "method":
+        return ["method", "name"]
     matches = [p for p, leaf in leaves.items() if leaf == key]
     if len(matches) == 1:
         return matches[0].split(".")
     if not matches:
+        choices = [*params, *method_params, *leaves.values()]
         raise ConfigError(
-            f"-s {key}: unknown setting{did_you_mean(key, [*params, *leaves.values()])}; use a "
-            f"dotted path (e.g. planner.window) or one of the {benchmark} parameters: "
-            f"{', '.join(params)}"
+            f"-s {key}: unknown setting{did_you_mean(key, choices)}; use a dotted path (e.g. "
+            f"train.lr), one of the {benchmark} parameters: {', '.join(params)}, or one of the "
+            f"{method} parameters (`mfd methods`)"
         )
     raise ConfigError(f"-s {key}: ambiguous, say which: {', '.join(matches)}")
 
@@ -500,10 +605,14 @@ def load_config(
     benchmark = names[-1] if names else str(data.get("benchmark", {}).get("name", "crowd_1d"))
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"benchmark.name = {_shown(benchmark)}: {unknown_benchmark(benchmark)}")
+    names = [str(v) for k, v in items if k in ("method", "method.name")]
+    method = names[-1] if names else str((data.get("method") or {}).get("name", "mf_diffuser"))
+    if method not in METHODS:
+        raise ConfigError(f"method.name = {_shown(method)}: {unknown_method(method)}")
     explicit: dict[str, Any] = {}  # dotted path -> value, of the settings on the command line
     for key, value in items:
         node = data
-        parts = ["benchmark", "name"] if key == "benchmark" else resolve_key(key, benchmark)
+        parts = ["benchmark", "name"] if key == "benchmark" else resolve_key(key, benchmark, method)
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -566,6 +675,8 @@ def bind_dataset(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
         )
     data = cfg.model_dump()
     data["benchmark"] = {"name": bench["name"], "params": bench["params"]}
+    # Only the method parameters given: defaults adapt to the dataset's benchmark (the window).
+    data["method"]["params"] = {k: cfg.method.params[k] for k in cfg.method._given}
     data["data"].update({k.removeprefix("data."): v for k, v in fixed.items() if k[:5] == "data."})
     return _validate(data)
 

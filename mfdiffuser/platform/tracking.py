@@ -134,6 +134,9 @@ def flat_params(cfg: ExperimentConfig) -> dict[str, str]:
 
     walk("", cfg.model_dump(exclude={"runtime"}))
     out["benchmark.version"] = str(_benchmark_version(cfg))
+    from mfdiffuser.methods.registry import get_method
+
+    out["method.version"] = str(get_method(cfg.method.name).version)
     return out
 
 
@@ -150,14 +153,15 @@ def config_hash(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_tags(cfg: ExperimentConfig, method: str = "mf_diffuser") -> dict[str, str]:
+def run_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    window = cfg.method.params.get("window")
     return {
         "mfd.benchmark": cfg.benchmark.name,
         "mfd.benchmark_version": str(_benchmark_version(cfg)),
         "mfd.n_agents": str(cfg.data.n_agents),
-        "mfd.window": str(cfg.planner.window),
+        **({"mfd.window": str(window)} if window is not None else {}),
         "mfd.quality": cfg.data.quality,
-        "mfd.method": method,
+        "mfd.method": cfg.method.name,
         "mfd.seed": str(cfg.train.seed),
         "mfd.code_version": code_version(),
         "mfd.config_hash": config_hash(cfg),

@@ -32,6 +32,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mfdiffuser.envs.registry import get_benchmark
+from mfdiffuser.methods.registry import METHODS, get_method, unknown_method
 from mfdiffuser.platform.config import (
     MAX_AGENT_STEPS,
     MAX_CPUS,
@@ -49,24 +51,16 @@ from mfdiffuser.platform.names import derived_name
 AXES: dict[str, list[str]] = {
     "n_agents": ["data.n_agents"],
     "N": ["data.n_agents"],
-    "window": ["planner.window"],
-    "H": ["planner.window"],
+    "window": ["method.params.window"],
+    "H": ["method.params.window"],
     "horizon": ["benchmark.params.horizon"],
     "quality": ["data.quality"],
-    "beta": ["planner.beta"],
-    "particles": ["planner.max_particles"],
-    "M": ["planner.max_particles"],
+    "beta": ["method.params.beta"],
+    "particles": ["method.params.max_particles"],
+    "M": ["method.params.max_particles"],
     # One seed for the whole trial: its dataset, its training and its evaluation.
     "seed": ["data.seed", "train.seed", "eval.seed"],
-    "method": [],  # expands through METHODS
-}
-
-# A method is a named set of planner settings (the method and its ablations).
-METHODS: dict[str, dict[str, Any]] = {
-    "mf_diffuser": {},
-    "mf_diffuser_flat": {"planner.stages": 1},
-    "mf_diffuser_unweighted": {"planner.beta": 0.0},
-    "per_agent_diffuser": {"planner.interaction": False, "planner.stages": 1},
+    "method": ["method.name"],  # any registered method (`mfd methods`)
 }
 
 
@@ -96,6 +90,11 @@ class SweepSection(BaseModel):
     eval_at_trial_n: bool = Field(
         True, description="evaluate each trial at its own N (else at eval.n_agents)"
     )
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per method, settings for its trials only (`-s`-style keys: train.epochs, "
+        "a method parameter such as hidden); e.g. a training budget per method",
+    )
 
     @field_validator("grid")
     @classmethod
@@ -121,7 +120,20 @@ class Trial(BaseModel):
 
     @property
     def method(self) -> str:
-        return str(self.axes.get("method", "mf_diffuser"))
+        return str(self.config["method"]["name"])
+
+
+class Skipped(BaseModel):
+    """A grid cell that cannot run (e.g. a method above its agent limit), with the reason."""
+
+    axes: dict[str, Any]
+    key: str
+    method: str
+    benchmark: str
+    quality: str
+    n_agents: int
+    seed: int
+    reason: str
 
 
 class Sweep(BaseModel):
@@ -131,6 +143,7 @@ class Sweep(BaseModel):
     section: SweepSection
     base: dict[str, Any]
     trials: list[Trial]
+    skipped: list[Skipped] = Field(default_factory=list)
 
     @property
     def sweep_id(self) -> str:
@@ -143,7 +156,7 @@ class Sweep(BaseModel):
         return ExperimentConfig.model_validate(trial.config)
 
 
-def _axis_paths(axis: str, benchmark: str) -> list[list[str]]:
+def _axis_paths(axis: str, benchmark: str, method: str) -> list[list[str]]:
     if axis in AXES:
         return [p.split(".") for p in AXES[axis]]
     if "." not in axis:
@@ -151,7 +164,7 @@ def _axis_paths(axis: str, benchmark: str) -> list[list[str]]:
             f"sweep.grid.{axis}: unknown axis; allowed: {', '.join(AXES)} "
             "or a dotted config path (e.g. train.lr)"
         )
-    return [resolve_key(axis, benchmark)]
+    return [resolve_key(axis, benchmark, method)]
 
 
 def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -161,8 +174,36 @@ def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _lacks(path: list[str], method: str) -> str | None:
+    """Why a method cannot take a setting of method.params (None: it can)."""
+    if path[:2] != ["method", "params"]:
+        return None
+    spec = get_method(method)
+    name = path[2]
+    if name in spec.fixed:
+        return f"{method} fixes {name} = {spec.fixed[name]!r}"
+    if name not in spec.params_model.model_fields:
+        return f"{method} has no parameter {name}"
+    return None
+
+
+def _trial_name(cfg: ExperimentConfig, axes: dict[str, Any]) -> str:
+    """`<benchmark>-<quality>-N<N>-<method>-seed<seed>`, plus any other axis values."""
+    named = {"n_agents", "N", "quality", "seed", "method"}
+    rest = "-".join(
+        f"{k.rsplit('.', 1)[-1]}{json.dumps(v, sort_keys=True)}"
+        for k, v in axes.items()
+        if k not in named
+    )
+    name = f"{cfg.benchmark.name}-{cfg.data.quality}-N{cfg.data.n_agents}-{cfg.method.name}"
+    return derived_name(name, f"seed{cfg.train.seed}" + (f"-{rest}" if rest else ""))
+
+
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
-    """Parse and validate a sweep file; every trial's config is validated before anything runs."""
+    """Parse and validate a sweep file; every trial's config is validated before anything runs.
+
+    A cell a method cannot run (above its agent limit, a parameter it does not have, a benchmark
+    it cannot handle) is skipped with its reason; a grid with no runnable cell is an error."""
     raw = read_yaml_file(path) or {}
     if not isinstance(raw, dict) or "sweep" not in raw:
         raise ConfigError(f"--config = {str(path)!r}: a sweep file needs a `sweep:` section")
@@ -170,38 +211,59 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         section = SweepSection.model_validate(raw.pop("sweep") or {})
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "sweep")) from None
-    base: dict[str, Any] = raw
+    try:  # `planner:` is an alias of method.params: resolved once, in the base
+        base: dict[str, Any] = ExperimentConfig._planner_alias(raw)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     benchmark = str(base.get("benchmark", {}).get("name", "crowd_1d"))
+    base_method = str((base.get("method") or {}).get("name", "mf_diffuser"))
     for item in overrides or []:
         key, value = parse_override(item)
-        _set(base, resolve_key(key, benchmark), value)
+        _set(base, resolve_key(key, benchmark, base_method), value)
     # Validate the base once so its own errors are not reported once per trial.
     try:
         ExperimentConfig.model_validate(base)
     except ValidationError as err:
         raise ConfigError(validation_lines(err)) from None
 
-    for axis, values in section.grid.items():
-        _axis_paths(axis, benchmark)
-        if axis == "method":
-            unknown = [v for v in values if v not in METHODS]
-            if unknown:
-                raise ConfigError(
-                    f"sweep.grid.method = {unknown[0]!r}: unknown method; "
-                    f"allowed: {', '.join(METHODS)}"
-                )
+    methods = [str(v) for v in section.grid.get("method", [base_method])]
+    for name in [*methods, *section.methods]:
+        if name not in METHODS:
+            raise ConfigError(f"sweep.grid.method = {name!r}: {unknown_method(name)}")
+    per_method = {
+        name: [
+            (resolve_key(str(k), benchmark, name), v)
+            for k, v in section.methods.get(name, {}).items()
+        ]
+        for name in methods
+    }
+    for axis in section.grid:  # an axis any of the methods takes (others skip it per cell)
+        errors = []
+        for name in methods:
+            try:
+                _axis_paths(axis, benchmark, name)
+            except ConfigError as err:
+                errors.append(err)
+        if len(errors) == len(methods):
+            raise errors[0]
     axes = list(section.grid)
-    trials = []
+    trials: list[Trial] = []
+    skipped: list[Skipped] = []
     for combo in itertools.product(*(section.grid[a] for a in axes)):
         assignment = dict(zip(axes, combo, strict=True))
+        method = str(assignment.get("method", base_method))
         data = _deep_merge({}, base)
+        data["method"] = _method_base(base.get("method") or {}, method)
+        reasons = []
+        for path_, value in per_method[method]:
+            _set(data, path_, value)
         for axis, value in assignment.items():
-            if axis == "method":
-                for dotted, v in METHODS[value].items():
-                    _set(data, dotted.split("."), v)
-                continue
-            for path_ in _axis_paths(axis, benchmark):
-                _set(data, path_, value)
+            for path_ in _axis_paths(axis, benchmark, method):
+                reason = _lacks(path_, method)
+                if reason:
+                    reasons.append(f"{axis}: {reason}")
+                else:
+                    _set(data, path_, value)
         try:
             cfg = ExperimentConfig.model_validate(data)
         except ValidationError as err:
@@ -214,12 +276,55 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
         if section.eval_at_trial_n:
             cfg.eval.n_agents = [cfg.data.n_agents]
         key = ",".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in assignment.items())
+        cannot = get_method(method).cannot_run(
+            get_benchmark(cfg.benchmark.name), [cfg.data.n_agents, *cfg.eval.n_agents]
+        )
+        if cannot:
+            reasons.append(cannot)
+        if reasons:
+            skipped.append(
+                Skipped(
+                    axes=assignment,
+                    key=key,
+                    method=method,
+                    benchmark=cfg.benchmark.name,
+                    quality=cfg.data.quality,
+                    n_agents=cfg.data.n_agents,
+                    seed=cfg.train.seed,
+                    reason="; ".join(reasons),
+                )
+            )
+            continue
         # A trial's name becomes directory names: safe characters only (the key is a tag).
-        cfg.name = derived_name(str(raw.get("name", "sweep")), key)
+        cfg.name = _trial_name(cfg, assignment)
         trials.append(Trial(axes=assignment, key=key, config=cfg.model_dump()))
-    if len({t.key for t in trials}) != len(trials):
+    if len({t.key for t in trials} | {c.key for c in skipped}) != len(trials) + len(skipped):
         raise ConfigError("sweep.grid: repeated values make duplicate trials")
-    return Sweep(name=str(raw.get("name", "sweep")), section=section, base=base, trials=trials)
+    if not trials:
+        first = skipped[0]
+        raise ConfigError(
+            f"sweep.grid: every one of the {len(skipped)} cells is skipped, e.g. ({first.key}): "
+            f"{first.reason}"
+        )
+    return Sweep(
+        name=str(raw.get("name", "sweep")),
+        section=section,
+        base=base,
+        trials=trials,
+        skipped=skipped,
+    )
+
+
+def _method_base(section: dict[str, Any], method: str) -> dict[str, Any]:
+    """The base config's method section for a trial of `method`: the base's parameters that
+    this method has (a shared `window` or `hidden`), not the ones it lacks or pins."""
+    spec = get_method(method)
+    params = {
+        k: v
+        for k, v in (section.get("params") or {}).items()
+        if k in spec.params_model.model_fields and k not in spec.fixed
+    }
+    return {"name": method, "params": params}
 
 
 # --------------------------------------------------------------------------------- MLflow runs
@@ -260,6 +365,10 @@ def parent_run(sweep: Sweep, cfg: ExperimentConfig, uri: str, resume: bool) -> s
         },
     )
     client.log_param(run.info.run_id, "grid", json.dumps(sweep.section.grid)[:6000])
+    from mfdiffuser.api import _log_json
+
+    skipped = [c.model_dump() for c in sweep.skipped]
+    _log_json(uri, str(run.info.run_id), skipped, "sweep", "skipped.json")
     return str(run.info.run_id)
 
 

@@ -1,10 +1,12 @@
-"""Evaluation by Ray actors: each actor loads a checkpoint once and plays the planner at a given N.
+"""Evaluation by Ray actors: each actor loads a checkpoint once and plays its method at a given N.
 
-Rollouts at several N and seeds run in parallel. One more actor freezes the planner into its policy
-table (METHOD.md §5) and computes the exact parts of the evaluation at the same time: the table's
-exploitability and J^∞, the N-free terms of the suboptimality decomposition (§6) and the quality of
-the generated plans. The table is then also played by N agents ("table rollouts"): the pure
-mean-field error of a fixed policy, next to the live planner's.
+Any registered method: the actor asks the method for its policy (`Method.policy`). Rollouts at
+several N and seeds run in parallel. One more actor freezes the policy into its table and computes
+the exact parts of the evaluation at the same time: the table's exploitability and J^∞, the
+N-free terms of the suboptimality decomposition (with the method's value tilt β, 0 for methods
+without one) and, for generative planners, the quality of the generated plans. The table is then
+also played by N agents ("table rollouts"): the pure mean-field error of a fixed policy, next to
+the live policy's.
 """
 
 from __future__ import annotations
@@ -28,38 +30,24 @@ class RolloutActor:
         import torch
 
         from mfdiffuser.envs.registry import get_benchmark
-        from mfdiffuser.planner.acting import FiniteStatePlannerPolicy
-        from mfdiffuser.planner.checkpoint import load_checkpoint
+        from mfdiffuser.methods.checkpoint import load_checkpoint
 
         torch.set_num_threads(1)
-        planner, prior, meta, _ = load_checkpoint(checkpoint)
+        method, prior, meta, _ = load_checkpoint(checkpoint)
         self.cfg = ExperimentConfig.model_validate(meta["config"])
         self.meta = meta
-        self.planner, self.prior = planner, prior
+        self.method, self.prior = method, prior
         self.spec = get_benchmark(self.cfg.benchmark.name)
         self.game = self.spec.game(self.cfg.benchmark.params)
-        self.policy = FiniteStatePlannerPolicy(planner, self.game, prior, planner.cfg)
 
     def returns(self, n_agents: int, episodes: int, seed: int) -> dict[str, Any]:
-        """Per-episode J^N of the live planner (one planner call per step)."""
-        import torch
-
-        from mfdiffuser.planner.acting import PlannerPolicy
-
-        # The acting rule and replanning (planner.acting, planner.replan_every) live in the
-        # policy object; with the defaults it is exactly one finite-rule planner call per step.
-        live = PlannerPolicy(
-            self.planner,
-            self.game,
-            self.prior,
-            self.planner.cfg,
-            torch.Generator().manual_seed(seed),
-        )
+        """Per-episode J^N of the method's live policy (for a planner: one call per step)."""
+        policy = self.method.policy(self.game, self.prior, seed)
 
         def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return np.asarray(live.act(t, states, rng))
+            return np.asarray(policy.act(t, states, rng))
 
-        act.reset = live.reset  # type: ignore[attr-defined]  # called by episode_return
+        act.reset = policy.reset  # type: ignore[attr-defined]  # called by episode_return
         return self._play(act, n_agents, episodes, seed)
 
     def table_returns(
@@ -86,7 +74,8 @@ class RolloutActor:
     def table(self, seed: int) -> dict[str, Any]:
         from mfdiffuser.evaluation.rollout import propagate_fn, table_metrics
 
-        table = self.policy.expected_table(propagate_fn(self.game), seed)
+        policy = self.method.policy(self.game, self.prior, seed)
+        table = policy.expected_table(propagate_fn(self.game), seed)
         return {"table": table, **table_metrics(self.game, table)}
 
     def diagnostics(self, table: list[list[list[float]]], seed: int) -> dict[str, Any]:
@@ -99,7 +88,8 @@ class RolloutActor:
         from mfdiffuser.evaluation.decomposition import exact_terms
         from mfdiffuser.evaluation.plan_quality import plan_quality
 
-        game, cfg, pcfg = self.game, self.cfg, self.planner.cfg
+        game, cfg = self.game, self.cfg
+        beta, weight_clip = self.method.tilt
         arrays, _ = load_episodes(self.meta["dataset"])
         advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
         made = self.spec.behaviour(game, cfg.data.quality)
@@ -115,11 +105,12 @@ class RolloutActor:
             prior=self.prior,
             advantage=advantage,
             table=np.asarray(table, dtype=np.float64),
-            beta=pcfg.beta,
-            weight_clip=pcfg.weight_clip,
+            beta=beta,
+            weight_clip=weight_clip,
         )
         out: dict[str, Any] = {"values": values, "metrics": {}}
-        if cfg.eval.plan_windows > 0:
+        window = getattr(self.method.params, "window", None)
+        if cfg.eval.plan_windows > 0 and self.method.generative and window is not None:
             import torch
 
             # Held-out episodes: the behaviour policies again, from a seed the dataset never used.
@@ -136,15 +127,15 @@ class RolloutActor:
                 ctx = torch.as_tensor(np.asarray(game.context(t, mu), dtype=np.float32))[None]
                 fs = torch.as_tensor(np.asarray(game.features(first), dtype=np.float32))[None]
                 # Data layout states ⊕ actions for any action head (inverse dynamics included).
-                return self.planner.sample_transitions(ctx, fs, gen, t=t)[0].cpu().numpy()
+                return self.method.sample_transitions(ctx, fs, gen, t=t)[0].cpu().numpy()
 
             out["metrics"] = plan_quality(
                 game,
                 sample,
                 ho.states,
                 ho.actions,
-                window=pcfg.window,
-                n_particles=pcfg.n_particles,
+                window=int(window),
+                n_particles=int(getattr(self.method.params, "n_particles", 1)),
                 n_windows=cfg.eval.plan_windows,
                 seed=seed,
             )

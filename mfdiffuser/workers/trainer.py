@@ -1,8 +1,9 @@
-"""Fit the planner with Ray Train: `TorchTrainer`, DDP on every worker (gloo on CPU, NCCL on GPU).
+"""Fit a trained method with Ray Train: `TorchTrainer`, DDP on every worker (gloo or NCCL).
 
 Each worker reads its share of the dataset's shards, rank 0 writes a checkpoint every epoch and
 logs `train/*` metrics to MLflow; a failed worker group restarts from the last checkpoint
-(`train.max_failures`). The loop itself is `mfdiffuser.planner.training.train_epochs`.
+(`train.max_failures`). The loop itself is `mfdiffuser.methods.training.train_epochs`; the
+method comes from the registry (`cfg.method`), built for the game's dimensions.
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from mfdiffuser.data.advantages import advantage_from_sums, advantage_sums
-    from mfdiffuser.data.windows import WindowSampler, load_episodes, normalise_counts
+    from mfdiffuser.data.windows import load_episodes, normalise_counts
     from mfdiffuser.envs.registry import get_benchmark
-    from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
-    from mfdiffuser.planner.diffusion import MFDiffuser, returns_to_go
-    from mfdiffuser.planner.training import train_epochs
+    from mfdiffuser.methods.base import DataStats, Dims, TrainedMethod
+    from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
+    from mfdiffuser.methods.registry import get_method
+    from mfdiffuser.methods.training import train_epochs
+    from mfdiffuser.planner.diffusion import returns_to_go
     from mfdiffuser.platform import tracking
 
     cfg = ExperimentConfig.model_validate(loop_cfg["config"])
@@ -61,26 +64,25 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     n_shards = int(loop_cfg["n_shards"])
     mine = list(range(rank, n_shards, world)) or list(range(n_shards))
     arrays, manifest = load_episodes(loop_cfg["dataset"], mine)
-    # Whole-dataset statistics from every rank's shards: action counts (the behaviour prior) and
-    # return-to-go sums (the advantages of the value weighting, METHOD.md §3).
+    # Whole-dataset statistics from every rank's shards: action counts (the behaviour prior),
+    # return-to-go sums (the advantages) and every episode's population return-to-go.
     sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
     stats = torch.as_tensor(np.stack([sums, counts]))
+    rtg = returns_to_go(arrays.rewards)
     if world > 1:
         dist.all_reduce(stats)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, rtg)
+        rtg = np.concatenate(gathered)
     sums, counts = stats[0].numpy(), stats[1].numpy()
     prior = normalise_counts(counts)
-    advantage = advantage_from_sums(sums, counts) if cfg.planner.beta > 0 else None
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    planner = MFDiffuser.from_spec(cfg.planner, game.feature_dim, game.n_actions, game.context_dim)
-    if cfg.planner.return_guidance:
-        # Return normaliser and guidance targets from every rank's episodes (identical on all).
-        rtg = returns_to_go(arrays.rewards)
-        if world > 1:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rtg)
-            rtg = np.concatenate(gathered)
-        planner.set_return_stats(rtg)
+    spec = get_method(cfg.method.name)
+    method = spec.build(cfg.method.settings, Dims.of(game))
+    if not isinstance(method, TrainedMethod):
+        raise TypeError(f"method {spec.name!r} is not trained (kind {spec.kind!r})")
+    method.prepare(DataStats(prior, advantage_from_sums(sums, counts), rtg))
     start_epoch, opt_state, logged_upto = 0, None, 0
     if rank == 0 and loop_cfg.get("run_id"):
         # A run that was interrupted (or restarted after a failure) may have logged epochs past
@@ -90,8 +92,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     if resume is not None:
         with resume.as_directory() as d:
             loaded, _, meta, opt_state = load_checkpoint(d)
-            # Denoiser plus the optional parts (EMA, inverse head, return normaliser).
-            planner.load_state_dict(loaded.state_dict())
+            method.load_state_dict(loaded.state_dict())
             start_epoch = int(meta["epoch"])
         if rank == 0 and loop_cfg.get("run_id"):
             # Visible in MLflow: this run survived a failure and went on from this epoch.
@@ -101,15 +102,11 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
                 {"train/resumed_from_epoch": float(start_epoch)},
                 step=start_epoch,
             )
-    planner.to(device)
-    # The denoiser, or denoiser + inverse-dynamics head: one DDP wrapper syncs both.
-    model = ray.train.torch.prepare_model(planner.train_module())
-    sampler = WindowSampler(
+    method.to(device)
+    model = ray.train.torch.prepare_model(method.train_module())
+    batches = method.batches(
         arrays,
         game,
-        cfg.planner.window,
-        cfg.planner.n_particles,
-        advantage=advantage,
         seed=int(np.random.SeedSequence([cfg.train.seed, rank, start_epoch]).generate_state(1)[0]),
     )
 
@@ -126,7 +123,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             # Diverged: a checkpoint of these weights is worthless, and a restart repeats it.
             raise FloatingPointError(
                 f"train/loss = {loss} in epoch {epoch + 1}: training diverged; "
-                f"lower train.lr (now {cfg.train.lr}) or planner.weight_clip"
+                f"lower train.lr (now {cfg.train.lr})"
             )
         metrics = {**metrics, "train/world_size": float(world)}
         if rank != 0:
@@ -137,22 +134,14 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
                 loop_cfg["tracking_uri"], loop_cfg["run_id"], metrics, step=epoch + 1
             )
         with tempfile.TemporaryDirectory() as tmp:
-            meta = {
-                "epoch": epoch + 1,
-                "config": cfg.model_dump(),
-                "dataset_id": manifest.dataset_id,
-                "dataset": loop_cfg["dataset"],
-                "run_id": loop_cfg.get("run_id"),
-                "tracking_uri": loop_cfg.get("tracking_uri"),
-                "code_version": loop_cfg["code_version"],
-                "metrics": metrics,
-            }
-            save_checkpoint(tmp, planner, prior, meta, optimizer)
+            save_checkpoint(
+                tmp, method, prior, _meta(loop_cfg, cfg, manifest, epoch, metrics), optimizer
+            )
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     train_epochs(
-        planner,
-        sampler,
+        method,
+        batches,
         epochs=cfg.train.epochs,
         steps_per_epoch=cfg.train.steps_per_epoch,
         batch_size=cfg.train.batch_size,
@@ -164,6 +153,26 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         device=device,
         reduce_mean=reduce_mean,
     )
+
+
+def _meta(
+    loop_cfg: dict[str, Any],
+    cfg: ExperimentConfig,
+    manifest: Any,
+    epoch: int,
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """A checkpoint's provenance: where it was made, from what, after how many epochs."""
+    return {
+        "epoch": epoch + 1,
+        "config": cfg.model_dump(),
+        "dataset_id": manifest.dataset_id,
+        "dataset": loop_cfg["dataset"],
+        "run_id": loop_cfg.get("run_id"),
+        "tracking_uri": loop_cfg.get("tracking_uri"),
+        "code_version": loop_cfg["code_version"],
+        "metrics": metrics,
+    }
 
 
 # Errors of the training loop that a restart would only repeat: a bad value (our own
@@ -266,7 +275,7 @@ def train_planner(
 ) -> Path:
     """Run the TorchTrainer; returns the local path of the final checkpoint directory."""
     from mfdiffuser.data import storage
-    from mfdiffuser.planner.checkpoint import read_meta
+    from mfdiffuser.methods.checkpoint import read_meta
     from mfdiffuser.platform.provenance import code_version
     from mfdiffuser.platform.runtime import cluster_gpus
 
@@ -338,3 +347,38 @@ def train_planner(
         # No error but not every epoch: Ray Train's SIGINT handler aborted the run (Ctrl-C).
         raise KeyboardInterrupt(f"training interrupted after epoch {epoch} of {cfg.train.epochs}")
     return Path(result.checkpoint.path)
+
+
+def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path:
+    """A reference method (no data, no Ray Train): solved here, saved as a checkpoint.
+
+    The checkpoint holds the dataset's behaviour prior like a trained one, so the evaluation
+    (decomposition included) treats both alike."""
+    from mfdiffuser.data.windows import behaviour_prior, load_episodes
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.methods.base import Dims, ReferenceMethod
+    from mfdiffuser.methods.checkpoint import save_checkpoint
+    from mfdiffuser.methods.registry import get_method
+    from mfdiffuser.platform.provenance import code_version
+
+    if "://" in cfg.runtime.storage:
+        raise ConfigError(
+            f"runtime.storage = {cfg.runtime.storage!r}: reference methods write their "
+            "checkpoint to a local directory only so far"
+        )
+    game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
+    method = get_method(cfg.method.name).build(cfg.method.settings, Dims.of(game))
+    assert isinstance(method, ReferenceMethod)
+    figures = method.solve(game)
+    arrays, manifest = load_episodes(dataset)
+    prior = behaviour_prior(arrays, game.n_states, game.n_actions)
+    out = Path(cfg.runtime.storage).resolve() / "train" / run_name / "checkpoint_solved"
+    meta = {
+        "epoch": cfg.train.epochs,  # nothing to train: complete
+        "config": cfg.model_dump(),
+        "dataset_id": manifest.dataset_id,
+        "dataset": dataset,
+        "code_version": code_version(),
+        "metrics": figures,
+    }
+    return save_checkpoint(out, method, prior, meta)

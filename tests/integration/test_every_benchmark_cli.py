@@ -83,7 +83,7 @@ def test_generate_train_evaluate(
     train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
     if not spec.exact_model:  # no planner for battle yet, so there is no checkpoint either
         for args, needle in (
-            (["train", *train], "the planner trains on finite-state benchmarks only"),
+            (["train", *train], "methods train on finite-state benchmarks only"),
             (["evaluate", data["dataset"]], "not a checkpoint"),
         ):
             result = CliRunner().invoke(app, args)

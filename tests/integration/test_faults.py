@@ -21,7 +21,7 @@ from ray.util.state import list_actors
 
 from mfdiffuser import api
 from mfdiffuser.data.verify import verify_dataset
-from mfdiffuser.planner.checkpoint import read_meta
+from mfdiffuser.methods.checkpoint import read_meta
 from mfdiffuser.platform.config import load_config
 from mfdiffuser.workers.datagen import generate_dataset
 

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from mfdiffuser import api
 from mfdiffuser.cli import app
 from mfdiffuser.data.manifest import read_manifest
-from mfdiffuser.planner.checkpoint import read_meta
+from mfdiffuser.methods.checkpoint import read_meta
 from mfdiffuser.platform.config import ExperimentConfig, load_config
 from mfdiffuser.workers.datagen import generate_dataset
 

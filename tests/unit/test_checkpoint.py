@@ -9,26 +9,30 @@ import numpy as np
 import pytest
 import torch
 
-from mfdiffuser.planner.checkpoint import META, WEIGHTS, load_checkpoint, save_checkpoint
+from mfdiffuser.methods.checkpoint import META, WEIGHTS, load_checkpoint, save_checkpoint
+from mfdiffuser.methods.mf_diffuser import MFDiffuserMethod
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 
 
-def _planner() -> MFDiffuser:
+def _planner() -> MFDiffuserMethod:
     torch.manual_seed(0)
-    return MFDiffuser.from_spec(PlannerConfig(hidden=16, n_blocks=1), 5, 3, 8)
+    return MFDiffuserMethod.of(MFDiffuser.from_spec(PlannerConfig(hidden=16, n_blocks=1), 5, 3, 8))
 
 
 def test_round_trip_is_exact_and_atomic(tmp_path: Path) -> None:
-    planner = _planner()
+    method = _planner()
+    planner = method.planner
     prior = np.random.default_rng(0).dirichlet(np.ones(3), size=(4, 5))
     opt = torch.optim.Adam(planner.model.parameters())
-    save_checkpoint(tmp_path, planner, prior, {"epoch": 2, "run_id": "r"}, opt)
+    save_checkpoint(tmp_path, method, prior, {"epoch": 2, "run_id": "r"}, opt)
     assert sorted(p.name for p in tmp_path.iterdir()) == [META, WEIGHTS]  # no temp files left
 
-    loaded, prior2, meta, opt_state = load_checkpoint(tmp_path)
+    loaded_method, prior2, meta, opt_state = load_checkpoint(tmp_path)
+    loaded = loaded_method.planner
     np.testing.assert_array_equal(prior2, prior)
-    assert meta["epoch"] == 2 and meta["dims"] == planner.dims()
+    assert meta["epoch"] == 2 and meta["method"]["name"] == "mf_diffuser"
+    assert loaded.dims() == planner.dims()
     assert loaded.cfg == planner.cfg and opt_state is not None
     x, k, ctx = torch.randn(2, 4, 4, 8), torch.tensor([0, 5]), torch.randn(2, 8)
     with torch.no_grad():
@@ -73,6 +77,6 @@ def test_truncated_or_mismatched_weights_fail_clearly(tmp_path: Path) -> None:
     (tmp_path / WEIGHTS).write_bytes(weights[:100])
     with pytest.raises(ValueError, match=r"unreadable .*truncated or corrupt"):
         load_checkpoint(tmp_path)
-    torch.save({"model": {}, "prior": torch.zeros(1)}, tmp_path / WEIGHTS)
+    torch.save({"state": {}, "prior": torch.zeros(1)}, tmp_path / WEIGHTS)
     with pytest.raises(ValueError, match=r"does not match its meta\.json"):
         load_checkpoint(tmp_path)

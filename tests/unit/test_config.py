@@ -38,7 +38,7 @@ def test_list_values_parse_as_yaml() -> None:
         ("benchmark.name=nope", ["benchmark.name", "'nope'", "crowd_1d"]),
         ("n_agents=0", ["data.n_agents", "0", "greater than or equal to 1"]),
         ("data.quality=great", ["data.quality", "'great'", "random", "expert"]),
-        ("planner.window=11", ["planner.window", "11", "1..10"]),
+        ("planner.window=11", ["method.params.window", "11", "1..10"]),
         ("size=1", ["params.size", "1", "greater than or equal to 2"]),
         ("horizon=-3", ["params.horizon", "-3"]),
         ("data.path=/no/such/dataset", ["data.path", "/no/such/dataset", "manifest.json"]),
@@ -58,7 +58,8 @@ def test_unknown_and_ambiguous_keys() -> None:
         load_config(None, ["frobnicate=3"])
     with pytest.raises(ConfigError, match="ambiguous"):
         load_config(None, ["seed=3"])  # data.seed, train.seed, eval.seed
-    with pytest.raises(ConfigError, match=r"planner.frobnicate: unknown setting; allowed: planner"):
+    unknown = r"method.params.frobnicate: unknown setting; allowed: method.params"
+    with pytest.raises(ConfigError, match=unknown):
         load_config(None, ["planner.frobnicate=3"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, ["size"])
@@ -67,8 +68,8 @@ def test_unknown_and_ambiguous_keys() -> None:
 @pytest.mark.parametrize(
     ("override", "suggestion"),
     [
-        ("planner.windw=3", "(did you mean planner.window?)"),
-        ("plannr.window=3", "(did you mean planner.window?)"),
+        ("planner.windw=3", "(did you mean method.params.window?)"),
+        ("method.param.window=3", "(did you mean method.params.window?)"),
         ("benchmark.params.sise=3", "(did you mean benchmark.params.size?)"),
         ("sze=3", "(did you mean size?)"),
         ("n_agent=3", "(did you mean n_agents?)"),

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from mfdiffuser.cli import app
 from mfdiffuser.envs.registry import get_benchmark
+from mfdiffuser.methods.registry import get_method
 from mfdiffuser.platform.config import ExperimentConfig
 
 MAX_MESSAGE = 400  # characters of the one error line
@@ -59,9 +60,10 @@ FIELDS = {
             "max_actors",
         )
     ),
+    "method.name",
     *(f"runtime.{f}" for f in ("address", "num_cpus", "storage", "tracking_uri", "experiment")),
     *(
-        f"planner.{f}"
+        f"method.params.{f}"
         for f in (
             "window",
             "n_particles",
@@ -98,9 +100,9 @@ FIELDS = {
 BOOL = {
     "train.use_gpu",
     "eval.decomposition",
-    "planner.interaction",
-    "planner.clip_denoised",
-    "planner.return_guidance",
+    "method.params.interaction",
+    "method.params.clip_denoised",
+    "method.params.return_guidance",
 }
 NULLABLE = {
     "data.path",
@@ -110,8 +112,8 @@ NULLABLE = {
     "runtime.num_cpus",
     "runtime.tracking_uri",
     "runtime.experiment",
-    "planner.stage_steps",
-    "planner.sampling_steps",
+    "method.params.stage_steps",
+    "method.params.sampling_steps",
 }
 ZERO_OK = {  # seeds, counts that may be 0, and floats whose 0 means "off"
     "data.seed",
@@ -120,23 +122,23 @@ ZERO_OK = {  # seeds, counts that may be 0, and floats whose 0 means "off"
     "train.max_failures",
     "eval.plan_windows",
     "benchmark.params.crowd_aversion",
-    "planner.beta",
-    "planner.smoothing",
-    "planner.cfg_dropout",
-    "planner.guidance",
-    "planner.guidance_quantile",
-    "planner.ddim_eta",
-    "planner.ema_decay",
+    "method.params.beta",
+    "method.params.smoothing",
+    "method.params.cfg_dropout",
+    "method.params.guidance",
+    "method.params.guidance_quantile",
+    "method.params.ddim_eta",
+    "method.params.ema_decay",
 }
 FLOAT_1_5_OK = {  # float fields whose range includes 1.5 (probabilities and η stop at 1)
     "benchmark.params.crowd_aversion",
     "train.lr",
     "train.cpus_per_worker",
     "eval.actor_cpus",
-    "planner.beta",
-    "planner.weight_clip",
-    "planner.smoothing",
-    "planner.guidance",
+    "method.params.beta",
+    "method.params.weight_clip",
+    "method.params.smoothing",
+    "method.params.guidance",
 }
 NAMES = {"name", "runtime.experiment"}  # names that become paths: letters, digits, . _ -
 FREE_TEXT = {"runtime.address", "runtime.storage", "runtime.tracking_uri"}  # printable text
@@ -172,8 +174,9 @@ def leaf_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> 
     out: set[str] = set()
     for name, info in model.model_fields.items():
         if name == "params":
-            params = get_benchmark("crowd_1d").params_model
-            out |= {f"{prefix}params.{p}" for p in params.model_fields}
+            owner = prefix.rstrip(".")
+            spec = get_benchmark("crowd_1d") if owner == "benchmark" else get_method("mf_diffuser")
+            out |= {f"{prefix}params.{p}" for p in spec.params_model.model_fields}
         elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
             out |= leaf_fields(info.annotation, f"{prefix}{name}.")
         else:

@@ -118,7 +118,8 @@ def test_budgets_name_the_fields_they_multiply() -> None:
     )
     one_error_line(
         *mfd("config", "-s", "train.batch_size=4096", "-s", "planner.hidden=1024"),
-        "train.batch_size x planner.n_particles x planner.window x planner.hidden",
+        "train.batch_size x method.params.n_particles x method.params.window x "
+        "method.params.hidden",
     )
 
 
@@ -166,7 +167,7 @@ def test_sweep_trial_names_are_safe_and_keys_stay_tags(tmp_path: Path) -> None:
     )
     sw = load_sweep(p)
     names = [sw.experiment_config(t).name for t in sw.trials]
-    assert names[0] == "crowd_1d-medium-N-100-quality-medium-train.lr-0.001"
+    assert names[0] == "crowd_1d-medium-N100-mf_diffuser-seed0-lr0.001"
     assert len(set(names)) == len(names) == 4
     for name in names:
         assert check_name(name) == name and not set(name) & set('[]"=,/ ')

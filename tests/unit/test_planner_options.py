@@ -14,6 +14,8 @@ from line_game import LineGame
 from torch import Tensor, nn
 
 from mfdiffuser.data.windows import EpisodeArrays, WindowSampler
+from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
+from mfdiffuser.methods.mf_diffuser import MFDiffuserMethod
 from mfdiffuser.planner.acting import (
     FiniteStatePlannerPolicy,
     MatchingPlannerPolicy,
@@ -21,7 +23,6 @@ from mfdiffuser.planner.acting import (
     balanced_assignment,
     representatives,
 )
-from mfdiffuser.planner.checkpoint import load_checkpoint, save_checkpoint
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.denoiser import MeanFieldDenoiser
 from mfdiffuser.planner.diffusion import (
@@ -240,8 +241,8 @@ def test_inverse_dynamics_acting_and_checkpoint(id_planner: MFDiffuser, tmp_path
     table = policy.action_table(0, GAME.mu0, None, torch.Generator().manual_seed(0))
     assert table.shape == (S, A) and np.all(table >= 0)
     np.testing.assert_allclose(table.sum(-1), 1.0)
-    save_checkpoint(tmp_path, id_planner, _prior(), {"epoch": 1})
-    loaded, _, _, _ = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, MFDiffuserMethod.of(id_planner), _prior(), {"epoch": 1})
+    loaded = load_checkpoint(tmp_path)[0].planner
     assert loaded.inverse is not None and id_planner.inverse is not None
     for name in ("inverse", "ema_model", "ema_inverse"):
         saved, back = id_planner.state_dict()[name], loaded.state_dict()[name]
@@ -363,8 +364,8 @@ def test_ema_in_training_checkpoint_and_sampling(tmp_path: Path) -> None:
     ema, model = planner.ema_model.state_dict(), planner.model.state_dict()
     assert any(not torch.equal(ema[k], model[k]) for k in ema)
     assert any(not torch.equal(ema[k], start[k]) for k in ema)
-    save_checkpoint(tmp_path, planner, _prior(), {"epoch": 1})
-    loaded, _, _, _ = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, MFDiffuserMethod.of(planner), _prior(), {"epoch": 1})
+    loaded = load_checkpoint(tmp_path)[0].planner
     assert loaded.ema_model is not None
     assert all(torch.equal(loaded.ema_model.state_dict()[k], ema[k]) for k in ema)
     # Sampling uses the EMA weights: equal to a plain planner that holds them as its model.
@@ -513,8 +514,8 @@ def test_same_seed_same_actions_across_calls_and_checkpoint(tmp_path: Path) -> N
 
     first = actions(planner, 1)
     assert np.array_equal(first, actions(planner, 2))
-    save_checkpoint(tmp_path, planner, _prior(), {"epoch": 1})
-    loaded, _, _, _ = load_checkpoint(tmp_path)
+    save_checkpoint(tmp_path, MFDiffuserMethod.of(planner), _prior(), {"epoch": 1})
+    loaded = load_checkpoint(tmp_path)[0].planner
     assert loaded.return_stats is not None
     assert np.array_equal(first, actions(loaded, 3))
     table = FiniteStatePlannerPolicy(loaded, GAME, _prior(), loaded.cfg).expected_table(

@@ -1,0 +1,124 @@
+"""Method checkpoints: a directory with `weights.pt` (tensors only) and `meta.json`.
+
+`weights.pt` holds the method's state (`Method.state_dict()`: nested dicts of tensors), the
+behaviour prior and, optionally, the optimizer state; it is loaded with
+`torch.load(weights_only=True)`, so a checkpoint can never execute code. `meta.json` holds the
+method (name, version, parameters), the game's dimensions, the full config, the dataset and the
+code version: provenance, never authority (where to connect comes from the user).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mfdiffuser.methods.base import Dims, Method
+from mfdiffuser.methods.registry import METHODS
+
+# 3: any registered method (meta.json "method" and "dims"; weights.pt "state").
+# 2: MF-Diffuser only ("planner" in meta.json), refused with a clear message.
+CHECKPOINT_SCHEMA = 3
+WEIGHTS, META = "weights.pt", "meta.json"
+
+
+def _cpu(state: Any) -> Any:
+    if isinstance(state, dict):
+        return {k: _cpu(v) for k, v in state.items()}
+    return state.detach().cpu() if isinstance(state, torch.Tensor) else state
+
+
+def save_checkpoint(
+    directory: str | Path,
+    method: Method,
+    prior: np.ndarray,
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> Path:
+    """Write atomically: files go to a temporary name and are renamed into place."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    blob: dict[str, Any] = {
+        "state": _cpu(method.state_dict()),
+        "prior": torch.as_tensor(prior, dtype=torch.float64),
+    }
+    if optimizer is not None:
+        blob["optimizer"] = optimizer.state_dict()
+    spec = METHODS[method.name]
+    full_meta = {
+        **meta,
+        "checkpoint_schema": CHECKPOINT_SCHEMA,
+        "method": {
+            "name": spec.name,
+            "version": spec.version,
+            "params": method.params.model_dump(),
+        },
+        "dims": dataclasses.asdict(method.dims),
+    }
+    for name, write in (
+        (WEIGHTS, lambda f: torch.save(blob, f)),
+        (META, lambda f: f.write(json.dumps(full_meta, indent=2, default=str).encode())),
+    ):
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, d / name)
+    return d
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(directory)!r}: no {META} (not a checkpoint)")
+    meta: dict[str, Any] = json.loads(path.read_text())
+    schema = meta.get("checkpoint_schema")
+    if schema != CHECKPOINT_SCHEMA:
+        raise ValueError(
+            f"checkpoint {str(directory)!r}: checkpoint_schema {schema}, "
+            f"this code reads {CHECKPOINT_SCHEMA}; re-train or use the matching mfdiffuser version"
+        )
+    return meta
+
+
+def load_checkpoint(
+    directory: str | Path, map_location: str = "cpu"
+) -> tuple[Method, np.ndarray, dict[str, Any], dict[str, Any] | None]:
+    """(method, prior[T, S, A], meta, optimizer_state or None)."""
+    meta = read_meta(directory)
+    where = f"checkpoint {str(directory)!r}"
+    recorded = meta.get("method", {})
+    spec = METHODS.get(str(recorded.get("name")))
+    if spec is None:
+        raise ValueError(f"{where}: method {recorded.get('name')!r} is not registered here")
+    if recorded.get("version") != spec.version:
+        raise ValueError(
+            f"{where}: made by {spec.name} v{recorded.get('version')}, this code has "
+            f"v{spec.version}; re-train or use the matching mfdiffuser version"
+        )
+    try:
+        blob = torch.load(Path(directory) / WEIGHTS, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code.
+        raise ValueError(
+            f"{where}: {WEIGHTS} holds objects other than tensors: refused (a checkpoint is only "
+            "ever loaded as tensors, so it can never run code)"
+        ) from None
+    except (OSError, RuntimeError, EOFError) as err:
+        raise ValueError(
+            f"{where}: {WEIGHTS} is unreadable ({type(err).__name__}): truncated or corrupt"
+        ) from None
+    try:
+        method = spec.build(spec.params(recorded["params"]), Dims(**meta["dims"]))
+        method.load_state_dict(blob["state"])
+        return method, blob["prior"].numpy(), meta, blob.get("optimizer")
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: {WEIGHTS} does not match its meta.json ({type(err).__name__})"
+        ) from None

@@ -1,0 +1,99 @@
+"""One registry of named, versioned methods (like the benchmark registry).
+
+Registering a method here enrols it everywhere: the config's `method:` section, `-s method=…`,
+the sweep's `method` axis, `mfd methods`, and the registry-wide tests.
+"""
+
+from __future__ import annotations
+
+from mfdiffuser.envs.registry import did_you_mean
+from mfdiffuser.methods.base import MethodSpec
+
+_MF = "mfdiffuser.methods.mf_diffuser"
+
+_SPECS = [
+    MethodSpec(
+        "mf_diffuser",
+        1,
+        "trained",
+        "MF-Diffuser: diffusion over a set of M representative agents' trajectories, "
+        "interacting through their empirical measure; value-weighted objective; coarse-to-fine "
+        "sampling",
+        _MF,
+        family="mf_diffuser",
+    ),
+    MethodSpec(
+        "mf_diffuser_flat",
+        1,
+        "trained",
+        "MF-Diffuser with the flat sampler (ablation of coarse-to-fine: stages = 1)",
+        _MF,
+        fixed={"stages": 1},
+        family="mf_diffuser",
+    ),
+    MethodSpec(
+        "mf_diffuser_unweighted",
+        1,
+        "trained",
+        "MF-Diffuser trained on the unweighted objective (ablation of value weighting: beta = 0)",
+        _MF,
+        fixed={"beta": 0.0},
+        family="mf_diffuser",
+    ),
+    MethodSpec(
+        "per_agent_diffuser",
+        1,
+        "trained",
+        "MF-Diffuser without interaction between particles and with the flat sampler: each "
+        "agent's trajectory diffused alone (interaction = false, stages = 1)",
+        _MF,
+        fixed={"interaction": False, "stages": 1},
+        family="mf_diffuser",
+    ),
+    MethodSpec(
+        "decision_diffuser",
+        1,
+        "trained",
+        "Decision Diffuser per agent: states diffused without interaction, actions read by an "
+        "inverse-dynamics model, classifier-free guidance on the return-to-go",
+        _MF,
+        fixed={
+            "interaction": False,
+            "stages": 1,
+            "beta": 0.0,
+            "action_head": "inverse_dynamics",
+            "return_guidance": True,
+        },
+        family="mf_diffuser",
+    ),
+    MethodSpec(
+        "fp",
+        1,
+        "reference",
+        "fictitious play on the exact mean-field model (no data): an approximate Nash "
+        "equilibrium, an exploitability reference",
+        "mfdiffuser.methods.reference",
+        params_name="FPParams",
+    ),
+    MethodSpec(
+        "omd",
+        1,
+        "reference",
+        "online mirror descent on the exact mean-field model (no data): an exploitability "
+        "reference",
+        "mfdiffuser.methods.reference",
+        params_name="OMDParams",
+    ),
+]
+
+METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+
+
+def unknown_method(name: str) -> str:
+    return f"unknown method{did_you_mean(name, METHODS)}; allowed: {', '.join(METHODS)}"
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise KeyError(f"method {name!r}: {unknown_method(name)}")
+    return METHODS[name]
