@@ -90,6 +90,7 @@ def _label(key: tuple[Any, ...]) -> str:
 
 
 def _method_row(method: str, recs: list[dict[str, Any]], where: str) -> dict[str, Any]:
+    recs = sorted(recs, key=lambda r: r["seed"])
     seeds = [r["seed"] for r in recs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(
@@ -147,7 +148,8 @@ def comparison_table(
     settings, compared = [], 0
     for key in sorted(groups):
         where = _label(key)
-        rows = [_method_row(m, recs, where) for m, recs in sorted(groups[key].items())]
+        order = sorted(groups[key], key=lambda m: (m != PLANNER, m in REFERENCES, m))
+        rows = [_method_row(m, groups[key][m], where) for m in order]
         for row in rows:
             row["skipped"] = [
                 {"seed": s.get("seed"), "reason": s.get("reason")}
