@@ -515,12 +515,16 @@ def table(sweep: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SingleSeedWarning)
         result = comparison_table(found["records"], found["skipped"])
+    ours = [w for w in caught if issubclass(w.category, SingleSeedWarning)]
+    for w in caught:  # any other warning goes on as it came
+        if w not in ours:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return {
         **{k: found[k] for k in ("sweep", "sweep_id", "parent_run_id")},
         "tracking_uri": uri,
         **result,
         "missing": found["missing"],
-        "warnings": [str(w.message) for w in caught if issubclass(w.category, SingleSeedWarning)],
+        "warnings": [str(w.message) for w in ours],
     }
 
 
