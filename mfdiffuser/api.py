@@ -50,6 +50,7 @@ __all__ = [
     "quickstart",
     "run_experiment",
     "solve",
+    "table",
     "train",
 ]
 
@@ -508,6 +509,45 @@ def quickstart(
         experiment_id=run.info.experiment_id, run_id=run.info.run_id
     )
     return out
+
+
+def table(sweep: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The comparison table of a sweep (`mfdiffuser.evaluation.comparison`) from its parent
+    run id or sweep id: every method per (benchmark, quality, N, other axes) over seeds, the win
+    counts, the trials that are missing (failed, unfinished) and the cells the sweep skipped.
+    Reads the store only; `warnings` lists the intervals left out for want of a second seed."""
+    import warnings
+
+    from mfdiffuser.evaluation.comparison import SingleSeedWarning, comparison_table
+    from mfdiffuser.platform import tracking
+
+    uri = resolve_and_check_tracking(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"--tracking-uri = {uri}: no such store (the file does not exist)")
+    found = tracking.sweep_results(uri, sweep)
+    if not found["records"]:
+        from collections import Counter
+
+        counts = Counter(m["status"] for m in found["missing"])
+        runs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        raise ConfigError(
+            f"--sweep = {sweep!r}: sweep {found['sweep']!r} has no finished trial "
+            f"(trial runs: {runs or 'none'})"
+        )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SingleSeedWarning)
+        result = comparison_table(found["records"], found["skipped"])
+    ours = [w for w in caught if issubclass(w.category, SingleSeedWarning)]
+    for w in caught:  # any other warning goes on as it came
+        if w not in ours:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return {
+        **{k: found[k] for k in ("sweep", "sweep_id", "parent_run_id")},
+        "tracking_uri": uri,
+        **result,
+        "missing": found["missing"],
+        "warnings": [str(w.message) for w in ours],
+    }
 
 
 def _run_metrics(uri: str, run_id: str) -> dict[str, float]:

@@ -492,6 +492,105 @@ def sweep(
 
 
 @app.command()
+def table(
+    sweep_ref: Annotated[
+        str,
+        typer.Option(
+            "--sweep", help="The sweep's parent run id (or sweep id) that `mfd sweep` prints."
+        ),
+    ],
+    tracking_uri: TrackingUri = None,
+    as_json: JsonOut = False,
+) -> None:
+    """The comparison table of a sweep: every method per setting over seeds, and the wins.
+
+    Per (benchmark, quality, N and any other axis): mean return and exploitability with 95%
+    bootstrap intervals over seeds, IQM of the return, P(mf_diffuser > method); then how often
+    each trained method has the highest mean return and a return interval above all others
+    (references fp, omd excluded). Reads the MLflow store only.
+    """
+    from mfdiffuser import api
+
+    # Reading sweep/skipped.json would draw a download progress bar on stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    result = _guard(lambda: api.table(sweep_ref, tracking_uri=tracking_uri), as_json)
+    for line in result["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
+    _emit(result, as_json, _table_text)
+
+
+def _interval(cell: dict[str, Any] | None, key: str = "mean") -> str:
+    if cell is None:
+        return "-"
+    if cell["low"] is None:
+        return f"{cell[key]:.4f} [one seed]"
+    return f"{cell[key]:.4f} [{cell['low']:.4f}, {cell['high']:.4f}]"
+
+
+def _table_text(r: dict[str, Any]) -> str:
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from mfdiffuser.evaluation.comparison import PLANNER
+
+    out = io.StringIO()
+    # markup off: error texts and reasons may hold [brackets]
+    console = Console(file=out, width=200, color_system=None, soft_wrap=True, markup=False)
+    console.print(
+        f"sweep {r['sweep']} ({r['sweep_id']}), parent run {r['parent_run_id']}: "
+        f"{sum(len(m['seeds']) for s in r['settings'] for m in s['methods'])} trials in the "
+        f"table, {len(r['missing'])} missing, "
+        f"{sum(len(m['skipped']) for s in r['settings'] for m in s['methods'])} skipped"
+    )
+    for s in r["settings"]:
+        grid = Table(title=s["label"], title_justify="left", box=box.SIMPLE_HEAD)
+        for name in (
+            "method",
+            "seeds",
+            "return [95% CI]",
+            "IQM return",
+            "exploitability [95% CI]",
+            f"P({PLANNER} > method) [95% CI]",
+        ):
+            grid.add_column(name, no_wrap=True)
+        for m in s["methods"]:
+            label = m["method"] + (" (reference)" if m["reference"] else "")
+            if m["return"] is None:
+                reasons = sorted({str(k["reason"]) for k in m["skipped"]})
+                grid.add_row(label, "0", f"n/a: {'; '.join(reasons)}", "", "", "")
+                continue
+            grid.add_row(
+                label,
+                str(len(m["seeds"])),
+                _interval(m["return"]),
+                f"{m['iqm_return']:.4f}",
+                _interval(m["exploitability"]),
+                _interval(m["p_improvement"], "value"),
+            )
+        console.print(grid)
+        verdict = f"highest mean return: {', '.join(s['highest_mean']) or '-'}"
+        verdict += f"; interval wholly above the others: {s['interval_above'] or '-'}"
+        console.print(f"  {verdict}")
+    wins = "; ".join(
+        f"{m}: highest mean {w['highest_mean']}, interval above {w['interval_above']}"
+        for m, w in r["wins"].items()
+    )
+    console.print(
+        f"wins over {r['settings_compared']} settings with two or more trained methods "
+        f"(references fp, omd excluded): {wins}"
+    )
+    for m in r["missing"]:
+        console.print(
+            f"missing: run {m['run_id']} {m['method']} seed {m['seed']} ({m['benchmark']}, "
+            f"{m['quality']}, N={m['n_agents']}): {m['reason']}"
+        )
+    return out.getvalue().rstrip()
+
+
+@app.command()
 def ui(
     tracking_uri: TrackingUri = None,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,

@@ -285,3 +285,126 @@ def record_evaluation(uri: str, run_id: str, err: BaseException | None) -> None:
         set_tags(uri, run_id, tags)
     except Exception:
         pass
+
+
+# ----------------------------------------------------------------------- reading a sweep back
+
+# Sweep axes that set a trial's benchmark, quality, N or seed, or its method: every other axis
+# (H, beta, train.lr, …) is part of the setting the comparison table compares methods in.
+SETTING_AXES = frozenset(
+    {"N", "n_agents", "quality", "seed", "method", "benchmark.name", "data.n_agents"}
+    | {"data.quality", "data.seed", "train.seed", "eval.seed"}
+)
+SKIPPED_ARTIFACT = "sweep/skipped.json"
+
+
+def _other_axes(axes: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in axes.items() if k not in SETTING_AXES}
+
+
+def _search_all(uri: str, experiment_ids: list[str], where: str) -> list[Any]:
+    """Every matching run, page by page (a sweep may have more runs than one page holds)."""
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client(uri).search_runs(
+            experiment_ids,
+            filter_string=where,
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_sweep(uri: str, ref: str) -> Any:
+    """The parent run of a sweep from its run id or its `mfd.sweep_id` (the newest such run)."""
+    run = get_run(uri, ref)
+    if run is None and "'" not in ref:
+        exp_ids = [e.experiment_id for e in client(uri).search_experiments()]
+        found = _search_all(
+            uri, exp_ids, f"tags.`mfd.sweep_id` = '{ref}' and tags.`mfd.role` = 'sweep'"
+        )
+        run = found[0] if found else None
+    if run is None:
+        raise ConfigError(
+            f"--sweep = {ref!r}: no such run or sweep id in {uri}; allowed: the parent run id "
+            "or the sweep id that `mfd sweep` prints"
+        )
+    role = run.data.tags.get("mfd.role")
+    if role != "sweep":
+        raise ConfigError(
+            f"--sweep = {ref!r}: run {run.info.run_id} is not a sweep's parent run "
+            f"(mfd.role = {role}); allowed: the parent run id or the sweep id that `mfd sweep` "
+            "prints"
+        )
+    return run
+
+
+def _skipped(uri: str, run_id: str) -> list[dict[str, Any]]:
+    import tempfile
+
+    folder = SKIPPED_ARTIFACT.rsplit("/", 1)[0]
+    if not any(a.path == SKIPPED_ARTIFACT for a in client(uri).list_artifacts(run_id, folder)):
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client(uri).download_artifacts(run_id, SKIPPED_ARTIFACT, tmp)
+        cells = json.loads(Path(path).read_text())
+    return [{**c, "extra": _other_axes(c.get("axes") or {})} for c in cells]
+
+
+def sweep_results(uri: str, ref: str) -> dict[str, Any]:
+    """A sweep's trials as comparison records, from its parent run (id or sweep id).
+
+    `records`: finished trials with their return at their own N (`return/n{N}`, N the trial's
+    `data.n_agents`) and `exploitability`; `missing`: trial runs without them (failed, still
+    running, or not evaluated at their own N), with why; `skipped`: the cells the sweep did not
+    run (its `sweep/skipped.json`). Benchmark, quality, N and seed (`train.seed`) are the
+    trial's logged config; the method is its `mfd.method` tag.
+    """
+    parent = find_sweep(uri, ref)
+    parent_id = parent.info.run_id
+    children = _search_all(
+        uri, [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    records, missing = [], []
+    for run in children:
+        params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
+        axes = {
+            k.removeprefix("mfd.axis."): json.loads(v)
+            for k, v in tags.items()
+            if k.startswith("mfd.axis.")
+        }
+        n = int(params["data.n_agents"])
+        item = {
+            "benchmark": params["benchmark.name"],
+            "quality": params["data.quality"],
+            "n_agents": n,
+            "method": tags.get("mfd.method", "mf_diffuser"),
+            "seed": int(params["train.seed"]),
+            "extra": _other_axes(axes),
+            "run_id": run.info.run_id,
+        }
+        key = f"return/n{n}"
+        if run.info.status == "FINISHED" and key in metrics:
+            records.append(
+                {**item, "return": metrics[key], "exploitability": metrics.get("exploitability")}
+            )
+            continue
+        if run.info.status != "FINISHED":
+            error = tags.get("mfd.error")
+            reason = run.info.status + (f": {error}" if error else "")
+        else:
+            reason = f"FINISHED without {key}"
+        missing.append({**item, "status": run.info.status, "reason": reason})
+    return {
+        "parent_run_id": parent_id,
+        "sweep": parent.data.tags.get("mfd.sweep"),
+        "sweep_id": parent.data.tags.get("mfd.sweep_id"),
+        "records": records,
+        "missing": missing,
+        "skipped": _skipped(uri, parent_id),
+    }
