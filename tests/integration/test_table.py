@@ -84,7 +84,8 @@ def test_table_of_a_sweep_with_a_failed_trial_a_skipped_cell_and_a_reference(
         _trial(cfg, t, tracking_uri, parent, {f"return/n{n}": ret, "exploitability": expl})
     # A reference solver's trial, one seed only (no interval: a warning).
     first = sweep.trials[0]
-    fp = Trial(axes={**first.axes, "method": "fp"}, key=first.key + ",fp", config=first.config)
+    fp_config = {**first.config, "method": {"name": "fp", "params": {}}}
+    fp = Trial(axes={**first.axes, "method": "fp"}, key=first.key + ",fp", config=fp_config)
     _trial(sweep.experiment_config(fp), fp, tracking_uri, parent, {"return/n100": 9.0})
     logged[(100, "fp")] = {0: (9.0, None)}
     cells = tmp_path / "skipped.json"
