@@ -62,6 +62,31 @@ def list_benchmarks() -> list[dict[str, Any]]:
     return [{**spec.describe(), "description": spec.description} for spec in BENCHMARKS.values()]
 
 
+def list_methods() -> list[dict[str, Any]]:
+    """Every registered method: name, version, kind, description, the parameters it pins (a
+    named variant), its agent limit, and each parameter's default and description."""
+    from mfdiffuser.methods.registry import METHODS
+
+    out = []
+    for spec in METHODS.values():
+        model = spec.params_model
+        defaults = spec.params().model_dump()
+        out.append(
+            {
+                **spec.describe(),
+                "description": spec.description,
+                "fixed": dict(spec.fixed),
+                "max_agents": spec.max_agents,
+                "parameters": {
+                    name: {"default": defaults[name], "description": info.description or ""}
+                    for name, info in model.model_fields.items()
+                    if name not in spec.fixed
+                },
+            }
+        )
+    return out
+
+
 def solve(
     benchmark: str,
     params: dict[str, Any] | None = None,

@@ -205,6 +205,27 @@ def benchmarks(as_json: JsonOut = False) -> None:
         typer.echo(f"{b['name']} v{b['version']} [{b['family']}]  {params}\n    {b['description']}")
 
 
+@app.command()
+def methods(as_json: JsonOut = False) -> None:
+    """List the registered methods: kind, version, what a variant pins, and every parameter."""
+    from mfdiffuser.api import list_methods
+
+    items = list_methods()
+    if as_json:
+        typer.echo(json.dumps(items, default=str))
+        return
+    for m in items:
+        pinned = ", ".join(f"{k}={v}" for k, v in m["fixed"].items())
+        limit = f", at most {m['max_agents']} agents" if m["max_agents"] else ""
+        typer.echo(f"{m['name']} v{m['version']} [{m['kind']}{limit}]  {m['description']}")
+        if pinned:
+            typer.echo(f"    pins: {pinned}")
+        typer.echo(
+            "    parameters: "
+            + ", ".join(f"{k}={p['default']}" for k, p in m["parameters"].items())
+        )
+
+
 @app.command("config")
 def show_config(
     config: ConfigPath = None, settings: Settings = None, as_json: JsonOut = False
@@ -480,10 +501,12 @@ def sweep(
             [
                 f"sweep {r['sweep']} ({r['sweep_id']}): {r['trials_finished']:.0f} of "
                 f"{r['trials']:.0f} trials finished, {r['trials_failed']:.0f} failed, "
+                f"{len(r['skipped'])} cells skipped, "
                 f"{r['concurrency']:.0f} at a time, {r['wall_seconds']:.1f} s",
                 f"MLflow parent run {r['parent_run_id']} in {r['tracking_uri']}",
                 f"Tune experiment {r['tune_path']}",
                 *[f"  failed: {e}" for e in r["errors"]],
+                *[f"  skipped: {c}" for c in r["skipped"]],
             ]
         ),
     )

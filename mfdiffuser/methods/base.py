@@ -68,6 +68,19 @@ class DataStats:
     advantage: TabularAdvantage
     returns_to_go: np.ndarray
 
+    @classmethod
+    def of(cls, arrays: EpisodeArrays, game: FiniteMeanFieldGame) -> DataStats:
+        """The statistics of episodes held in one process (a Train worker all-reduces the same
+        sums and counts over its ranks instead)."""
+        from mfdiffuser.data.advantages import advantage_from_sums, advantage_sums
+        from mfdiffuser.data.windows import normalise_counts
+        from mfdiffuser.planner.diffusion import returns_to_go
+
+        sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+        return cls(
+            normalise_counts(counts), advantage_from_sums(sums, counts), returns_to_go(arrays.rewards)
+        )
+
 
 class Batches(Protocol):
     """A seeded source of raw training batches (numpy arrays), e.g. `WindowSampler`."""

@@ -21,6 +21,7 @@ finishes with exactly one FINISHED run per trial.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import json
@@ -39,7 +40,6 @@ from mfdiffuser.platform.config import (
     MAX_CPUS,
     ConfigError,
     ExperimentConfig,
-    _deep_merge,
     parse_override,
     read_yaml_file,
     resolve_key,
@@ -220,16 +220,24 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for item in overrides or []:
         key, value = parse_override(item)
         _set(base, resolve_key(key, benchmark, base_method), value)
-    # Validate the base once so its own errors are not reported once per trial.
-    try:
-        ExperimentConfig.model_validate(base)
-    except ValidationError as err:
-        raise ConfigError(validation_lines(err)) from None
-
     methods = [str(v) for v in section.grid.get("method", [base_method])]
     for name in [*methods, *section.methods]:
         if name not in METHODS:
             raise ConfigError(f"sweep.grid.method = {name!r}: {unknown_method(name)}")
+    # The base's method parameters go to each method that has them; one no method has is a typo.
+    given = (base.get("method") or {}).get("params") or {}
+    for key in given:
+        if not any(key in get_method(m).params_model.model_fields for m in methods):
+            raise ConfigError(
+                f"method.params.{key}: no method of this sweep ({', '.join(methods)}) has it; "
+                "see `mfd methods`"
+            )
+    # Validate the base once so its own errors are not reported once per trial.
+    try:
+        method_base = _method_base(base.get("method") or {}, methods[0])
+        ExperimentConfig.model_validate({**base, "method": method_base})
+    except ValidationError as err:
+        raise ConfigError(validation_lines(err)) from None
     per_method = {
         name: [
             (resolve_key(str(k), benchmark, name), v)
@@ -252,7 +260,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
     for combo in itertools.product(*(section.grid[a] for a in axes)):
         assignment = dict(zip(axes, combo, strict=True))
         method = str(assignment.get("method", base_method))
-        data = _deep_merge({}, base)
+        data = copy.deepcopy(base)  # a trial's settings must not leak into the next
         data["method"] = _method_base(base.get("method") or {}, method)
         reasons = []
         for path_, value in per_method[method]:
@@ -559,5 +567,6 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
         "tune_path": exp_dir,
         "datasets": sorted(datasets),
         "errors": errors,
+        "skipped": [f"{c.key}: {c.reason}" for c in sweep.skipped],
         **{k.removeprefix("sweep/"): v for k, v in summary.items()},
     }

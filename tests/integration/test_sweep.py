@@ -3,6 +3,7 @@ does not stop the sweep, and a killed driver resumed with exactly one finished r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,13 +22,16 @@ pytestmark = pytest.mark.integration
 TINY = {
     "benchmark": {"name": "crowd_1d", "params": {"size": 6, "horizon": 4}},
     "data": {"quality": "expert", "n_agents": 20, "episodes": 4, "shards": 2},
-    "planner": {
-        "window": 2,
-        "n_particles": 8,
-        "max_particles": 8,
-        "diffusion_steps": 4,
-        "hidden": 16,
-        "n_blocks": 1,
+    "method": {
+        "params": {  # each method takes those it has
+            "window": 2,
+            "n_particles": 8,
+            "max_particles": 8,
+            "diffusion_steps": 4,
+            "hidden": 16,
+            "n_blocks": 1,
+            "draws": 1,
+        }
     },
     "train": {
         "epochs": 1,
@@ -39,10 +44,13 @@ TINY = {
 }
 
 
-def _sweep_file(tmp_path: Path, name: str, grid: dict[str, list[Any]], **section: Any) -> Path:
+def _sweep_file(
+    tmp_path: Path, name: str, grid: dict[str, list[Any]], base: dict | None = None, **section: Any
+) -> Path:
     doc = {
         "name": name,
         **TINY,
+        **(base or {}),
         "runtime": {
             "storage": str(tmp_path / "store"),
             "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -62,52 +70,73 @@ def _runs(uri: str) -> list[Any]:
     return list(client.search_runs(exps, max_results=1000)) if exps else []
 
 
-def test_sweep_nests_trial_runs_reuses_datasets_and_survives_a_failed_trial(
-    ray_local: None, tmp_path: Path
-) -> None:
-    from mfdiffuser.tuning.sweep import load_sweep, run_sweep
+def test_every_method_in_one_sweep_then_the_table(ray_local: None, tmp_path: Path) -> None:
+    """Every registered method end to end through `mfd sweep` (one trial each, one shared
+    dataset), one of them diverging (train.lr = 1000 for that method only) without stopping the
+    sweep; then `mfd table` over the sweep."""
+    from typer.testing import CliRunner
 
-    # lr = 1000 (the largest allowed) diverges in the first epoch: that trial fails, the other
-    # one must still finish.
-    sweep = load_sweep(_sweep_file(tmp_path, "lr", {"train.lr": [0.003, 1000.0]}))
-    out = run_sweep(sweep)
-    assert out["trials"] == 2 and out["trials_finished"] == 1 and out["trials_failed"] == 1
+    from mfdiffuser.cli import app
+    from mfdiffuser.methods.registry import METHODS
+
+    methods = sorted(METHODS)
+    path = _sweep_file(
+        tmp_path,
+        "methods",
+        {"method": methods, "seed": [0]},
+        base={"method": {"params": {**TINY["method"]["params"], "iterations": 20}}},
+        methods={"mf_diffuser_unweighted": {"train.lr": 1000.0}},
+    )
+    r = CliRunner().invoke(app, ["sweep", "-c", str(path), "--json"])
+    assert r.exit_code == 1, (r.stdout[-2000:], r.stderr[-3000:])  # one trial failed
+    out = json.loads(r.stdout)
+    assert out["trials"] == len(methods) and out["trials_failed"] == 1
     assert "diverged" in out["errors"][0]
-    assert len(out["datasets"]) == 1  # both trials read the same, once-generated dataset
+    assert len(out["datasets"]) == 1  # every method read the same, once-generated dataset
     assert len(list((tmp_path / "store" / "datasets").iterdir())) == 1
 
     runs = _runs(out["tracking_uri"])
     parent = [r for r in runs if r.data.tags.get("mfd.role") == "sweep"]
-    trials = [r for r in runs if r.data.tags.get("mfd.role") == "trial"]
+    trials = {r.data.tags["mfd.method"]: r for r in runs if r.data.tags.get("mfd.role") == "trial"}
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
     assert parent[0].data.metrics["sweep/trials_failed"] == 1.0
-    assert len(trials) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent[0].info.run_id}
-    by_lr = {r.data.tags["mfd.axis.train.lr"]: r for r in trials}
-    good, bad = by_lr["0.003"], by_lr["1000.0"]
-    assert good.info.status == "FINISHED" and bad.info.status == "FAILED"
+    assert sorted(trials) == methods
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials.values()} == {parent[0].info.run_id}
+    bad = trials["mf_diffuser_unweighted"]
+    assert bad.info.status == "FAILED"
     assert "diverged" in bad.data.tags["mfd.error"] + bad.data.tags["mfd.traceback"]
-    m = good.data.metrics
-    for key in (
-        "return/n20",
-        "exploitability",
-        "subopt/regularisation_gap",
-        "subopt/distribution_shift",
-        "subopt/generative_error",
-        "subopt/mf_error/n20",
-        "subopt/mf_abs_dev/n20",
-        "trajectory/mmd2",
-        "dynamics/log_likelihood",
-    ):
-        assert key in m, key
-    # The identity holds by construction; here it checks the pieces were logged consistently.
-    terms = sum(
-        m[f"subopt/{k}"]
-        for k in ("regularisation_gap", "distribution_shift", "generative_error", "mf_error/n20")
+    for name, run in trials.items():
+        if name == "mf_diffuser_unweighted":
+            continue
+        assert run.info.status == "FINISHED", name
+        assert run.data.params["method.name"] == name
+        assert run.info.run_name == f"crowd_1d-expert-N20-{name}-seed0"
+        m = run.data.metrics
+        for key in ("return/n20", "exploitability", "subopt/total/n20"):
+            assert np.isfinite(m[key]), (name, key)
+        # The identity holds by construction; it checks the pieces were logged consistently.
+        terms = sum(
+            m[f"subopt/{k}"]
+            for k in (
+                "regularisation_gap",
+                "distribution_shift",
+                "generative_error",
+                "mf_error/n20",
+            )
+        )
+        assert abs(terms - m["subopt/total/n20"]) < 1e-9, name
+        if METHODS[name].family == "mf_diffuser":  # generative: the plans are scored too
+            assert "trajectory/mmd2" in m and "dynamics/log_likelihood" in m, name
+    assert trials["mf_diffuser"].data.params["train.lr"] != "1000.0"
+
+    r = CliRunner().invoke(
+        app, ["table", "--sweep", parent[0].info.run_id, "--tracking-uri", out["tracking_uri"]]
     )
-    assert abs(terms - m["subopt/total/n20"]) < 1e-9
-    assert good.data.params["train.lr"] == "0.003"
-    assert good.data.tags["mfd.n_agents"] == "20"
+    assert r.exit_code == 0, r.stderr
+    text = r.stdout
+    for name in methods:
+        assert name in text, name
+    assert "mf_diffuser_unweighted" in text.split("missing")[-1]  # the failed trial
 
 
 def test_a_train_group_that_can_never_start_fails_before_launch(

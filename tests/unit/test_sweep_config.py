@@ -94,3 +94,52 @@ def test_presets_parse() -> None:
     assert names, "no sweep presets"
     for name in names:
         assert load_sweep(presets / name).trials
+
+
+def test_cells_a_method_cannot_run_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    sw = load_sweep(
+        _write(
+            tmp_path,
+            {
+                "grid": {"method": ["mf_diffuser", "mf_diffuser_unweighted", "fp"], "beta": [0.5]},
+                "methods": {"fp": {"iterations": 7}, "mf_diffuser": {"train.epochs": 2}},
+            },
+            method={"params": {"hidden": 8, "iterations": 9}},  # each method takes its own
+        )
+    )
+    assert [t.method for t in sw.trials] == ["mf_diffuser"]
+    cfg = sw.experiment_config(sw.trials[0])
+    assert cfg.planner.beta == 0.5 and cfg.planner.hidden == 8 and cfg.train.epochs == 2
+    assert cfg.name == "crowd_1d-expert-N20-mf_diffuser-seed0-beta0.5"
+    reasons = {c.method: c.reason for c in sw.skipped}
+    assert reasons == {
+        "mf_diffuser_unweighted": "beta: mf_diffuser_unweighted fixes beta = 0.0",
+        "fp": "beta: fp has no parameter beta",
+    }
+    # Reference solvers have nothing to solve in a cooperative game; with no cell left: exit 2.
+    with pytest.raises(ConfigError, match=r"every one of the 1 cells is skipped.*cooperative"):
+        load_sweep(
+            _write(
+                tmp_path,
+                {"grid": {"method": ["fp"]}},
+                benchmark={"name": "gaussian_squeeze", "params": {}},
+            )
+        )
+    with pytest.raises(ConfigError, match=r"method.params.hiden: no method of this sweep"):
+        load_sweep(_write(tmp_path, {"grid": {"seed": [0]}}, method={"params": {"hiden": 8}}))
+
+
+def test_a_method_s_own_settings_stay_in_its_trials(tmp_path: Path) -> None:
+    sw = load_sweep(
+        _write(
+            tmp_path,
+            {
+                "grid": {"method": ["mf_diffuser", "mf_diffuser_flat", "per_agent_diffuser"]},
+                "methods": {"mf_diffuser_flat": {"train.lr": 0.5, "hidden": 8}},
+            },
+        )
+    )
+    lrs = {t.method: sw.experiment_config(t).train.lr for t in sw.trials}
+    hidden = {t.method: sw.experiment_config(t).planner.hidden for t in sw.trials}
+    assert lrs == {"mf_diffuser": 1e-3, "mf_diffuser_flat": 0.5, "per_agent_diffuser": 1e-3}
+    assert hidden == {"mf_diffuser": 64, "mf_diffuser_flat": 8, "per_agent_diffuser": 64}

@@ -1,0 +1,140 @@
+"""Every registered method through the one code path, in-process (no Ray): built for a game,
+trained a few steps by the one loop (trained methods) or solved (references), saved, loaded
+weights-only, and played. Parametrised over the registry: registering a method enrols it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mfdiffuser.api import solve
+from mfdiffuser.data.generate import generate_shard
+from mfdiffuser.data.windows import EpisodeArrays, episodes_from_table
+from mfdiffuser.envs import exploitability
+from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DSim
+from mfdiffuser.envs.registry import get_benchmark
+from mfdiffuser.evaluation.rollout import propagate_fn
+from mfdiffuser.methods.base import DataStats, Dims, Method, ReferenceMethod, TrainedMethod
+from mfdiffuser.methods.checkpoint import WEIGHTS, load_checkpoint, save_checkpoint
+from mfdiffuser.methods.registry import METHODS
+from mfdiffuser.methods.training import train_epochs
+
+torch.set_num_threads(1)
+N_AGENTS = 12
+
+# Small values for whichever of these parameters a method has (the rest stay at defaults).
+TINY = {
+    "hidden": 8,
+    "inverse_hidden": 8,
+    "value_hidden": 8,
+    "n_blocks": 1,
+    "diffusion_steps": 4,
+    "n_particles": 4,
+    "max_particles": 6,
+    "window": 2,
+    "draws": 1,
+    "iterations": 20,
+    "layers": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def game() -> Crowd1D:
+    return Crowd1D(size=5, horizon=3)
+
+
+@pytest.fixture(scope="module")
+def data(game: Crowd1D) -> EpisodeArrays:
+    policy = get_benchmark("crowd_1d").behaviour(game, "medium").policies
+    table, _ = generate_shard(lambda: Crowd1DSim(game, N_AGENTS), policy, range(3), seed=1)
+    return episodes_from_table(table, N_AGENTS)
+
+
+def _build(name: str, game: Crowd1D) -> Method:
+    spec = METHODS[name]
+    fields = spec.params_model.model_fields
+    params = {k: v for k, v in TINY.items() if k in fields and k not in spec.fixed}
+    if "stages" in fields and "stages" not in spec.fixed:
+        params["stages"] = 2  # <= the 4 sampling steps
+    torch.manual_seed(0)
+    return spec.build(spec.params(params), Dims.of(game))
+
+
+def _fit(method: Method, game: Crowd1D, data: EpisodeArrays) -> np.ndarray:
+    """Train three steps (or solve); returns the behaviour prior the checkpoint holds."""
+    stats = DataStats.of(data, game)
+    if isinstance(method, ReferenceMethod):
+        method.solve(game)
+        return stats.prior
+    assert isinstance(method, TrainedMethod)
+    method.prepare(stats)
+    epochs: list[dict[str, float]] = []
+    train_epochs(
+        method,
+        method.batches(data, game, seed=3),
+        epochs=1,
+        steps_per_epoch=3,
+        batch_size=4,
+        lr=1e-3,
+        on_epoch=lambda e, m, o: epochs.append(m),
+    )
+    assert np.isfinite(epochs[0]["train/loss"]) and epochs[0]["train/epoch"] == 1.0
+    return stats.prior
+
+
+def _flat(state: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(state, dict):
+        return {k2: v2 for k, v in state.items() for k2, v2 in _flat(v, f"{prefix}{k}/").items()}
+    return {prefix: state}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_saves_loads_and_acts(
+    name: str, game: Crowd1D, data: EpisodeArrays, tmp_path: Path
+) -> None:
+    method = _build(name, game)
+    prior = _fit(method, game, data)
+    save_checkpoint(tmp_path, method, prior, {"epoch": 1})
+    # weights-only: the checkpoint holds tensors and plain values only
+    torch.load(tmp_path / WEIGHTS, weights_only=True)
+    loaded, prior2, meta, _ = load_checkpoint(tmp_path)
+    assert meta["method"]["name"] == name and type(loaded) is type(method)
+    np.testing.assert_array_equal(prior2, prior)
+    saved, back = _flat(method.state_dict()), _flat(loaded.state_dict())
+    assert saved.keys() == back.keys() and saved
+    for key, value in saved.items():  # bit for bit
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, back[key]), key
+        else:
+            assert value == back[key], key
+
+    states = np.random.default_rng(0).integers(0, game.n_states, size=N_AGENTS)
+    acts = [
+        m.policy(game, prior, seed=5).act(0, states, np.random.default_rng(1))
+        for m in (method, loaded)
+    ]
+    assert np.array_equal(acts[0], acts[1])  # the same actions under a seed after loading
+    assert acts[0].shape == (N_AGENTS,) and set(acts[0]) <= set(range(game.n_actions))
+    table = loaded.policy(game, prior, seed=5).expected_table(propagate_fn(game), seed=5)
+    assert table.shape == (game.horizon, game.n_states, game.n_actions)
+    np.testing.assert_allclose(table.sum(-1), 1.0, atol=1e-9)
+    assert 0.0 <= exploitability(game, table) < 10.0
+
+
+@pytest.mark.parametrize("name", [n for n, s in METHODS.items() if s.kind == "reference"])
+def test_reference_methods_reproduce_mfd_solve(name: str) -> None:
+    spec = METHODS[name]
+    benchmark = get_benchmark("crowd_1d")
+    params = {"size": 5, "horizon": 3}
+    game = benchmark.game(params)
+    method = spec.build(spec.params({"iterations": 30}), Dims.of(game))
+    assert isinstance(method, ReferenceMethod)
+    figures = method.solve(game)
+    table = method.policy(game, np.zeros(0), seed=0).expected_table(propagate_fn(game), 0)
+    solved = solve("crowd_1d", params, algorithm=name, iterations=30)
+    assert exploitability(game, table) == solved["exploitability"]
+    assert figures["solve/exploitability"] == solved["exploitability"]
