@@ -78,7 +78,9 @@ class DataStats:
 
         sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
         return cls(
-            normalise_counts(counts), advantage_from_sums(sums, counts), returns_to_go(arrays.rewards)
+            normalise_counts(counts),
+            advantage_from_sums(sums, counts),
+            returns_to_go(arrays.rewards),
         )
 
 
