@@ -240,6 +240,7 @@ def check_method(cfg: ExperimentConfig) -> None:
 
     spec = get_benchmark(cfg.benchmark.name)
     reason = get_method(cfg.method.name).cannot_run(spec, [cfg.data.n_agents, *cfg.eval.n_agents])
+    # (training needs the data's N, acting every evaluated N)
     if reason is None:
         return
     if not spec.exact_model:
@@ -392,6 +393,7 @@ def evaluate(
         ev = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
+    check_method(cfg.model_copy(update={"eval": ev}))  # e.g. N above the method's agent limit
     if ev.decomposition:  # the rollout actors re-read the dataset: verified here, before Ray
         verify_dataset(meta["dataset"])
     uri = resolve_and_check_tracking(tracking_uri)
