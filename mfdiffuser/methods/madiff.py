@@ -11,12 +11,13 @@ The frozen policy table, which has no N of its own, is read from joint samples o
 `table_agents` agents.
 
 Agent limit (`MAX_AGENTS`): attention costs O(N²) time per layer, and acting samples all N agents
-jointly at every decision time. Measured on this 2-core machine (1 thread, hidden 64, 2 blocks,
-4 heads, H = 4, K = 20, `benchmarks/joint_vs_mf.py`), one planning step with the fused
-attention takes 0.79 s at N = 1,024 and 3.27 s at N = 2,048 (3.3 GiB peak memory with the naive
-attention already at N = 1,024): with N = 1,024 an evaluation episode of crowd_1d (10 steps) is
-about 8 s, at N = 4,096 it would be over 2 minutes per episode. So `madiff` runs for N ≤ 1,024
-(the registry's `max_agents`): above it a config is refused and a sweep skips the cell.
+jointly at every decision time. Measured with `benchmarks/joint_vs_mf.py` (one planning step of
+crowd_1d, 1 thread, hidden 64, 2 blocks, 4 heads, H = 4, K = 20, on a shared 2-core machine):
+with the fused attention 137 ms at N = 64, 244 ms at N = 256 and 2.3 s at N = 1,024 (MF-Diffuser
+0.15 s there); with the naive one 20 s and 148 MiB at N = 1,024. At N = 1,024 one crowd_1d
+evaluation episode (10 steps) is already about 23 s, and time grows as N², so `madiff` runs for
+N ≤ 1,024 (the registry's `max_agents`): above it a config is refused before any Ray work and a
+sweep skips the cell.
 
 Heavy imports are made on first use, so validating a config that names it does not import torch.
 """
@@ -92,6 +93,12 @@ class Params(BaseModel):
                 f"allowed: divisors of {self.hidden}"
             )
         return self
+
+    @property
+    def n_particles(self) -> int:
+        """Every agent is a particle: a sample of N agents takes min(N, this) = N (the plan
+        quality windows of an evaluation read it)."""
+        return MAX_AGENTS
 
     def planner_config(self) -> PlannerConfig:
         """The shared planner's settings: flat sampler, β = 0, every agent a particle when
