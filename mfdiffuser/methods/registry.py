@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mfdiffuser.envs.registry import did_you_mean
 from mfdiffuser.methods.base import MethodSpec
+from mfdiffuser.methods.madiff import MAX_AGENTS as MADIFF_MAX_AGENTS
 
 _MF = "mfdiffuser.methods.mf_diffuser"
 
@@ -65,6 +66,16 @@ _SPECS = [
             "return_guidance": True,
         },
         family="mf_diffuser",
+    ),
+    MethodSpec(
+        "madiff",
+        1,
+        "trained",
+        "MADiff-style joint diffuser: one denoiser over all N agents' windows with attention "
+        "across agents at every block, on MF-Diffuser's schedule, unweighted loss, in-painting "
+        "and flat sampler; every agent a particle, so N is limited (see max_agents)",
+        "mfdiffuser.methods.madiff",
+        max_agents=MADIFF_MAX_AGENTS,
     ),
     MethodSpec(
         "fp",
