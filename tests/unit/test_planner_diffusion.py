@@ -148,11 +148,12 @@ def test_denoise_steps_inpaints_after_every_step() -> None:
     gen = torch.Generator().manual_seed(0)
     x = planner.inpaint(torch.randn(1, 4, CFG.window, DS + A, generator=gen), first)
     steps = planner.sampling_sequence()
-    cond = planner._conditioning(ctx, None, steps)
+    cond = planner.conditioning(ctx, None, steps)
     cond.at_stage(first)
+    sampler = planner.sampler()
     for k in steps:
-        assert planner._x0(x, k, cond).abs().max() <= 1.0  # clip_denoised
-        x = planner._denoise_steps(x, [k], cond, first, gen, [k - 1])
+        assert sampler.x0(x, k, cond).abs().max() <= 1.0  # clip_denoised
+        x = sampler.denoise(x, [k], cond, first, gen, [k - 1])
         assert torch.equal(x[:, :, 0, :DS], first)
 
 
