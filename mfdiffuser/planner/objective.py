@@ -2,10 +2,11 @@
 
 The per-particle-normalised, value-weighted denoising loss with the in-painting mask (every
 particle's first state x[:, :, 0, :d_s] is fixed to the state of the agent it stands for, never
-noised and never in the loss), the classifier-free dropout of the return, and the
+noised and never in the loss), the classifier-free dropout of the return, the
 inverse-dynamics cross-entropy (Decision-Diffuser style: when the head reads the actions, the
 diffusion sees the states only and the head is trained on the windows' actions, value-weighted
-per particle like the score loss).
+per particle like the score loss), and the value MSE of a value head (Diffuser's guide, trained
+on the same noisy windows as the denoiser).
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def inpaint(x: Tensor, first_states: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class DenoisingObjective:
     """L = mean_b (1/M) Σ_j w_j · mean_{(h, d) not in-painted, h valid} (ε_j − ε̂_j)²
-    (+ the value-weighted inverse-dynamics cross-entropy when `inverse_dynamics`)."""
+    (+ the value-weighted inverse-dynamics cross-entropy when `inverse_dynamics`, + the value
+    MSE mean_{b, j} (J_j(x_k, k, c) − value_{b, j})² when `value_head`)."""
 
     schedule: NoiseSchedule
     state_dim: int  # d_s
@@ -75,6 +77,7 @@ class DenoisingObjective:
     inverse_dynamics: bool  # x holds states only; the net also returns the head's logits
     return_guidance: bool  # the batch has ret[B], dropped with probability cfg_dropout
     cfg_dropout: float
+    value_head: bool = False  # the net also returns J[B, M], fitted to value[B, M] by MSE
 
     @property
     def transition_dim(self) -> int:
@@ -95,8 +98,8 @@ class DenoisingObjective:
         """(loss, figures) of one batch: x[B, M, H, D], ctx[B, C], optional weights[B, M]
         (already normalised and clipped, see `value_weights`; None = all ones), optional
         valid[B, H] (0 = a step padded past the episode end, see `WindowSampler`; None = all
-        valid), ret[B] with return guidance. `net` is the denoiser (or denoiser + inverse head,
-        or a DDP wrapper of either)."""
+        valid), ret[B] with return guidance, value[B, M] with a value head. `net` is the
+        denoiser (with the inverse or value head when those are on), or a DDP wrapper of it."""
         x0, ctx = batch["x"], batch["ctx"]
         actions: Tensor | None = None
         if self.inverse_dynamics:
@@ -118,8 +121,12 @@ class DenoisingObjective:
             drop = cfg_drop_mask(b, self.cfg_dropout, generator, x0.device)
             kwargs = {"ret": batch["ret"], "drop": drop}
         logits: Tensor | None = None
+        values: Tensor | None = None
         if self.inverse_dynamics:
             eps_hat, logits = net(x_noisy, k, ctx, x0=x0, **kwargs)
+        elif self.value_head:
+            # One forward through the (DDP-wrapped) module for both heads.
+            eps_hat, values = net(x_noisy, k, ctx, value=True, **kwargs)
         else:
             eps_hat = net(x_noisy, k, ctx, **kwargs)
         mask = self.loss_mask(h, x0.device)  # [H, D]
@@ -150,6 +157,11 @@ class DenoisingObjective:
             ce_loss = (weights * per_pair).mean()
             loss = loss + ce_loss
             info["loss_inverse"] = float(ce_loss.detach())
+        if values is not None:
+            value_loss = ((values - batch["value"].to(values.dtype)) ** 2).mean()
+            info["loss_diffusion"] = float(loss.detach())
+            info["loss_value"] = float(value_loss.detach())
+            loss = loss + value_loss
         if "drop" in kwargs:
             info["cfg_dropped"] = float(kwargs["drop"].sum())
         info["loss"] = float(loss.detach())
