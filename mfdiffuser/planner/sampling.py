@@ -178,8 +178,9 @@ class DDIMScheduler:
         a_k, a_p = self._alphas(k, k_prev)
         eps = (x - math.sqrt(a_k) * x0_hat) / math.sqrt(1.0 - a_k)
         if shift is not None:
+            # ε̂ − sqrt(1 − ᾱ_k)·g, and the x̂_0 that ε̂ implies (a zero g changes nothing)
             eps = eps - math.sqrt(1.0 - a_k) * shift
-            x0_hat = (x - math.sqrt(1.0 - a_k) * eps) / math.sqrt(a_k)
+            x0_hat = x0_hat + (1.0 - a_k) / math.sqrt(a_k) * shift
         sigma = self.sigma(k, k_prev)
         x = math.sqrt(a_p) * x0_hat + math.sqrt(max(1.0 - a_p - sigma**2, 0.0)) * eps
         if sigma > 0.0:
