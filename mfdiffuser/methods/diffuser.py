@@ -120,7 +120,9 @@ class DiffuserMethod(MFDiffuserMethod):
         # Population returns-to-go are gathered from every rank: the scale is the same on all.
         rtg = np.asarray(stats.returns_to_go)
         per_step = float(np.abs(rtg).max()) / rtg.shape[1]
-        self.value_scale = torch.tensor(max(per_step, 1e-8) * self.params.window)
+        self.value_scale = torch.tensor(
+            max(per_step, 1e-8) * self.params.window, dtype=torch.float64
+        )
 
     def batches(self, arrays: Any, game: Any, seed: int) -> Batches:
         return _WithValues(super().batches(arrays, game, seed), game, float(self.value_scale))
