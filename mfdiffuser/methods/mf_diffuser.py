@@ -1,7 +1,8 @@
 """MF-Diffuser (and its named variants) on the Method interface.
 
-The planner itself lives in `mfdiffuser.planner`: the denoiser (`denoiser.py`), the diffusion
-and samplers (`diffusion.py`) and acting (`acting.py`). This file only connects it to the
+The planner itself lives in `mfdiffuser.planner`: the denoiser (`denoiser.py`), the objective
+(`objective.py`), the samplers (`sampling.py`), acting (`acting.py`) and the object that ties
+them together (`diffusion.py`). This file only connects it to the
 platform: which batches it trains on (windows of M particles, with value weights when β > 0 and
 return targets with return guidance), its loss, its state, and its policy. Heavy imports are
 made on first use, so validating a config that names it does not import torch.

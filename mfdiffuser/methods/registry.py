@@ -78,6 +78,22 @@ _SPECS = [
         max_agents=MADIFF_MAX_AGENTS,
     ),
     MethodSpec(
+        "diffuser",
+        1,
+        "trained",
+        "Diffuser per agent: each agent's trajectory diffused alone with the flat sampler "
+        "(interaction = false, stages = 1, beta = 0), guided by a value network trained jointly "
+        "on noisy windows to predict each agent's return in its window (guide_scale)",
+        "mfdiffuser.methods.diffuser",
+        fixed={
+            "interaction": False,
+            "stages": 1,
+            "beta": 0.0,
+            "return_guidance": False,
+            "action_head": "diffuse",
+        },
+    ),
+    MethodSpec(
         "fp",
         1,
         "reference",

@@ -1,4 +1,4 @@
-"""MF-Diffuser planner: mean-field denoiser, particle-set diffusion and acting (METHOD.md §1–§5).
+"""MF-Diffuser planner: denoiser, objective, sampler and acting, tied together by `MFDiffuser`.
 
 Names are loaded on first use, so that reading a config (`planner.config`, pure pydantic) does
 not import torch: the CLI validates input before paying for heavy imports.
@@ -20,10 +20,14 @@ _EXPORTS = {
     "MeanFieldDenoiser": "denoiser",
     "InverseDynamics": "denoiser",
     "MFDiffuser": "diffusion",
-    "NoiseSchedule": "diffusion",
-    "decode_actions": "diffusion",
-    "encode_actions": "diffusion",
-    "value_weights": "diffusion",
+    "DenoisingObjective": "objective",
+    "decode_actions": "objective",
+    "encode_actions": "objective",
+    "value_weights": "objective",
+    "DDIMScheduler": "sampling",
+    "DDPMScheduler": "sampling",
+    "NoiseSchedule": "sampling",
+    "Sampler": "sampling",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -292,3 +292,44 @@ class JointNet(nn.Module):
         # x0[B, M, H, d_s] clean states: pairs (s_h, s_{h+1}) for h = 0..H-2.
         logits = self.inverse(x0[:, :, :-1], x0[:, :, 1:], ctx[:, None, None, :])
         return eps, logits
+
+
+class ValueNet(nn.Module):
+    """Diffuser's value J_φ(x_k, k, c): each particle's noisy window x_k[B, M, H, D] (flattened),
+    the diffusion step k[B] and the context c[B, C] -> J[B, M], one value per particle.
+
+    Per particle, like the per-agent denoiser it guides: the guide's Σ_j ∇_{x_j} J_j then moves
+    each particle by its own gradient only."""
+
+    def __init__(self, window: int, transition_dim: int, context_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.step_embed = SinusoidalEmbedding(hidden)
+        self.net = nn.Sequential(
+            nn.Linear(window * transition_dim + context_dim + hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, x: Tensor, k: Tensor, ctx: Tensor) -> Tensor:
+        b, m = x.shape[:2]
+        shared = torch.cat([ctx.to(x.dtype), self.step_embed(k)], dim=-1)  # [B, C + hidden]
+        inp = torch.cat([x.reshape(b, m, -1), shared[:, None].expand(b, m, -1)], dim=-1)
+        return self.net(inp).squeeze(-1)
+
+
+class ValueGuidedNet(nn.Module):
+    """Denoiser and value network as one module (one DDP wrapper, one optimizer): forward is the
+    denoiser's, and with value=True also returns J of the same noisy x."""
+
+    def __init__(self, denoiser: nn.Module, value: ValueNet) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.value = value
+
+    def forward(
+        self, x: Tensor, k: Tensor, ctx: Tensor, value: bool = False, **kwargs: Tensor
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        eps = self.denoiser(x, k, ctx, **kwargs)
+        return (eps, self.value(x, k, ctx)) if value else eps

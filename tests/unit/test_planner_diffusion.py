@@ -148,12 +148,41 @@ def test_denoise_steps_inpaints_after_every_step() -> None:
     gen = torch.Generator().manual_seed(0)
     x = planner.inpaint(torch.randn(1, 4, CFG.window, DS + A, generator=gen), first)
     steps = planner.sampling_sequence()
-    cond = planner._conditioning(ctx, None, steps)
+    cond = planner.conditioning(ctx, None, steps)
     cond.at_stage(first)
+    sampler = planner.sampler()
     for k in steps:
-        assert planner._x0(x, k, cond).abs().max() <= 1.0  # clip_denoised
-        x = planner._denoise_steps(x, [k], cond, first, gen, [k - 1])
+        assert sampler.x0(x, k, cond).abs().max() <= 1.0  # clip_denoised
+        x = sampler.denoise(x, [k], cond, first, gen, [k - 1])
         assert torch.equal(x[:, :, 0, :DS], first)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_value_guide_shifts_each_reverse_step_and_nothing_else(sampler: str) -> None:
+    """A guide's shift g moves a DDPM step's mean by exactly Σ_k·g (same noise); a zero guide
+    changes no value of either scheduler's samples."""
+    cfg = CFG.model_copy(update={"sampler": sampler, "stages": 1})
+    planner = _planner(cfg=cfg)
+    ctx, first = torch.rand(2, C), _first_states(2, 4)
+    plain = planner.sample(ctx, first, torch.Generator().manual_seed(0))
+    planner.guide = lambda x, k, c: torch.zeros_like(x)
+    assert torch.equal(planner.sample(ctx, first, torch.Generator().manual_seed(0)), plain)
+    if sampler == "ddim":
+        return
+    shift = torch.randn(2, 4, CFG.window, DS + A, generator=torch.Generator().manual_seed(1))
+    planner.guide = lambda x, k, c: shift
+    k = 5
+    x = planner.inpaint(torch.randn(2, 4, CFG.window, DS + A), first)
+    cond = planner.conditioning(ctx, None, [k])
+    cond.at_stage(first)
+    moved = planner.sampler().denoise(x, [k], cond, first, torch.Generator().manual_seed(2), [4])
+    planner.guide = None
+    still = planner.sampler().denoise(x, [k], cond, first, torch.Generator().manual_seed(2), [4])
+    var = float(planner.schedule.posterior_std[k]) ** 2
+    expected = still + var * shift
+    expected[:, :, 0, :DS] = first  # the in-painted first state stays
+    torch.testing.assert_close(moved, expected, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(moved, still)
 
 
 def test_state_dict_round_trip_weights_only() -> None:

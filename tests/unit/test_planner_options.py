@@ -25,14 +25,9 @@ from mfdiffuser.planner.acting import (
 )
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.denoiser import MeanFieldDenoiser
-from mfdiffuser.planner.diffusion import (
-    MFDiffuser,
-    cfg_drop_mask,
-    ddim_sequence,
-    ema_update,
-    encode_actions,
-    returns_to_go,
-)
+from mfdiffuser.planner.diffusion import MFDiffuser, ema_update
+from mfdiffuser.planner.objective import cfg_drop_mask, encode_actions, returns_to_go
+from mfdiffuser.planner.sampling import ddim_sequence
 from mfdiffuser.planner.training import to_batch, train_epochs
 from mfdiffuser.platform.config import load_config
 
