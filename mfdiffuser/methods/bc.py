@@ -9,21 +9,16 @@ every offline method.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mfdiffuser.methods.base import Batches, Dims, Policy, TrainedMethod
-from mfdiffuser.methods.networks import (
-    MeanFieldMLP,
-    NetworkParams,
-    Networks,
-    device_of,
-    network_policy,
-    state_batch,
-)
+from mfdiffuser.methods.baseline_params import NetworkParams
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 class Params(NetworkParams):
@@ -34,6 +29,8 @@ class BehaviourCloning(TrainedMethod):
     params: Params
 
     def __init__(self, params: Params, dims: Dims) -> None:
+        from mfdiffuser.methods.networks import MeanFieldMLP, Networks
+
         super().__init__(params, dims)
         policy = MeanFieldMLP(dims, params.hidden, params.layers, dims.n_actions)
         self.nets = Networks({"policy": policy})
@@ -47,11 +44,15 @@ class BehaviourCloning(TrainedMethod):
         return self.nets
 
     def to_batch(self, raw: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
+        from mfdiffuser.methods.networks import state_batch
+
         return state_batch(raw, device, self.dims)
 
     def loss(self, batch: dict[str, Any], model: nn.Module) -> tuple[Any, dict[str, float]]:
+        import torch
+
         logits = model(batch["feats"], batch["ctx"])["policy"]  # [B, M, A]
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch["actions"].flatten())
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["actions"].flatten())
         return loss, {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -65,6 +66,8 @@ class BehaviourCloning(TrainedMethod):
         return self
 
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
+        from mfdiffuser.methods.networks import device_of, network_policy
+
         return network_policy(game, self.nets["policy"], device_of(self.nets))
 
 

@@ -9,16 +9,17 @@ data never backed. It acts with softmax(Q / temperature) of min(Q1, Q2).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import Tensor, nn
 
 from mfdiffuser.methods.base import Dims, Policy
-from mfdiffuser.methods.networks import device_of, network_policy
-from mfdiffuser.methods.q_learning import QLearning, QParams
+from mfdiffuser.methods.baseline_params import QParams
+from mfdiffuser.methods.q_learning import QLearning
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class Params(QParams):
@@ -46,6 +47,8 @@ class MeanFieldCQL(QLearning):
         super().__init__(params, dims, extra={})
 
     def loss(self, batch: dict[str, Any], model: nn.Module) -> tuple[Any, dict[str, float]]:
+        import torch
+
         a = batch["actions"][..., None]
         out = model(batch["feats"], batch["ctx"])
         with torch.no_grad():
@@ -60,6 +63,10 @@ class MeanFieldCQL(QLearning):
         return td + self.params.cql_alpha * penalty, info
 
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
+        import torch
+
+        from mfdiffuser.methods.networks import device_of, network_policy
+
         def logits(feats: Tensor, ctx: Tensor) -> Tensor:
             out = self.nets(feats, ctx)
             return torch.minimum(out["q1"], out["q2"]) / self.params.temperature

@@ -12,16 +12,17 @@ It acts with that extracted policy (never argmax Q), so it stays on the data's a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import Tensor, nn
 
 from mfdiffuser.methods.base import Dims, Policy
-from mfdiffuser.methods.networks import device_of, network_policy
-from mfdiffuser.methods.q_learning import QLearning, QParams
+from mfdiffuser.methods.baseline_params import QParams
+from mfdiffuser.methods.q_learning import QLearning
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 
 class Params(QParams):
@@ -53,6 +54,8 @@ class MeanFieldIQL(QLearning):
         super().__init__(params, dims, extra={"v": 1, "policy": dims.n_actions})
 
     def loss(self, batch: dict[str, Any], model: nn.Module) -> tuple[Any, dict[str, float]]:
+        import torch
+
         p, a = self.params, batch["actions"][..., None]
         out = model(batch["feats"], batch["ctx"])
         with torch.no_grad():
@@ -75,10 +78,14 @@ class MeanFieldIQL(QLearning):
 
     def v_values(self, feats: Tensor, ctx: Tensor) -> Tensor:
         """V(s, t, μ) in reward units: [B, M]."""
+        import torch
+
         with torch.no_grad():
             return self.nets["v"](feats, ctx)[..., 0] * self.value_scale
 
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
+        from mfdiffuser.methods.networks import device_of, network_policy
+
         return network_policy(game, self.nets["policy"], device_of(self.nets))
 
 

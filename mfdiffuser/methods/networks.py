@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
@@ -64,22 +63,6 @@ def network_policy(
             return torch.softmax(logits(feats, ctx)[0].double(), dim=-1).cpu().numpy()
 
     return ConditionalPolicy(game, rows)
-
-
-class NetworkParams(BaseModel):
-    """The parameters every mean-field baseline has."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-    hidden: int = Field(64, ge=1, le=4096, description="Width of each hidden layer, 1..4096.")
-    layers: int = Field(2, ge=1, le=16, description="Hidden layers of each network, 1..16.")
-    n_particles: int = Field(
-        16,
-        ge=1,
-        le=4096,
-        description="M: agents per training sample (one episode and time, so one shared "
-        "context), 1..4096.",
-    )
 
 
 def state_batch(raw: dict[str, np.ndarray], device: Any, dims: Dims) -> dict[str, Tensor]:

@@ -15,34 +15,16 @@ them back in reward units.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from pydantic import Field
-from torch import Tensor, nn
 
 from mfdiffuser.methods.base import Batches, DataStats, Dims, TrainedMethod
-from mfdiffuser.methods.networks import MeanFieldMLP, NetworkParams, Networks, state_batch
+from mfdiffuser.methods.baseline_params import QParams
 
-
-class QParams(NetworkParams):
-    """The parameters of both Q-learning baselines."""
-
-    polyak: float = Field(
-        0.005,
-        gt=0.0,
-        le=1.0,
-        description="τ: after every step the target critics move this fraction of the way to "
-        "the trained ones, (0, 1]; 1 = a copy.",
-    )
-    discount: float = Field(
-        1.0,
-        ge=0.0,
-        le=1.0,
-        description="γ of the targets, 0..1; 1 = the undiscounted finite-horizon return the "
-        "platform scores (J).",
-    )
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 
 class QLearning(TrainedMethod):
@@ -52,6 +34,8 @@ class QLearning(TrainedMethod):
     params: QParams
 
     def __init__(self, params: QParams, dims: Dims, extra: dict[str, int]) -> None:
+        from mfdiffuser.methods.networks import MeanFieldMLP, Networks
+
         super().__init__(params, dims)
         outputs = {"q1": dims.n_actions, "q2": dims.n_actions, **extra}
         self.nets = Networks(
@@ -78,6 +62,10 @@ class QLearning(TrainedMethod):
         return self.nets  # the targets have no gradient: not optimised, not in DDP
 
     def to_batch(self, raw: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
+        import torch
+
+        from mfdiffuser.methods.networks import state_batch
+
         batch = state_batch(raw, device, self.dims)
         batch["next_feats"] = torch.as_tensor(
             raw["x"][:, :, -1, : self.dims.feature_dim], device=device
@@ -91,6 +79,8 @@ class QLearning(TrainedMethod):
 
     def target_q(self, feats: Tensor, ctx: Tensor) -> Tensor:
         """min(Q1, Q2) of the target critics: [B, M, A] (scaled units)."""
+        import torch
+
         out = self.targets(feats, ctx)
         return torch.minimum(out["q1"], out["q2"])
 
@@ -102,6 +92,8 @@ class QLearning(TrainedMethod):
         return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
 
     def after_step(self) -> None:
+        import torch
+
         with torch.no_grad():
             for name, target in self.targets.items():
                 for t, s in zip(target.parameters(), self.nets[name].parameters(), strict=True):
@@ -109,11 +101,15 @@ class QLearning(TrainedMethod):
 
     def q_values(self, feats: Tensor, ctx: Tensor) -> Tensor:
         """min(Q1, Q2)(s, ·, t, μ) of the trained critics in reward units: [B, M, A]."""
+        import torch
+
         with torch.no_grad():
             out = self.nets(feats, ctx)
         return torch.minimum(out["q1"], out["q2"]) * self.value_scale
 
     def state_dict(self) -> dict[str, Any]:
+        import torch
+
         return {
             "nets": self.nets.state_dict(),
             "targets": self.targets.state_dict(),
