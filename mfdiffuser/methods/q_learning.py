@@ -8,8 +8,8 @@ a target is r alone (done = 1).
 
 Values are learned in units of `value_scale`, the data's largest |population return-to-go|
 divided by the horizon (a typical reward per step), so the methods' parameters (awr_beta,
-cql_alpha, temperature) mean about the same on every benchmark; `q_values` and `v_values` give
-them back in reward units.
+cql_alpha, temperature) mean about the same on every benchmark; `q_values` (and mf_iql's
+`v_values`) give them back in reward units.
 """
 
 from __future__ import annotations
