@@ -30,6 +30,8 @@ from mfdiffuser.envs import Crowd1D, FiniteMeanFieldGame, exploitability, propag
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.methods.base import DataStats, Dims, TrainedMethod
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
+from mfdiffuser.methods.mf_cql import MeanFieldCQL
+from mfdiffuser.methods.mf_iql import MeanFieldIQL
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
 from mfdiffuser.planner.diffusion import returns_to_go
@@ -189,6 +191,7 @@ def _states_and_contexts(data: Data, t: int) -> tuple[torch.Tensor, torch.Tensor
 def test_cql_penalty_lowers_actions_absent_from_the_data(two_actions: Data) -> None:
     plain = _fit("mf_cql", two_actions, steps=400, cql_alpha=0.0)[0]
     conservative = _fit("mf_cql", two_actions, steps=400, cql_alpha=1.0)[0]
+    assert isinstance(plain, MeanFieldCQL) and isinstance(conservative, MeanFieldCQL)
     for t in range(two_actions.game.horizon):
         feats, ctx = _states_and_contexts(two_actions, t)
         q0 = plain.q_values(feats, ctx).mean(dim=0)  # [S, A], reward units
@@ -210,9 +213,10 @@ def test_iql_expectile_between_mean_and_max_return(two_actions: Data) -> None:
     the three epochs."""
     game, arrays = two_actions.game, two_actions.arrays
     rtg = agent_returns_to_go(arrays.rewards)  # [E, T, N]
-    values = {}
+    values: dict[float, list[np.ndarray]] = {}
     for tau in (0.5, 0.9):
         iql = _fit("mf_iql", two_actions, steps=400, expectile=tau, polyak=0.1)[0]
+        assert isinstance(iql, MeanFieldIQL)
         values[tau] = []
         for t in range(game.horizon):
             feats, ctx = _states_and_contexts(two_actions, t)
