@@ -102,8 +102,12 @@ class WindowSampler:
     valid[b, h] = 0 marks those padded steps (t0 + h >= T), which the loss leaves out. (Starts
     restricted to 0..T-H would leave the last H - 1 decision times unseen in training.)
 
-    With `advantage` (a dataset-fitted TabularAdvantage, METHOD.md §3) batches also hold
-    advantages[B, M] (float32): A(s, a, t0) of each particle's first state and action.
+    Every batch also holds the raw steps: states[B, M, H], actions[B, M, H] (state and action
+    indices) and rewards[B, M, H] (float32), padded like x. With `advantage` (a dataset-fitted
+    TabularAdvantage) batches also hold advantages[B, M] (float32): A(s, a, t0) of each
+    particle's first state and action. With `next_context` (for methods that learn from
+    transitions t0 -> t0 + 1) they hold ctx_next[B, C], the context at t0 + 1 (t0 itself at the
+    last step, where it is never used), and done[B] (float32): 1 where t0 is the last step.
     """
 
     def __init__(
@@ -114,6 +118,7 @@ class WindowSampler:
         n_particles: int,
         seed: int,
         advantage: TabularAdvantage | None = None,
+        next_context: bool = False,
     ) -> None:
         if window > arrays.horizon:
             raise ValueError(f"window = {window} is longer than the episodes ({arrays.horizon})")
@@ -124,7 +129,7 @@ class WindowSampler:
                     f"advantage: expected tables of shape [T, S, A] = {expected}, "
                     f"got {advantage.counts.shape}"
                 )
-        self.advantage = advantage
+        self.advantage, self.next_context = advantage, next_context
         self.arrays, self.game = arrays, game
         self.window, self.n_particles = window, n_particles
         self.rng = np.random.default_rng(seed)
@@ -156,19 +161,29 @@ class WindowSampler:
         states = a.states[e_idx, t_idx, a_idx]  # [B, M, H]
         actions = a.actions[e_idx, t_idx, a_idx]
         x = np.concatenate([self.state_feats[states], self.action_feats[actions]], axis=-1)
-        ctx = np.stack(
-            [self.game.context(int(t), self.mu[e, t]) for e, t in zip(eps, t0, strict=True)]
-        )
+        ctx = self._contexts(eps, t0)
         out = {
             "x": x.astype(np.float32),
-            "ctx": ctx.astype(np.float32),
+            "ctx": ctx,
             "valid": valid.astype(np.float32),
             "episode": eps,
             "t0": t0,
             "first_states": states[:, :, 0],
             "first_actions": actions[:, :, 0],
+            "states": states,
+            "actions": actions,
+            "rewards": a.rewards[e_idx, t_idx, a_idx].astype(np.float32),
         }
+        if self.next_context:
+            out["ctx_next"] = self._contexts(eps, np.minimum(t0 + 1, horizon - 1))
+            out["done"] = (t0 == horizon - 1).astype(np.float32)
         if self.advantage is not None:
             adv = self.advantage.advantage(t0[:, None], states[:, :, 0], actions[:, :, 0])
             out["advantages"] = adv.astype(np.float32)  # [B, M]
         return out
+
+    def _contexts(self, eps: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """c(t, mu_t) of each (episode, time): float32[B, C]."""
+        return np.stack(
+            [self.game.context(int(t), self.mu[e, t]) for e, t in zip(eps, ts, strict=True)]
+        ).astype(np.float32)

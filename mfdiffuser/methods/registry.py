@@ -94,6 +94,29 @@ _SPECS = [
         },
     ),
     MethodSpec(
+        "bc",
+        1,
+        "trained",
+        "behaviour cloning: a mean-field policy pi(a | s, t, mu) fitted to the data's actions",
+        "mfdiffuser.methods.bc",
+    ),
+    MethodSpec(
+        "mf_iql",
+        1,
+        "trained",
+        "Implicit Q-Learning on mean-field transitions: expectile V, twin Q, a policy extracted "
+        "by advantage-weighted regression",
+        "mfdiffuser.methods.mf_iql",
+    ),
+    MethodSpec(
+        "mf_cql",
+        1,
+        "trained",
+        "Conservative Q-Learning on mean-field transitions: twin Q with the CQL penalty, acting "
+        "by softmax(Q / temperature)",
+        "mfdiffuser.methods.mf_cql",
+    ),
+    MethodSpec(
         "fp",
         1,
         "reference",

@@ -58,8 +58,11 @@ def test_method_axis_and_dotted_axes(tmp_path: Path) -> None:
     assert by_method["per_agent_diffuser"].planner.interaction is False
     assert by_method["per_agent_diffuser"].planner.stages == 1
     assert by_method["mf_diffuser_unweighted"].planner.beta == 0.0
-    # fp and omd have no window: their cells are skipped with the reason
-    assert {c.method for c in sw.skipped} == {"fp", "omd"}
+    # methods without a window (fp, omd, bc, ...): their cells are skipped with the reason
+    windowless = {n for n, m in METHODS.items() if "window" not in m.params_model.model_fields}
+    assert {"fp", "omd", "bc"} <= windowless
+    assert {c.method for c in sw.skipped} == windowless
+    assert all(c.reason == f"H: {c.method} has no parameter window" for c in sw.skipped)
     assert all(c.train.lr == 0.01 for c in by_method.values())
     assert all(c.method.params["window"] == 2 for c in by_method.values())
 
