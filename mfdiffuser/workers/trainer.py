@@ -35,7 +35,7 @@ from ray.train.v2._internal.execution.failure_handling import (
 from ray.train.v2.api.exceptions import TrainingFailedError
 
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig, validation_lines
-from mfdiffuser.platform.errors import WorkerError, one_line
+from mfdiffuser.platform.errors import WorkerError, one_line, verbose
 
 
 def _train_worker(loop_cfg: dict[str, Any]) -> None:
@@ -308,6 +308,10 @@ def train_planner(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's own console lines (worker group events, and each worker's traceback of
+            # an error the driver reports in one line, traceback in MLflow) only with
+            # MFD_VERBOSE; its log files in Ray's session directory (logs/train/) keep them all.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "CRITICAL"),
         ),
     )
     # Ray Train 2.60 starts a PreemptionWatcher actor (max_restarts=-1) whose constructor gets the
