@@ -11,6 +11,9 @@ times that dataset instead.
 
 Printed: wall seconds and process CPU seconds of each verification, the 1-minute load average
 before and after it (the machine may be shared), and seconds per GB (median wall time / size).
+Then the reader's own check (`read_shard`, what `load_episodes` does per shard: hash the bytes it
+parses): every shard read plainly (`pyarrow.parquet.read_table`) and read checked, alternately,
+and the median extra seconds per GB and as a fraction of the plain read.
 The files of a freshly built dataset sit in the page cache, so this is the cost of hashing and
 of the filesystem calls, not of the disk; a cold read adds the disk's own time. Not part of the
 test pass/fail.
@@ -36,12 +39,13 @@ from mfdiffuser.data.manifest import (
     ShardInfo,
     dataset_id,
     dataset_spec,
+    read_manifest,
     shard_file,
     shard_ranges,
     write_manifest,
 )
 from mfdiffuser.data.schema import SCHEMA_VERSION
-from mfdiffuser.data.verify import verify_dataset
+from mfdiffuser.data.verify import read_shard, verify_dataset
 from mfdiffuser.envs.registry import get_benchmark
 
 N_AGENTS, EPISODES_PER_SHARD = 20_000, 10
@@ -119,6 +123,24 @@ def main() -> None:
         print(
             f"median {statistics.median(walls) / (size / 1e9):.2f} s per GB (wall), "
             f"on {os.cpu_count()} cores"
+        )
+        shards = read_manifest(str(uri)).shards
+        plain, checked = [], []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            for shard in shards:
+                pq.read_table(uri / shard.file)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for shard in shards:
+                read_shard(str(uri), shard)
+            checked.append(time.perf_counter() - start)
+        extra = statistics.median(c - p for c, p in zip(checked, plain, strict=True))
+        print(
+            f"read: plain {statistics.median(plain):.2f} s, checked "
+            f"{statistics.median(checked):.2f} s (medians); the check adds "
+            f"{extra / (size / 1e9):.2f} s per GB, {extra / statistics.median(plain):+.1%} "
+            "of the plain read"
         )
 
 

@@ -102,6 +102,9 @@ def _loopback_if_local(address: str | None) -> None:
     """
     if not (address or os.environ.get("RAY_ADDRESS")):
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Token authentication is Ray's default for a new local instance; asked for explicitly
+        # (also read at import) it stays on without the warning Ray prints when it chose it.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _guard(fn: Callable[[], T], as_json: bool = False) -> T:

@@ -22,13 +22,12 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """One local Ray for the whole session (start-up costs seconds); shut down at the end."""
     import ray
 
+    from mfdiffuser.platform.runtime import local_ray
+
     # Ray's socket paths must stay short: use a short temp dir of our own.
     temp_dir = tmp_path_factory.mktemp("ray")
     ray.init(
-        address="local",  # never attach to another cluster running on this machine
-        num_cpus=2,
-        include_dashboard=True,  # serves the State API (Train's cleaner, fault tests)
-        dashboard_host="127.0.0.1",
+        **local_ray(num_cpus=2),  # as `mfd` starts one (dashboard: the State API)
         _node_ip_address="127.0.0.1",
         _temp_dir=str(temp_dir),
         log_to_driver=False,

@@ -61,7 +61,3 @@ def write_table_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> bytes
     data = buf.getvalue()
     write_bytes_atomic(fs, path, data)
     return data
-
-
-def read_table(fs: pafs.FileSystem, path: str) -> pa.Table:
-    return pq.read_table(path, filesystem=fs)

@@ -1,4 +1,4 @@
-"""Verification of a dataset against its manifest, before anything reads it.
+"""Verification of a dataset against its manifest, before anything reads it and as it is read.
 
 Every shard's sha256 (hashed in chunks through the filesystem's input stream, so memory stays
 flat whatever the dataset's size) and row count (from the Parquet footer, without reading the
@@ -56,11 +56,8 @@ def shard_problem(fs: pafs.FileSystem, root: str, shard: ShardInfo) -> Problem |
     path = storage.join(root, shard.file)
     if not storage.exists(fs, path):
         return Problem(shard.file, "missing", "no such file")
-    sha = file_sha256(fs, path)
-    if sha != shard.sha256:
-        return Problem(
-            shard.file, "sha256 mismatch", f"expected {shard.sha256[:12]}…, got {sha[:12]}…"
-        )
+    if problem := _sha_problem(shard, file_sha256(fs, path)):
+        return problem
     # The bytes are the ones the manifest recorded; the row count guards the manifest itself.
     try:
         with fs.open_input_file(path) as f:
@@ -70,6 +67,40 @@ def shard_problem(fs: pafs.FileSystem, root: str, shard: ShardInfo) -> Problem |
     if rows != shard.rows:
         return Problem(shard.file, "rows mismatch", f"manifest {shard.rows}, file {rows}")
     return None
+
+
+def read_shard(uri: str, shard: ShardInfo) -> pa.Table:
+    """One shard's table, parsed from the very bytes whose sha256 and row count are checked
+    against `shard` (one read: the driver's earlier verification leaves a window in which a file
+    could be swapped before a Ray worker reads it); else DatasetError, as verify_dataset says it.
+    """
+    fs, root = storage.resolve(uri)
+    try:
+        with fs.open_input_stream(storage.join(root, shard.file)) as f:
+            data = f.read_buffer()
+    except FileNotFoundError:
+        problem: Problem | None = Problem(shard.file, "missing", "no such file")
+    else:
+        sha = hashlib.sha256(data).hexdigest()
+        problem = _sha_problem(shard, sha)
+    if problem is None:
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowInvalid, OSError) as err:
+            problem = Problem(shard.file, "unreadable", str(err).splitlines()[0])
+        else:
+            if table.num_rows == shard.rows:
+                return table
+            problem = Problem(
+                shard.file, "rows mismatch", f"manifest {shard.rows}, file {table.num_rows}"
+            )
+    raise DatasetError(f"dataset {uri}: {problem}")
+
+
+def _sha_problem(shard: ShardInfo, sha: str) -> Problem | None:
+    if sha == shard.sha256:
+        return None
+    return Problem(shard.file, "sha256 mismatch", f"expected {shard.sha256[:12]}…, got {sha[:12]}…")
 
 
 def manifest_problems(manifest: Manifest) -> list[Problem]:

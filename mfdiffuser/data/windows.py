@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import Manifest, read_manifest
+from mfdiffuser.data.verify import read_shard
 from mfdiffuser.envs import FiniteMeanFieldGame
 
 if TYPE_CHECKING:
@@ -50,13 +50,13 @@ def episodes_from_table(table: pa.Table, n_agents: int, where: str = "table") ->
 
 
 def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[EpisodeArrays, Manifest]:
-    """Read (a subset of) a dataset's shards into dense per-episode arrays."""
+    """Read (a subset of) a dataset's shards into dense per-episode arrays; each shard's bytes
+    are checked against the manifest as they are read (`DatasetError` if one does not match)."""
     manifest = read_manifest(uri)
-    fs, path = storage.resolve(uri)
     chosen = manifest.shards if shards is None else [manifest.shards[i] for i in shards]
     if not chosen:
         raise ValueError(f"dataset {uri!r}: no shards selected")
-    table = pa.concat_tables([storage.read_table(fs, storage.join(path, s.file)) for s in chosen])
+    table = pa.concat_tables([read_shard(uri, s) for s in chosen])
     arrays = episodes_from_table(table, int(manifest.spec["n_agents"]), f"dataset {uri!r}")
     return arrays, manifest
 

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 # How often a generation or rollout actor that died is restarted (and its task retried) before
 # the command fails: a lost process is worth retrying, a bug that kills it every time is not.
 ACTOR_RESTARTS = 2
+
+
+VERBOSE_ENV = "MFD_VERBOSE"
+
+
+def verbose() -> bool:
+    """MFD_VERBOSE=1: show what Ray and MLflow log besides a command's own output (Ray's start-up
+    lines, Ray Train's worker-group events and each worker's traceback of an error). Off, an
+    error reaches the user as its one line; what the workers print is shown either way."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
 class WorkerError(RuntimeError):

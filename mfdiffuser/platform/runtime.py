@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import socket
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
+from mfdiffuser.platform.errors import verbose
 
 
 @contextlib.contextmanager
@@ -21,24 +25,42 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     if ray.is_initialized():
         yield
         return
+    # What the workers print is forwarded (log_to_driver); Ray's own INFO lines on the driver
+    # (the start-up banner) only with MFD_VERBOSE, so that an error is the one line a user sees.
+    quiet = {"log_to_driver": True, "logging_level": logging.INFO if verbose() else logging.WARNING}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Ray Train's placement-group cleaner queries the State API of RAY_ADDRESS, else of the
+        # newest Ray instance started on its machine (see local_ray): it is given the address.
+        named = "://" not in address and address != "auto"  # a GCS address, not a search
+        env = {"env_vars": {"RAY_ADDRESS": address}} if named else None
+        ray.init(address=address, runtime_env=env, **quiet)
     else:
-        # The dashboard (on loopback only) also serves the State API, which Ray Train's
-        # placement-group cleaner polls; without it that actor logs a warning every second.
-        ray.init(
-            # "local": always a fresh instance, never an unrelated cluster found on this machine
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-        )
+        ray.init(**local_ray(num_cpus), **quiet)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def local_ray(num_cpus: int | None) -> dict[str, Any]:
+    """`ray.init` arguments of a fresh Ray on this machine (the tests' session uses them too)."""
+    # The dashboard (on loopback only) also serves the State API, which Ray Train's
+    # placement-group cleaner polls; without it that actor logs a warning every second.
+    # Without an address that actor's State API client takes the newest Ray instance started
+    # on this machine (maybe another user's) and warns about it: it is given ours.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return {
+        # "local": always a fresh instance, never an unrelated cluster found on this machine
+        "address": "local",
+        "num_cpus": num_cpus,
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": port,
+        "runtime_env": {"env_vars": {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}},
+    }
 
 
 def cluster_gpus() -> float:

@@ -25,9 +25,12 @@ from typing import Any
 
 from mfdiffuser.platform import jobs
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
+from mfdiffuser.platform.errors import verbose
 from mfdiffuser.platform.provenance import code_version
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if not verbose():  # MLflow's INFO lines (e.g. creating a new store's tables) only with MFD_VERBOSE
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def resolve_tracking_uri(explicit: str | None, workdir: str | Path = ".") -> str:

@@ -15,27 +15,28 @@ import tempfile
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ray
 from pydantic import ValidationError
-from ray.train import WorkerGroupError
+from ray.train import TrainingFailedError, WorkerGroupError
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.torch.config import (
-    _set_torch_distributed_env_vars,
-    _setup_torch_process_group,
-    _TorchBackend,
-)
+
+# Ray Train 2.60 has no public hook for these (checked against 2.60.0): a failure policy
+# (FailureConfig only counts retries) and a torch backend whose rendezvous is not a TCPStore
+# (TorchConfig.init_method is "env" or "tcp", both a TCPStore on rank 0). They are private, so
+# tests/unit/test_ray_private_api.py fails, naming the symbol, when an upgrade changes them.
+from ray.train.torch.config import _TorchBackend
 from ray.train.v2._internal.execution.failure_handling import (
     DefaultFailurePolicy,
     FailureDecision,
 )
-from ray.train.v2.api.exceptions import TrainingFailedError
 
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig, validation_lines
-from mfdiffuser.platform.errors import WorkerError, one_line
+from mfdiffuser.platform.errors import WorkerError, one_line, verbose
 
 
 def _train_worker(loop_cfg: dict[str, Any]) -> None:
@@ -202,8 +203,27 @@ class FailFastPolicy(DefaultFailurePolicy):
         return super().make_decision(training_failed_error)
 
 
-def _gloo_on_loopback() -> None:
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+def _join_on_loopback(backend: str, init_method: str, timeout_s: int) -> None:
+    """One rank joins the process group through `init_method` (a FileStore), gloo on loopback;
+    the environment torch.distributed documents, as Ray's own backend sets it."""
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    os.environ.update(
+        GLOO_SOCKET_IFNAME="lo",
+        RANK=str(ctx.get_world_rank()),
+        WORLD_SIZE=str(ctx.get_world_size()),
+        LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()),
+        NODE_RANK=str(ctx.get_node_rank()),
+    )
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method,
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        timeout=timedelta(seconds=timeout_s),
+    )
 
 
 class LoopbackBackend(_TorchBackend):
@@ -222,22 +242,12 @@ class LoopbackBackend(_TorchBackend):
         # A fresh file per attempt: a FileStore file must not be reused by another group. The
         # directory is the driver's, removed after fit() whatever happened to the workers.
         self.store = Path(backend_config.store_dir) / f"rendezvous-{uuid.uuid4().hex}"
-        worker_group.execute(_gloo_on_loopback)
-        worker_group.execute(_set_torch_distributed_env_vars)
-        n = len(worker_group)
-        setups = [
-            worker_group.execute_single_async(
-                rank,
-                _setup_torch_process_group,
-                backend=backend_config.backend,  # set by TorchTrainer: gloo, or nccl on GPUs
-                world_rank=rank,
-                world_size=n,
-                init_method=f"file://{self.store}",
-                timeout_s=backend_config.timeout_s,
-            )
-            for rank in range(n)
-        ]
-        ray.get(setups)
+        worker_group.execute(
+            _join_on_loopback,
+            backend=backend_config.backend,  # set by TorchTrainer: gloo, or nccl on GPUs
+            init_method=f"file://{self.store}",
+            timeout_s=backend_config.timeout_s,
+        )
 
     def on_shutdown(self, worker_group: Any, backend_config: Any) -> None:
         try:
@@ -308,6 +318,10 @@ def train_planner(
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's own console lines (worker group events, and each worker's traceback of
+            # an error the driver reports in one line, traceback in MLflow) only with
+            # MFD_VERBOSE; its log files in Ray's session directory (logs/train/) keep them all.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose() else "CRITICAL"),
         ),
     )
     # Ray Train 2.60 starts a PreemptionWatcher actor (max_restarts=-1) whose constructor gets the

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,8 @@ from ray.util.state import list_actors
 from typer.testing import CliRunner
 
 from mfdiffuser.cli import app
-from mfdiffuser.data.verify import verify_dataset
+from mfdiffuser.data.verify import DatasetError, verify_dataset
+from mfdiffuser.data.windows import load_episodes
 
 pytestmark = pytest.mark.integration
 
@@ -170,11 +174,62 @@ def test_generate_repairs_its_own_dataset_and_refuses_a_users(
     assert (root / SHARD).read_bytes() == broken
 
 
+def test_a_shard_changed_after_verification_is_refused_where_it_is_read(
+    datasets: dict[str, Any], tmp_path: Path
+) -> None:
+    """The driver verifies before Ray Train starts; a worker reads later. The reader checks the
+    bytes it parses: a shard swapped in between, or a manifest edited in between, is refused."""
+    root = tmp_path / "dataset"
+    shutil.copytree(datasets["seed0"]["dataset"], root)
+    verify_dataset(str(root))  # the driver's check passes
+    shutil.copyfile(Path(datasets["seed1"]["dataset"]) / SHARD, root / SHARD)
+    with pytest.raises(DatasetError) as err:
+        load_episodes(str(root))
+    assert str(err.value).startswith(f"dataset {root}: {SHARD}: sha256 mismatch (expected ")
+    arrays, _ = load_episodes(str(root), [0])  # the untouched shard still reads
+    assert arrays.states.shape == (2, 10, 20)
+
+    shutil.copyfile(Path(datasets["seed0"]["dataset"]) / SHARD, root / SHARD)
+    _edit_rows(root)
+    with pytest.raises(DatasetError) as err:
+        load_episodes(str(root), [1])
+    assert str(err.value) == f"dataset {root}: {SHARD}: rows mismatch (manifest 500, file 400)"
+
+
+def _mfd(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`mfd` as a user runs it, in its own process: what it prints is the point."""
+    # The session's Ray set RAY_AUTH_MODE in this process; a user's shell has none.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "mfdiffuser.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _only_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The one line on stderr (and nothing on stdout): no Ray banner, no worker traceback."""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and not res.stdout, f"stdout:\n{res.stdout}\nstderr:\n{res.stderr}"
+    return lines[0]
+
+
+def _failed_run(db: Path) -> Any:
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "FAILED"
+    return run
+
+
 def test_unrecoverable_worker_error_is_not_retried(
     datasets: dict[str, Any], tmp_path: Path
 ) -> None:
     """A dataset that verifies but whose episodes are incomplete fails in the Ray Train workers:
-    a ValueError, which no retry fixes: one line, exit 2, no second worker group."""
+    a ValueError, which no retry fixes: exit 2, stderr one line, no second worker group. `mfd`
+    connects to the session's Ray here (`--address`, as on a cluster), so its workers count."""
     root = tmp_path / "dataset"
     shutil.copytree(datasets["seed0"]["dataset"], root)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -191,33 +246,43 @@ def test_unrecoverable_worker_error_is_not_retried(
 
     before = _train_workers()
     db = tmp_path / "mlflow.db"
-    res = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--dataset",
-            str(root),
-            "--storage",
-            str(tmp_path / "store"),
-            "--tracking-uri",
-            f"sqlite:///{db}",
-            *DATA,
-            "-s",
-            "train.max_failures=2",
-        ],
+    res = _mfd(
+        "train",
+        *("--dataset", str(root), "--storage", str(tmp_path / "store")),
+        *("--tracking-uri", f"sqlite:///{db}"),
+        *("--address", ray.get_runtime_context().gcs_address),
+        *DATA,
+        *("-s", "train.max_failures=2"),
+        cwd=tmp_path,
+        RAY_AUTH_MODE="token",  # Ray's rule for joining a cluster with token authentication
     )
-    assert res.exit_code == 2, res.output
-    lines = res.output.strip().splitlines()
-    assert lines[-1] == (
+    assert res.returncode == 2, res.stderr
+    assert _only_line(res) == (
         f"error: dataset {str(root)!r}: rows do not form complete episodes of 20 agents"
-    ), res.output
-    assert not any(line.startswith("Traceback") for line in lines), res.output
+    )
     assert len(_train_workers() - before) == 2  # one worker group of 2, not retried
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert run.info.status == "FAILED"
+    run = _failed_run(db)
     assert "episodes_from_table" in run.data.tags["mfd.traceback"]  # the worker's traceback
+
+
+def test_diverged_training_prints_one_line(datasets: dict[str, Any], tmp_path: Path) -> None:
+    """`mfd train -s train.lr=1000` as a user runs it (a local Ray of its own): the loss
+    diverges in the Train workers, and stderr is the one error line; the traceback is in
+    MLflow."""
+    db = tmp_path / "mlflow.db"
+    res = _mfd(
+        "train",
+        *("--dataset", datasets["seed0"]["dataset"], "--storage", str(tmp_path / "store")),
+        *("--tracking-uri", f"sqlite:///{db}"),
+        *DATA,
+        *("-s", "train.lr=1000", "-s", "train.epochs=2", "-s", "train.steps_per_epoch=3"),
+        cwd=tmp_path,
+    )
+    assert res.returncode == 1, res.stderr
+    line = _only_line(res)
+    assert line.startswith("error: train/loss = ") and "training diverged" in line
+    traceback = _failed_run(db).data.tags["mfd.traceback"]
+    assert "FloatingPointError" in traceback and "in on_epoch" in traceback
 
 
 def test_diverged_training_fails_once_with_one_line(
