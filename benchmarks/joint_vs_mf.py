@@ -4,7 +4,7 @@
 
 One planning step = one full sampling with K denoising steps plus the action readout, for a
 crowd_1d population (size 10, horizon 10: d_s = 10, A = 3, C = 21) of N agents at t = 0:
-  * joint (`madiff`): the live policy of `mfdiffuser.methods.madiff`, one joint sample of all N
+  * joint (`madiff`): the live policy of `mfdiffuser.baselines.madiff`, one joint sample of all N
     agents (attention across agents) on MF-Diffuser's flat sampler, actions by the finite-state
     rule; once with the naive attention (the [B·H, heads, N, N] score matrix materialised, to show
     the N² memory) and once with the fused one (`scaled_dot_product_attention`);
@@ -47,10 +47,10 @@ def child(method: str, n: int, threads: int, cap_s: float) -> dict[str, float]:
     import numpy as np
     import torch
 
+    from mfdiffuser.baselines.madiff import MADiffMethod, Params
     from mfdiffuser.envs.crowd_1d import Crowd1D
     from mfdiffuser.envs.finite import uniform_policy
     from mfdiffuser.methods.base import Dims
-    from mfdiffuser.methods.madiff import MADiffMethod, Params
     from mfdiffuser.planner.acting import FiniteStatePlannerPolicy
     from mfdiffuser.planner.config import PlannerConfig
     from mfdiffuser.planner.diffusion import MFDiffuser

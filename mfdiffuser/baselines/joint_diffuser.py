@@ -1,6 +1,6 @@
 """MADiff-style joint denoiser: MF-Diffuser's denoiser with attention across all agents.
 
-The baseline MF-Diffuser is measured against (`madiff`, `mfdiffuser.methods.madiff`). Where
+The baseline MF-Diffuser is measured against (`madiff`, `mfdiffuser.baselines.madiff`). Where
 MF-Diffuser denoises a set of M ≪ N particles that interact only through their empirical measure
 (O(M) per layer), this model denoises the windows of ALL N agents, X[B, N, H, D], and after every
 residual block each agent attends to every other agent at the same time step:
@@ -9,7 +9,7 @@ softmax(Q·Kᵀ/√d)·V over the agent axis, O(N²) per layer.
 Everything else is MF-Diffuser's own code, so that the comparison isolates the joint-vs-mean-field
 design: the same embeddings and residual temporal blocks (this class is a `MeanFieldDenoiser`
 whose mixer after each block is attention instead of mean-field pooling), and, in
-`mfdiffuser.methods.madiff`, the same `MFDiffuser` noise schedule, loss, in-painting and flat
+`mfdiffuser.baselines.madiff`, the same `MFDiffuser` noise schedule, loss, in-painting and flat
 sampler with every agent a particle. No positional embedding over agents: the network is
 permutation-equivariant over agents.
 

@@ -6,9 +6,9 @@ the sweep's `method` axis, `mfd methods`, and the registry-wide tests.
 
 from __future__ import annotations
 
+from mfdiffuser.baselines.madiff import MAX_AGENTS as MADIFF_MAX_AGENTS
 from mfdiffuser.envs.registry import did_you_mean
 from mfdiffuser.methods.base import MethodSpec
-from mfdiffuser.methods.madiff import MAX_AGENTS as MADIFF_MAX_AGENTS
 
 _MF = "mfdiffuser.methods.mf_diffuser"
 
@@ -74,7 +74,7 @@ _SPECS = [
         "MADiff-style joint diffuser: one denoiser over all N agents' windows with attention "
         "across agents at every block, on MF-Diffuser's schedule, unweighted loss, in-painting "
         "and flat sampler; every agent a particle, so N is limited (see max_agents)",
-        "mfdiffuser.methods.madiff",
+        "mfdiffuser.baselines.madiff",
         max_agents=MADIFF_MAX_AGENTS,
     ),
     MethodSpec(
@@ -84,7 +84,7 @@ _SPECS = [
         "Diffuser per agent: each agent's trajectory diffused alone with the flat sampler "
         "(interaction = false, stages = 1, beta = 0), guided by a value network trained jointly "
         "on noisy windows to predict each agent's return in its window (guide_scale)",
-        "mfdiffuser.methods.diffuser",
+        "mfdiffuser.baselines.diffuser",
         fixed={
             "interaction": False,
             "stages": 1,
@@ -98,7 +98,7 @@ _SPECS = [
         1,
         "trained",
         "behaviour cloning: a mean-field policy pi(a | s, t, mu) fitted to the data's actions",
-        "mfdiffuser.methods.bc",
+        "mfdiffuser.baselines.bc",
     ),
     MethodSpec(
         "mf_iql",
@@ -106,7 +106,7 @@ _SPECS = [
         "trained",
         "Implicit Q-Learning on mean-field transitions: expectile V, twin Q, a policy extracted "
         "by advantage-weighted regression",
-        "mfdiffuser.methods.mf_iql",
+        "mfdiffuser.baselines.mf_iql",
     ),
     MethodSpec(
         "mf_cql",
@@ -114,7 +114,7 @@ _SPECS = [
         "trained",
         "Conservative Q-Learning on mean-field transitions: twin Q with the CQL penalty, acting "
         "by softmax(Q / temperature)",
-        "mfdiffuser.methods.mf_cql",
+        "mfdiffuser.baselines.mf_cql",
     ),
     MethodSpec(
         "fp",

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from mfdiffuser.baselines.mf_cql import MeanFieldCQL
+from mfdiffuser.baselines.mf_iql import MeanFieldIQL
 from mfdiffuser.data.advantages import returns_to_go as agent_returns_to_go
 from mfdiffuser.data.generate import generate_shard
 from mfdiffuser.data.windows import (
@@ -30,8 +32,6 @@ from mfdiffuser.envs import Crowd1D, FiniteMeanFieldGame, exploitability, propag
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.methods.base import DataStats, Dims, TrainedMethod
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
-from mfdiffuser.methods.mf_cql import MeanFieldCQL
-from mfdiffuser.methods.mf_iql import MeanFieldIQL
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
 from mfdiffuser.planner.diffusion import returns_to_go

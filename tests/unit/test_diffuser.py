@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from mfdiffuser.baselines.diffuser import DiffuserMethod, ValueGuide, window_returns
 from mfdiffuser.data.generate import generate_shard
 from mfdiffuser.data.windows import EpisodeArrays, behaviour_prior, episodes_from_table, mean_fields
 from mfdiffuser.envs import FiniteMeanFieldGame, exploitability
@@ -19,7 +20,6 @@ from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.evaluation.rollout import propagate_fn
 from mfdiffuser.methods.base import DataStats, Dims
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
-from mfdiffuser.methods.diffuser import DiffuserMethod, ValueGuide, window_returns
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
 from mfdiffuser.planner.acting import nearest_states

@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mfdiffuser.baselines.joint_diffuser import AgentAttention, JointDenoiser
+from mfdiffuser.baselines.madiff import MAX_AGENTS, MADiffMethod
 from mfdiffuser.cli import app
 from mfdiffuser.data.generate import generate_shard
 from mfdiffuser.data.windows import EpisodeArrays, behaviour_prior, episodes_from_table
@@ -22,7 +23,6 @@ from mfdiffuser.envs import exploitability, propagate
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.methods.base import Dims
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
-from mfdiffuser.methods.madiff import MAX_AGENTS, MADiffMethod
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
 from mfdiffuser.planner.diffusion import MFDiffuser

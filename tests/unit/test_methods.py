@@ -138,3 +138,51 @@ def test_reference_methods_reproduce_mfd_solve(name: str) -> None:
     solved = solve("crowd_1d", params, algorithm=name, iterations=30)
     assert exploitability(game, table) == solved["exploitability"]
     assert figures["solve/exploitability"] == solved["exploitability"]
+
+
+MF_FAMILY = sorted(n for n, s in METHODS.items() if s.family == "mf_diffuser")
+
+
+@pytest.fixture(scope="module")
+def crowd_medium() -> tuple[Crowd1D, EpisodeArrays]:
+    game = Crowd1D(size=10, horizon=10)
+    policies = get_benchmark("crowd_1d").behaviour(game, "medium").policies
+    table, _ = generate_shard(lambda: Crowd1DSim(game, 100), policies, range(40), seed=0)
+    return game, episodes_from_table(table, 100)
+
+
+@pytest.mark.parametrize("name", MF_FAMILY)
+def test_the_mf_diffuser_family_learns_on_crowd_1d_medium(
+    name: str, crowd_medium: tuple[Crowd1D, EpisodeArrays]
+) -> None:
+    """300 Adam steps (the budget of configs/sweep_table_quick.yaml) take the frozen table's
+    exploitability at least 30% below the untrained model's (measured: 0.62, 0.62, 0.68, 0.33,
+    0.55 of it for mf_diffuser, _flat, _unweighted, per_agent_diffuser, decision_diffuser)."""
+    game, data = crowd_medium
+    spec = METHODS[name]
+    settings = {"window": 4, "n_particles": 16, "max_particles": 32, "diffusion_steps": 10}
+    settings |= {"hidden": 32, "n_blocks": 2, "draws": 2}
+    torch.manual_seed(0)
+    method = spec.build(
+        spec.params({k: v for k, v in settings.items() if k not in spec.fixed}), Dims.of(game)
+    )
+    assert isinstance(method, TrainedMethod)
+    stats = DataStats.of(data, game)
+    method.prepare(stats)
+
+    def expl() -> float:
+        policy = method.policy(game, stats.prior, seed=0)
+        return exploitability(game, policy.expected_table(propagate_fn(game), seed=0))
+
+    before = expl()
+    train_epochs(
+        method,
+        method.batches(data, game, seed=0),
+        epochs=1,
+        steps_per_epoch=300,
+        batch_size=16,
+        lr=3e-3,
+        on_epoch=lambda e, m, o: None,
+    )
+    after = expl()
+    assert after <= 0.7 * before, (name, before, after)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mfdiffuser.baselines.baseline_params import NetworkParams
 from mfdiffuser.methods.base import Batches, Dims, Policy, TrainedMethod
-from mfdiffuser.methods.baseline_params import NetworkParams
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +29,7 @@ class BehaviourCloning(TrainedMethod):
     params: Params
 
     def __init__(self, params: Params, dims: Dims) -> None:
-        from mfdiffuser.methods.networks import MeanFieldMLP, Networks
+        from mfdiffuser.baselines.networks import MeanFieldMLP, Networks
 
         super().__init__(params, dims)
         policy = MeanFieldMLP(dims, params.hidden, params.layers, dims.n_actions)
@@ -44,7 +44,7 @@ class BehaviourCloning(TrainedMethod):
         return self.nets
 
     def to_batch(self, raw: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
-        from mfdiffuser.methods.networks import state_batch
+        from mfdiffuser.baselines.networks import state_batch
 
         return state_batch(raw, device, self.dims)
 
@@ -66,7 +66,7 @@ class BehaviourCloning(TrainedMethod):
         return self
 
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
-        from mfdiffuser.methods.networks import device_of, network_policy
+        from mfdiffuser.baselines.networks import device_of, network_policy
 
         return network_policy(game, self.nets["policy"], device_of(self.nets))
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
+from mfdiffuser.baselines.baseline_params import QParams
+from mfdiffuser.baselines.q_learning import QLearning
 from mfdiffuser.methods.base import Dims, Policy
-from mfdiffuser.methods.baseline_params import QParams
-from mfdiffuser.methods.q_learning import QLearning
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -65,7 +65,7 @@ class MeanFieldCQL(QLearning):
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
         import torch
 
-        from mfdiffuser.methods.networks import device_of, network_policy
+        from mfdiffuser.baselines.networks import device_of, network_policy
 
         def logits(feats: Tensor, ctx: Tensor) -> Tensor:
             out = self.nets(feats, ctx)

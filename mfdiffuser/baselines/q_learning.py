@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mfdiffuser.baselines.baseline_params import QParams
 from mfdiffuser.methods.base import Batches, DataStats, Dims, TrainedMethod
-from mfdiffuser.methods.baseline_params import QParams
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ class QLearning(TrainedMethod):
     params: QParams
 
     def __init__(self, params: QParams, dims: Dims, extra: dict[str, int]) -> None:
-        from mfdiffuser.methods.networks import MeanFieldMLP, Networks
+        from mfdiffuser.baselines.networks import MeanFieldMLP, Networks
 
         super().__init__(params, dims)
         outputs = {"q1": dims.n_actions, "q2": dims.n_actions, **extra}
@@ -64,7 +64,7 @@ class QLearning(TrainedMethod):
     def to_batch(self, raw: dict[str, np.ndarray], device: Any) -> dict[str, Any]:
         import torch
 
-        from mfdiffuser.methods.networks import state_batch
+        from mfdiffuser.baselines.networks import state_batch
 
         batch = state_batch(raw, device, self.dims)
         batch["next_feats"] = torch.as_tensor(

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field
 
+from mfdiffuser.baselines.baseline_params import QParams
+from mfdiffuser.baselines.q_learning import QLearning
 from mfdiffuser.methods.base import Dims, Policy
-from mfdiffuser.methods.baseline_params import QParams
-from mfdiffuser.methods.q_learning import QLearning
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -84,7 +84,7 @@ class MeanFieldIQL(QLearning):
             return self.nets["v"](feats, ctx)[..., 0] * self.value_scale
 
     def policy(self, game: Any, prior: np.ndarray, seed: int) -> Policy:
-        from mfdiffuser.methods.networks import device_of, network_policy
+        from mfdiffuser.baselines.networks import device_of, network_policy
 
         return network_policy(game, self.nets["policy"], device_of(self.nets))
 
