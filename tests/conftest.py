@@ -15,6 +15,10 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Ray reads this at import: with it, a local Ray takes 127.0.0.1 as its node address and binds its
 # servers to loopback only (Ray 2.60 ignores _node_ip_address="127.0.0.1" for that).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# As `mfd` sets it for a local Ray, and before Ray is imported: Ray reads the auth mode at import,
+# and a CLI test run in-process before the session's Ray would otherwise set it afterwards (the
+# new GCS then wants a token the driver does not send).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @pytest.fixture(scope="session")
