@@ -1,4 +1,4 @@
-"""MADiff, the joint diffuser (METHOD.md §7 baseline), on the Method interface.
+"""MADiff, the joint diffuser (a baseline), on the Method interface.
 
 One denoiser over the windows of all N agents of an episode, with attention across agents after
 every block (`mfdiffuser.baselines.joint_diffuser.JointDenoiser`), plugged into MF-Diffuser's own

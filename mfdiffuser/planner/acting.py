@@ -1,11 +1,11 @@
-"""Acting with the planner in a finite-state mean-field game (METHOD.md §5, finite-S rule).
+"""Acting with the planner in a finite-state mean-field game (the finite-state rule).
 
 At decision time t: allocate M = min(N, M_max) particles to the agents' states (stratified),
 sample them conditioned on (t, μ_t), and read the empirical distribution of first actions per
 first state as π̂_t(a | s). Every agent samples its action from π̂_t(· | s_i): O(N) for any N.
 States without a particle fall back to the behaviour prior π_b(· | s, t).
 
-Coarse-to-fine (§4, cfg.stages > 1): the final stage's M_L particles get the stratified
+Coarse-to-fine (cfg.stages > 1): the final stage's M_L particles get the stratified
 allocation above (sorted by state index, one per drawn agent). The parents maps of the stage plan
 are sorted, so every particle of a coarser stage stands for a contiguous block of that sorted
 allocation (the final-stage descendants of its children); its first state is the block's median
@@ -13,7 +13,7 @@ state. Coarser stages are thus systematic (stratified) subsamples of the allocat
 parent's children are the contiguous sub-blocks around its own state: for states sorted by index,
 the final-stage states nearest to the parent's first state (`stage_assignment`).
 
-Replanning (§5, cfg.replan_every = r > 1, `PlannerPolicy`): at a replan each agent samples its
+Replanning (cfg.replan_every = r > 1, `PlannerPolicy`): at a replan each agent samples its
 action from π̂_t as above and is assigned to a particle with its state and that first action
 (uniformly among them); at offset k < r it takes its particle's planned action at k while its
 actual state is the particle's planned state at k (planned state features decoded to the nearest
@@ -22,7 +22,7 @@ behaviour prior π_b(· | s_i, t) (the same prior that covers unpopulated states
 `FiniteStatePlannerPolicy.act` at every step. A plan that runs out (inverse dynamics gives H − 1
 actions, so r = H) triggers an early replan.
 
-Matching rule (§5, cfg.acting = 'matching', `MatchingPlannerPolicy`), generic over per-agent
+Matching rule (cfg.acting = 'matching', `MatchingPlannerPolicy`), generic over per-agent
 feature vectors: agents are sorted by a locality-preserving key (Morton/Z-order code of the
 features quantised on their joint min/max box, ties broken lexicographically by the features),
 cut into M contiguous blocks of floor/ceil(N/M) agents; particle j gets the block's median agent as
@@ -186,7 +186,7 @@ class FiniteStatePlannerPolicy:
     ) -> np.ndarray:
         """n_draws independent particle sets in one batch -> tables[n_draws, S, A].
 
-        Flat sampler when cfg.stages == 1, coarse-to-fine (§4) otherwise; the draws of one batch
+        Flat sampler when cfg.stages == 1, coarse-to-fine otherwise; the draws of one batch
         share the stage plan (counts and parents) and differ in their noise.
         """
         idx, _, actions = self._sample_particles(t, mu, alloc_weights, m, generator, n_draws)
@@ -368,7 +368,7 @@ def sample_particles(
     return planner.sample(ctx, feats(first), generator, ret=ret)
 
 
-# ---------------------------------------------------------------------- matching rule (§5)
+# ---------------------------------------------------------------------- matching rule
 
 
 def sort_key_order(
@@ -432,7 +432,7 @@ def representatives(feats: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class MatchingPlannerPolicy:
-    """§5 matching rule: agents matched to particles by state features, balanced loads."""
+    """The matching rule: agents matched to particles by state features, balanced loads."""
 
     def __init__(self, planner: MFDiffuser, game: FiniteGame, cfg: PlannerConfig) -> None:
         if planner.state_dim != game.feature_dim:

@@ -1,4 +1,4 @@
-"""Configuration of the MF-Diffuser planner (METHOD.md §1–§5): one object, validated."""
+"""Configuration of the MF-Diffuser planner: one object, validated."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class PlannerConfig(BaseModel):
     # strict: a bool is not an int and "5" is not 5; finite floats only
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    # §1 trajectory windows and particle sets
+    # trajectory windows and particle sets
     window: int = Field(
         4, ge=1, le=1000, description="H: planning window, number of steps per particle, 1..1000."
     )
@@ -28,7 +28,7 @@ class PlannerConfig(BaseModel):
         description="M_max: particle cap when acting; M = min(N, M_max), 1..4096.",
     )
 
-    # §2 denoiser
+    # denoiser
     diffusion_steps: int = Field(
         20, ge=2, le=1000, description="K: number of denoising steps, 2..1000."
     )
@@ -52,7 +52,7 @@ class PlannerConfig(BaseModel):
         "one-hot actions are scaled to that box).",
     )
 
-    # §4 hierarchical coarse-to-fine denoising
+    # hierarchical coarse-to-fine denoising
     stages: int = Field(
         3,
         ge=1,
@@ -74,7 +74,7 @@ class PlannerConfig(BaseModel):
         "get more: L = 3, K = 20 gives [11, 6, 3]), largest remainder, at least 1 per stage.",
     )
 
-    # §3 value-weighted objective (slot: beta = 0 is unweighted trajectory modelling)
+    # value-weighted objective (slot: beta = 0 is unweighted trajectory modelling)
     beta: float = Field(
         1.0,
         ge=0.0,
@@ -86,7 +86,7 @@ class PlannerConfig(BaseModel):
         20.0, gt=0.0, le=1e6, description="w_max: clip of normalised weights, (0, 1e6]."
     )
 
-    # §5 acting
+    # acting
     smoothing: float = Field(
         0.1,
         ge=0.0,
@@ -101,7 +101,7 @@ class PlannerConfig(BaseModel):
     )
     acting: Literal["finite", "matching", "auto"] = Field(
         "finite",
-        description="How agents read actions off particles (§5). 'finite': per-state table of "
+        description="How agents read actions off particles. 'finite': per-state table of "
         "first actions, each agent samples from π̂_t(· | s_i) (finite S). 'matching': agents are "
         "matched to particles by their state features with balanced loads (floor/ceil(N/M) "
         "agents per particle, sort-based, O(N log N)) and take their particle's action; works "
@@ -113,11 +113,11 @@ class PlannerConfig(BaseModel):
         1,
         ge=1,
         le=1000,
-        description="r: replan every r steps (§5); between replans each agent follows its "
+        description="r: replan every r steps; between replans each agent follows its "
         "particle's planned actions. 1 = plan at every step. Must be <= window.",
     )
 
-    # §2 classifier-free return guidance (off by default)
+    # classifier-free return guidance (off by default)
     return_guidance: bool = Field(
         False,
         description="Condition the denoiser on the normalised population return-to-go of the "

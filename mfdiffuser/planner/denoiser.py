@@ -1,4 +1,4 @@
-"""Mean-field denoiser ε_θ(X^k, k, c) of METHOD.md §2.
+"""Mean-field denoiser ε_θ(X^k, k, c) of MF-Diffuser (the README's Methods section).
 
 Axes: x[B, M, H, D] = (batch, particle, time, feature). Each particle runs through the same
 temporal trunk; after every residual block the particles interact only through their empirical
