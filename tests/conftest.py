@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -45,3 +47,14 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def gen_docs() -> ModuleType:
+    """scripts/gen_docs.py (not a package): the generated docs pages and the metrics-page check."""
+    path = Path(__file__).resolve().parent.parent / "scripts" / "gen_docs.py"
+    spec = importlib.util.spec_from_file_location("gen_docs", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -8,7 +8,7 @@ Naming scheme (one for the whole platform):
   `mfd.method`, `mfd.seed`, `mfd.code_version`;
 - metrics: `train/…` (per epoch), `return/n{N}` (mean per-agent return at N), `exploitability`,
   `behaviour/return`, `behaviour/exploitability`, `subopt/…`, `trajectory/…`, `dynamics/…`
-  (README.md lists every name); sweep trials are child runs of the sweep's parent run;
+  (docs/metrics.md defines every one); sweep trials are child runs of the sweep's parent run;
 - artifacts: `config.yaml`, `dataset/manifest.json`, `checkpoint/`.
 """
 

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -170,6 +171,26 @@ def test_evaluate_logs_returns_and_exploitability(trained: dict[str, Any]) -> No
     run = MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"])
     assert run.data.metrics["return/n60"] == pytest.approx(m["return/n60"])
     assert run.data.metrics["exploitability"] == pytest.approx(m["exploitability"])
+
+
+def test_every_metric_the_run_holds_is_in_the_metrics_page(
+    trained: dict[str, Any], gen_docs: ModuleType
+) -> None:
+    """A real evaluation into the training run; every key the run then holds (training,
+    behaviour, returns, the decomposition, plan quality, timings) is named in docs/metrics.md."""
+    api.evaluate(trained["checkpoint"], n_agents=[20], episodes=1, tracking_uri=trained["uri"])
+    keys = set(MlflowClient(tracking_uri=trained["uri"]).get_run(trained["run_id"]).data.metrics)
+    assert {
+        "train/world_size",
+        "behaviour/exploitability",
+        "return/table_n20",
+        "subopt/distribution_shift",
+        "subopt/mf_abs_dev_table/n20",
+        "trajectory/mmd2",
+        "dynamics/feasible_fraction",
+        "eval/seconds",
+    } <= keys
+    assert gen_docs.undocumented_metrics(keys) == []
 
 
 def _listener() -> tuple[socket.socket, list[object]]:
