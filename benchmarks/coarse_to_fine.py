@@ -1,4 +1,4 @@
-"""Coarse-to-fine vs flat sampling (METHOD.md §4): one planning call at equal final count M_L.
+"""Coarse-to-fine vs flat sampling (docs/method.md): one planning call at equal final count M_L.
 
     .venv/bin/python benchmarks/coarse_to_fine.py [--quick] [--repeats R]
 

@@ -1,4 +1,4 @@
-"""Evidence for coarse-to-fine sampling (METHOD.md §4) at equal final particle count M_L.
+"""Evidence for coarse-to-fine sampling (docs/method.md) at equal final particle count M_L.
 
     .venv/bin/python benchmarks/evidence_coarse_to_fine.py [--quick] [--models DIR]
 

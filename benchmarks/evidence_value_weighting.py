@@ -1,4 +1,4 @@
-"""Evidence for the value-weighted objective (METHOD.md §3): does β > 0 beat β = 0 and the data?
+"""Evidence for the value-weighted objective (docs/method.md): does β > 0 beat β = 0 and the data?
 
     .venv/bin/python benchmarks/evidence_value_weighting.py [--quick] [--out DIR]
 
@@ -7,7 +7,7 @@ with the pure path (registry behaviour + `generate_shard`, N = 100 agents, 40 ep
 and shared by every run of that quality. MF-Diffuser is trained with the pure training loop
 (`train_epochs`, no Ray, torch on one thread) with β = 0 and with β > 0, 3 seeds each, the same
 step budget, and evaluated by
-  * the expected policy table of METHOD.md §5 (`FiniteStatePlannerPolicy.expected_table`, the
+  * the expected policy table of docs/method.md (`FiniteStatePlannerPolicy.expected_table`, the
     planner run along its own exact flow, `draws` seeded particle sets per epoch averaged):
     its exact mean-field return J^inf (`policy_value`) and exploitability;
   * the live planner with N = 1000 agents (`rollout_returns`, one planner call per epoch): the
@@ -16,7 +16,7 @@ step budget, and evaluated by
 the best by exploitability of the table is kept and its seed-0 run reused). Reference rows, all
 exact: the behaviour policy π_b (the occupancy-weighted mixture of the generating policies), the
 data's empirical policy π̂_b (what β = 0 models) and the ideal tilt π_β^D = π̂_b·exp(β·Â)
-normalised (what the weighted loss targets, METHOD.md §6), for several β, and π_β^D frozen with
+normalised (what the weighted loss targets, docs/metrics.md), for several β, and π_β^D frozen with
 perfect samples exactly as the planner's table is frozen (`sampled_target_table`: the table's
 own sampling noise, mean±std over the seeds). `TV target` is the μ-weighted mean total-variation
 distance between a table and π_β^D of its β (sampling noise + generative error).

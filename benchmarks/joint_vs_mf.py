@@ -1,4 +1,4 @@
-"""Planning cost vs N: the MADiff-style joint diffuser against MF-Diffuser (METHOD.md §7).
+"""Planning cost vs N: the MADiff-style joint diffuser against MF-Diffuser (docs/methods.md).
 
     .venv/bin/python benchmarks/joint_vs_mf.py [--quick] [--threads 1 2] [--cap-s 300] [--ns ...]
 

@@ -11,7 +11,7 @@ and its load; they are never asserted in tests.
 (a) crowd_2d 10x10, horizon 10, uniform policy: our exploitability vs OpenSpiel's NashConv
     (open_spiel.python.mfg.algorithms.nash_conv) on mfg_crowd_modelling_2d. Values agree exactly
     only where the semantics coincide: with only_distribution_reward there is no movement cost,
-    so OpenSpiel's value cache keyed on (x, y, t) (BENCHMARKS.md) loses nothing (its horizon H
+    so OpenSpiel's value cache keyed on (x, y, t) (docs/benchmarks.md) loses nothing (its horizon H
     is our H). With the movement cost the difference is printed (OpenSpiel keeps whichever
     previous action reached a cell first; our values are exact over (cell, previous action)).
     Also predator_prey: the sum of our per-population gains vs OpenSpiel's NashConv on

@@ -1,4 +1,5 @@
-"""Dataset-estimated advantages for the value-weighted objective (METHOD.md §3) and π_β^D (§6).
+"""Dataset-estimated advantages for the value-weighted objective (docs/method.md) and
+π_β^D (docs/metrics.md).
 
 Finite-S benchmarks use tabular Monte Carlo estimates over (t, s, a):
 
@@ -119,7 +120,7 @@ def tilted_policy(
     """π_β(a | s, t) ∝ π_b(a | s, t)·min(exp(β·A(s, a, t)) / Z, w_max): policy[T, S, A].
 
     prior[T, S, A] is π_b; adv is a TabularAdvantage (the dataset estimate, giving π_β^D of
-    METHOD.md §6) or a table A[T, S, A] (e.g. the true advantage, giving π_β*).
+    docs/metrics.md) or a table A[T, S, A] (e.g. the true advantage, giving π_β*).
 
     Clipping. Training weights are exp(β·A_j) divided by their batch mean, then clipped at w_max;
     the first-action marginal they induce at (t, s) is π_b·min(exp(β·A)/Z, w_max), renormalised.

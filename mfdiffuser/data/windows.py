@@ -1,6 +1,6 @@
 """Training windows for the planner: one episode, one window start, M random agents.
 
-METHOD.md §1: a training sample is X[M, H, D] (per step: state features ⊕ action one-hot scaled
+docs/method.md: a training sample is X[M, H, D] (per step: state features ⊕ action one-hot scaled
 to [-1, 1]) plus the context c = (t, mu_t), for a random subset of M of the episode's N agents.
 """
 

@@ -1,6 +1,6 @@
 """Behaviour policies that generate offline datasets of a given quality (D4RL-style names).
 
-BENCHMARKS.md, "Offline data qualities":
+The data qualities (docs/data.md):
 - `random`: uniform actions;
 - `expert`: the reference policy (the benchmark's solver setting run to convergence: fictitious
   play by default, `BenchmarkSpec.expert_solver` otherwise; or the benchmark's own expert, e.g.
@@ -140,7 +140,7 @@ def make_behaviour(
 
 
 def occupancy_mixture(game: FiniteMeanFieldGame, policies: list[FloatArray]) -> FloatArray:
-    """The behaviour policy of a dataset mixed from several policies (METHOD.md §3).
+    """The behaviour policy of a dataset mixed from several policies (docs/data.md).
 
     pi_b,t(a|s) = sum_k d_k,t(s) pi_k,t(a|s) / sum_k d_k,t(s), with d_k the state distribution of
     policy k against its own flow (each episode is played by one policy throughout); uniform where

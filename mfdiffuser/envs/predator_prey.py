@@ -9,10 +9,9 @@ c = y * size + x. Actions (OpenSpiel's order): 0 = (0, 0) stay (neutral), 1 = (+
 
 Dynamics at epoch t: the agent moves by its action, then noise moves it again by one of the same 5
 displacements (clipped the same way): no displacement w.p. 1 - p, each of the 4 moves w.p. p / 4,
-with OpenSpiel's noise_probability p = 0.8. This is how BENCHMARKS.md's "stay w.p. 0.2 else a
-random move" is read here: OpenSpiel's chance node after every decision, which with p = 0.8 is
-uniform over the 5 displacements. The chosen move itself is always made (it is not replaced by
-the noise).
+with OpenSpiel's noise_probability p = 0.8: OpenSpiel's chance node after every decision, which
+with p = 0.8 is uniform over the 5 displacements (docs/benchmarks.md). The chosen move itself is
+always made (it is not replaced by the noise).
 
 Populations: P = 3 by default, each starting with all its mass in a corner: (0, 0),
 (size - 1, 0), (0, size - 1) (OpenSpiel's three-population init_distrib). Reward of an agent of

@@ -319,7 +319,7 @@ def behaviour_summary(game: Any, policies: list[np.ndarray]) -> dict[str, Any]:
 
     `return`: mean over the policies of each one's value against its own flow (what the
     episodes achieve on average); `exploitability`: of the occupancy-weighted mixture, the
-    behaviour policy pi_b of METHOD.md §3.
+    behaviour policy pi_b of docs/data.md.
     """
     values = [policy_value(game, p) for p in policies]
     expl = [exploitability(game, p) for p in policies]

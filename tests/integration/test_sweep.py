@@ -168,7 +168,7 @@ def _mfd(*args: str, cwd: Path) -> subprocess.Popen[str]:
 
 def _finished_trial_ids(db: Path) -> list[str]:
     """Trial ids of FINISHED trial runs, read with plain sqlite3 (read-only): an MLflow client
-    here would race the driver creating a fresh store's schema (ECOSYSTEM.md)."""
+    here would race the driver creating a fresh store's schema (see `tracking.client`)."""
     if not db.exists():
         return []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)

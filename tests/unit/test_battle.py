@@ -1,4 +1,4 @@
-"""battle (BENCHMARKS.md §C): hand-computed steps, observations, parameters, policies, rows."""
+"""battle (docs/benchmarks.md): hand-computed steps, observations, parameters, policies, rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Dataset advantages (METHOD.md §3), value weights in training batches and π_β^D (§6)."""
+"""Dataset advantages (docs/method.md), value weights in training batches and π_β^D
+(docs/metrics.md)."""
 
 from __future__ import annotations
 

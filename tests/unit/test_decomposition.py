@@ -1,4 +1,4 @@
-"""The four-term decomposition (METHOD.md §6), each term from its own definition, and plan quality.
+"""The four-term decomposition (docs/metrics.md), each term from its own definition, plan quality.
 
 The terms add up to the total by construction, so that is not tested; each term is checked on a
 case where its value is known.

@@ -25,7 +25,7 @@ NEUTRAL = 1
 
 
 def literal_reward(n: int, x: int, a_prev: int, mu_x: float, crowd_aversion: float) -> float:
-    """r_t of BENCHMARKS.md, written out for one agent."""
+    """r_t of docs/benchmarks.md, written out for one agent."""
     half = n // 2
     return (
         1.0

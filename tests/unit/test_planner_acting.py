@@ -1,4 +1,4 @@
-"""Acting with the planner in a finite-state game (METHOD.md §5): allocation, tables, a tiny fit."""
+"""Acting with the planner in a finite game (docs/method.md): allocation, tables, a tiny fit."""
 
 from __future__ import annotations
 

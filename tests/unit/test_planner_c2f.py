@@ -1,4 +1,4 @@
-"""Hierarchical coarse-to-fine denoising (METHOD.md §4) and its use when acting (§5)."""
+"""Hierarchical coarse-to-fine denoising and its use when acting (docs/method.md)."""
 
 from __future__ import annotations
 

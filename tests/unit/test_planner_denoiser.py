@@ -1,4 +1,4 @@
-"""MeanFieldDenoiser (METHOD.md §2): shapes, particle equivariance, any M, interaction switch."""
+"""MeanFieldDenoiser (docs/method.md): shapes, particle equivariance, any M, interaction switch."""
 
 from __future__ import annotations
 

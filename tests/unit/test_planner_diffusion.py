@@ -1,4 +1,4 @@
-"""MFDiffuser (METHOD.md §1–§3): schedule, loss with in-painting and weights, seeded sampling."""
+"""MFDiffuser (docs/method.md): schedule, loss with in-painting and weights, seeded sampling."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Issue 4: a small planner trained on left_right expert data acts near the equilibrium.
 
-METHOD.md §5: the learned planner is frozen into its expected policy table (the mean of
+docs/method.md (Acting): the learned planner is frozen into its expected policy table (the mean of
 `cfg.draws` seeded draws along its own exact mean-field flow) and that table's exact
 exploitability is measured. In left_right (horizon 2: one decision at t = 0 from the start
 state), with p = P(left) the policy's value is -(p² + 2(1-p)²) and the best response earns
