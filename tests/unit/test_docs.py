@@ -1,11 +1,13 @@
 """docs/ against the code: generated pages up to date, a section for every registered benchmark
 and method, every documented `mfd` command and option real, the API example running, every
-training figure in the metrics page. (The evaluation's metric keys are checked against a real
-evaluation in tests/integration/test_ray_flow.py.)"""
+training figure in the metrics page, and no citation of a design file the repository lacks.
+(The evaluation's metric keys are checked against a real evaluation in
+tests/integration/test_ray_flow.py.)"""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -129,3 +131,39 @@ def test_every_training_figure_of_every_method_is_in_the_metrics_page(
         keys |= set(figures)
     assert {"train/loss", "train/weight_max", "solve/exploitability"} <= keys
     assert gen_docs.undocumented_metrics(keys) == []
+
+
+# A design document cited by name: an upper-case Markdown file name, or the shared folder beside
+# the repository (spelt in two parts so that this file does not cite it itself).
+DESIGN_CITATION = re.compile(r"\b[A-Z][A-Z0-9_]+\.md\b|" + re.escape("../" + "shared"))
+# Files whose citations their owner replaces in work under way (remove each when it lands):
+# battle's comments are rewritten with its data readers.
+PENDING = {"mfdiffuser/envs/battle.py"}
+
+
+def test_no_file_cites_a_design_file_the_repository_lacks() -> None:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    files = [f for f in listed if f and (ROOT / f).is_file()]
+    names = {Path(f).name for f in files}
+    bad, pending = [], set()
+    for f in files:
+        try:
+            text = (ROOT / f).read_text()
+        except UnicodeDecodeError:
+            continue  # binary
+        missing = {m for m in DESIGN_CITATION.findall(text) if m not in names}
+        missing |= {d for d in re.findall(r"\bdocs/[\w.-]+\.md\b", text) if d not in files}
+        if missing and f in PENDING:
+            pending.add(f)
+        elif missing:
+            bad.append(f"{f}: {', '.join(sorted(missing))}")
+    assert not bad, "cites files the repository does not have:\n" + "\n".join(bad)
+    assert pending == PENDING & set(files), (
+        f"{sorted(PENDING - pending)} no longer cite design files: drop them from PENDING"
+    )
