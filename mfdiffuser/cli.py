@@ -89,8 +89,17 @@ def _main(
             help="Print the package version and the code version (git commit) and exit.",
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress (bars on a terminal, else periodic `progress:` lines on stderr).",
+        ),
+    ] = False,
 ) -> None:
-    pass
+    if quiet:  # an environment variable: the Ray workers this command starts read it too
+        os.environ["MFD_QUIET"] = "1"
 
 
 def _loopback_if_local(address: str | None) -> None:
