@@ -110,6 +110,17 @@ def _figures(
     histories: dict[str, dict[str, list[tuple[int, float]]]],
 ) -> dict[str, str]:
     """Every figure as PNG and SVG in `folder`; returns name -> caption."""
+    with warnings.catch_warnings():  # one seed: already among the report's warnings
+        warnings.simplefilter("ignore", SingleSeedWarning)
+        return _make_figures(folder, records, table, histories)
+
+
+def _make_figures(
+    folder: Path,
+    records: list[dict[str, Any]],
+    table: dict[str, Any],
+    histories: dict[str, dict[str, list[tuple[int, float]]]],
+) -> dict[str, str]:
     made: dict[str, str] = {}
     for name, make in SWEEP_FIGURES.items():
         figures.save(make(records), folder, name)
