@@ -150,7 +150,7 @@ def return_vs_n(records: list[Record]) -> Figure:
         ax.set_xscale("log")
         ax.set(title=f"{bench}, {quality} data", xlabel="N (agents)", ylabel="return $J^N$")
         ax.legend(fontsize=8)
-    fig.suptitle("Mean per-agent return against N (95% bootstrap band over seeds)")
+    fig.suptitle("Return against N\n(95% bootstrap band over seeds)", fontsize=10)
     return fig
 
 
