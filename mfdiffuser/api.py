@@ -48,6 +48,7 @@ __all__ = [
     "list_benchmarks",
     "load_config",
     "quickstart",
+    "report",
     "run_experiment",
     "solve",
     "table",
@@ -538,6 +539,14 @@ def quickstart(
     return out
 
 
+def reading_store(tracking_uri: str | None) -> str:
+    """The store a command that only reads uses: it must answer, and a SQLite store exist."""
+    uri = resolve_and_check_tracking(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"--tracking-uri = {uri}: no such store (the file does not exist)")
+    return uri
+
+
 def table(sweep: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
     """The comparison table of a sweep (`mfdiffuser.evaluation.comparison`) from its parent
     run id or sweep id: every method per (benchmark, quality, N, other axes) over seeds, the win
@@ -548,19 +557,9 @@ def table(sweep: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
     from mfdiffuser.evaluation.comparison import SingleSeedWarning, comparison_table
     from mfdiffuser.platform import tracking
 
-    uri = resolve_and_check_tracking(tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise ConfigError(f"--tracking-uri = {uri}: no such store (the file does not exist)")
+    uri = reading_store(tracking_uri)
     found = tracking.sweep_results(uri, sweep)
-    if not found["records"]:
-        from collections import Counter
-
-        counts = Counter(m["status"] for m in found["missing"])
-        runs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        raise ConfigError(
-            f"--sweep = {sweep!r}: sweep {found['sweep']!r} has no finished trial "
-            f"(trial runs: {runs or 'none'})"
-        )
+    tracking.check_finished(sweep, found)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SingleSeedWarning)
         result = comparison_table(found["records"], found["skipped"])
@@ -575,6 +574,25 @@ def table(sweep: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
         "missing": found["missing"],
         "warnings": [str(w.message) for w in ours],
     }
+
+
+def report(
+    out: str | Path,
+    *,
+    sweep: str | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """A sweep's figures logged into MLflow (the parent run and each trial's run) and a static
+    HTML report written into `out` (`mfdiffuser.dashboards.report`); reads the sweep by its
+    parent run id or sweep id, or the newest sweep of an experiment."""
+    from mfdiffuser.dashboards.report import check_out, write_report
+
+    if (sweep is None) == (experiment is None):
+        raise ConfigError("--sweep / --experiment: give exactly one of them")
+    check_out(Path(out))
+    uri = reading_store(tracking_uri)
+    return write_report(uri, sweep=sweep, experiment=experiment, out=Path(out))
 
 
 def _run_metrics(uri: str, run_id: str) -> dict[str, float]:

@@ -89,8 +89,17 @@ def _main(
             help="Print the package version and the code version (git commit) and exit.",
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress (bars on a terminal, else periodic `progress:` lines on stderr).",
+        ),
+    ] = False,
 ) -> None:
-    pass
+    if quiet:  # an environment variable: the Ray workers this command starts read it too
+        os.environ["MFD_QUIET"] = "1"
 
 
 def _loopback_if_local(address: str | None) -> None:
@@ -614,6 +623,54 @@ def _table_text(r: dict[str, Any]) -> str:
             f"{m['quality']}, N={m['n_agents']}): {m['reason']}"
         )
     return out.getvalue().rstrip()
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", help="Directory for index.html and its figures.")],
+    sweep_ref: Annotated[
+        str | None,
+        typer.Option("--sweep", help="The sweep's parent run id (or sweep id) `mfd sweep` prints."),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", help="Report the newest sweep of this experiment.")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A sweep's figures into MLflow and a static HTML report (no network needed) into --out.
+
+    Figures (PNG and SVG): return against N, every decomposition term against N (log-log, fitted
+    slope with its 95% interval, reference slope), the distribution shift against N and quality,
+    exploitability per method x quality, training curves, the comparison table. They go on the
+    sweep's parent run, each trial's training curve and decomposition on its run. Reads the
+    store and writes only artifacts; --out is replaced as a whole once the report is complete.
+    """
+    from mfdiffuser import api
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    result = _guard(
+        lambda: api.report(out, sweep=sweep_ref, experiment=experiment, tracking_uri=tracking_uri),
+        as_json,
+    )
+    for line in result["warnings"]:
+        typer.echo(f"warning: {line}", err=True)
+    _emit(result, as_json, _report_text)
+
+
+def _report_text(r: dict[str, Any]) -> str:
+    lines = [f"report of sweep {r['sweep']} ({r['trials']} trials): {r['html']}"]
+    for law in r["laws"]:
+        slope = f"{law['slope']:+.3f}" + (
+            f" [{law['low']:+.3f}, {law['high']:+.3f}]" if law["low"] is not None else " [one seed]"
+        )
+        ref = "" if law["reference"] is None else f" (reference {law['reference']:+g})"
+        lines.append(
+            f"  {law['method']}, {law['quality']}: {law['term']} ({law['fit']}) slope {slope}{ref}"
+        )
+    lines.append(f"figures logged on the parent run {r['parent_run_id']} and each trial's run")
+    lines.append(f"{r['seconds']:.1f} s")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -8,7 +8,10 @@ Naming scheme (one for the whole platform):
   `mfd.method`, `mfd.seed`, `mfd.code_version`;
 - metrics: `train/…` (per epoch), `return/n{N}` (mean per-agent return at N), `exploitability`,
   `behaviour/return`, `behaviour/exploitability`, `subopt/…`, `trajectory/…`, `dynamics/…`
-  (docs/metrics.md defines every one); sweep trials are child runs of the sweep's parent run;
+  (docs/metrics.md defines every one); a quantity indexed by N (`return/n{N}`,
+  `subopt/mf_abs_dev/n{N}`) is logged a second time under the key without N at step N (`return`,
+  `subopt/mf_abs_dev`), so MLflow charts it against N; sweep trials are child runs of the sweep's
+  parent run;
 - artifacts: `config.yaml`, `dataset/manifest.json`, `checkpoint/`.
 """
 
@@ -18,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -227,14 +231,40 @@ def last_step(uri: str, run_id: str, key: str) -> int:
     return max((int(m.step) for m in client(uri).get_metric_history(run_id, key)), default=0)
 
 
+# `return/n100`, `return/n100_std`, `return/table_n100`, `subopt/mf_error/n100`: a quantity at N.
+_PER_N = re.compile(r"(?P<base>.+)/(?P<kind>[a-z_]*?)_?n(?P<n>\d+)(?P<std>_std)?")
+
+
+def n_indexed(key: str) -> tuple[str, int] | None:
+    """(the key without N, N) for a per-N key (`return/table_n100` -> (`return/table`, 100),
+    `return/n100_std` -> (`return_std`, 100)); None for any other key."""
+    m = _PER_N.fullmatch(key)
+    if m is None:
+        return None
+    base = m["base"] + (f"/{m['kind']}" if m["kind"] else "") + (m["std"] or "")
+    return base, int(m["n"])
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log at `step`; a per-N key is logged once more without N, at step N (`n_indexed`)."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    client(uri).log_batch(run_id, metrics=batch)
+    for k, v in metrics.items():
+        if (found := n_indexed(k)) is not None:
+            batch.append(Metric(found[0], float(v), now, found[1]))
+    for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+        client(uri).log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of every value logged for `key`, by step."""
+    return sorted(
+        (int(m.step), float(m.value)) for m in client(uri).get_metric_history(run_id, key)
+    )
 
 
 def log_artifact(
@@ -347,6 +377,37 @@ def find_sweep(uri: str, ref: str) -> Any:
     return run
 
 
+def latest_sweep(uri: str, experiment: str) -> Any:
+    """The newest sweep parent run in the experiment named `experiment`."""
+    exp = client(uri).get_experiment_by_name(experiment)
+    if exp is None:
+        names = sorted(e.name for e in client(uri).search_experiments())
+        raise ConfigError(
+            f"--experiment = {experiment!r}: no such experiment in {uri}; allowed: "
+            + (", ".join(names) or "none (the store is empty)")
+        )
+    found = _search_all(uri, [exp.experiment_id], "tags.`mfd.role` = 'sweep'")
+    if not found:
+        raise ConfigError(
+            f"--experiment = {experiment!r}: it holds no sweep; allowed: an experiment "
+            "that `mfd sweep` logged into"
+        )
+    return found[0]
+
+
+def check_finished(ref: str, found: dict[str, Any]) -> None:
+    """A sweep read back (`sweep_results`) must have a finished trial."""
+    if not found["records"]:
+        from collections import Counter
+
+        counts = Counter(m["status"] for m in found["missing"])
+        runs = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        raise ConfigError(
+            f"--sweep = {ref!r}: sweep {found['sweep']!r} has no finished trial "
+            f"(trial runs: {runs or 'none'})"
+        )
+
+
 def _skipped(uri: str, run_id: str) -> list[dict[str, Any]]:
     import tempfile
 
@@ -363,10 +424,10 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
     """A sweep's trials as comparison records, from its parent run (id or sweep id).
 
     `records`: finished trials with their return at their own N (`return/n{N}`, N the trial's
-    `data.n_agents`) and `exploitability`; `missing`: trial runs without them (failed, still
-    running, or not evaluated at their own N), with why; `skipped`: the cells the sweep did not
-    run (its `sweep/skipped.json`). Benchmark, quality, N and seed (`train.seed`) are the
-    trial's logged config; the method is its `mfd.method` tag.
+    `data.n_agents`), `exploitability` and all its `metrics`; `missing`: trial runs without
+    them (failed, still running, or not evaluated at their own N), with why; `skipped`: the
+    cells the sweep did not run (its `sweep/skipped.json`). Benchmark, quality, N and seed
+    (`train.seed`) are the trial's logged config; the method is its `mfd.method` tag.
     """
     parent = find_sweep(uri, ref)
     parent_id = parent.info.run_id
@@ -394,7 +455,12 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
         key = f"return/n{n}"
         if run.info.status == "FINISHED" and key in metrics:
             records.append(
-                {**item, "return": metrics[key], "exploitability": metrics.get("exploitability")}
+                {
+                    **item,
+                    "return": metrics[key],
+                    "exploitability": metrics.get("exploitability"),
+                    "metrics": dict(metrics),
+                }
             )
             continue
         if run.info.status != "FINISHED":

@@ -487,6 +487,56 @@ def check_sweep(sweep: Sweep, *, resume: bool = False) -> tuple[str, str, str]:
     return uri, storage, exp_dir
 
 
+def _progress_callback(total: int) -> Any:
+    """A Tune callback that shows trials finished / running / failed, each named by its axes."""
+    from ray import tune
+
+    from mfdiffuser.platform.progress import Progress
+
+    class SweepProgress(tune.Callback):
+        def __init__(self) -> None:
+            self.bar = Progress("sweep", total, "trials finished")
+            self.running: set[str] = set()
+            self.failed: list[str] = []
+
+        def _move(self, n: int, event: str) -> None:
+            running = ", ".join(sorted(self.running)) or "none"
+            failed = (
+                f"{len(self.failed)} failed ({', '.join(self.failed)})"
+                if self.failed
+                else "0 failed"
+            )
+            self.bar.advance(n, f"{event}; running: {running}; {failed}")
+
+        def on_trial_start(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self.running.add(_name(trial))
+            self._move(0, f"started {_name(trial)}")
+
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self.running.discard(_name(trial))
+            self._move(1, f"finished {_name(trial)}")
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            self.running.discard(_name(trial))
+            self.failed.append(_name(trial))
+            self._move(1, f"failed {_name(trial)}")
+
+        def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+            self.bar.close()
+
+    return SweepProgress()
+
+
+def _name(trial: Any) -> str:
+    return str(trial.config["trial"]["config"]["name"])
+
+
 def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     """Generate the datasets, run (or resume) the Tune experiment, summarise. Needs Ray."""
     from ray import tune
@@ -537,6 +587,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
                     name=f"{sweep.name}-{sweep.sweep_id}",
                     storage_path=tune_path,
                     verbose=1,
+                    callbacks=[_progress_callback(len(sweep.trials))],
                 ),
             )
         results = tuner.fit()

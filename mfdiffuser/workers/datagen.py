@@ -39,6 +39,7 @@ from mfdiffuser.envs.behaviour import occupancy_mixture
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, worker_failure
+from mfdiffuser.platform.progress import progress
 from mfdiffuser.platform.provenance import code_version
 
 
@@ -241,9 +242,11 @@ def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) ->
             results = pool.map_unordered(
                 lambda a, i: a.write_shard.remote(uri, i, ranges[i], n, cfg.data.seed), todo
             )
-            for info in results:
-                shard = ShardInfo.model_validate(info)
-                done[shard.index] = shard
+            with progress(f"generate {uri.rsplit('/', 1)[-1]}", len(todo), "shards") as bar:
+                for info in results:
+                    shard = ShardInfo.model_validate(info)
+                    done[shard.index] = shard
+                    bar.advance()
         except RayError as err:
             raise WorkerError(f"dataset {uri}: {worker_failure(err)}; a re-run resumes") from err
         finally:  # shards already written stay; a re-run resumes from them

@@ -20,6 +20,7 @@ from ray.exceptions import RayError
 
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, worker_failure
+from mfdiffuser.platform.progress import progress
 
 
 # Every method is a pure function of its arguments and the checkpoint the constructor loads
@@ -142,6 +143,23 @@ class RolloutActor:
         return out
 
 
+def _gather(refs: list[Any], jobs: list[tuple[int, int]], episodes: int) -> list[Any]:
+    """`ray.get(refs)`, showing the episodes played per N as the rollouts finish."""
+    from collections import Counter
+
+    total = Counter(n for n, _ in jobs)
+    done: Counter[int] = Counter()
+    at = {ref: n for ref, (n, _) in zip(refs, jobs, strict=True)}
+    pending = list(refs)
+    with progress("evaluate", len(refs) * episodes, "episodes") as bar:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done[at[ready[0]]] += 1
+            note = ", ".join(f"N={n}: {done[n] * episodes}/{total[n] * episodes}" for n in total)
+            bar.advance(episodes, note)
+    return ray.get(refs)
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     n_agents: list[int],
@@ -182,7 +200,7 @@ def evaluate_checkpoint(
             actors[i % len(actors)].table_returns.remote(frozen, n, episodes, s)
             for i, (n, s) in enumerate(jobs)
         ]
-        results = ray.get(refs)
+        results = _gather(refs, jobs, episodes)
         table_results = ray.get(table_refs)
         diag = ray.get(diag_ref) if diag_ref is not None else None
     except RayError as err:

@@ -37,6 +37,7 @@ from ray.train.v2._internal.execution.failure_handling import (
 
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig, validation_lines
 from mfdiffuser.platform.errors import WorkerError, one_line, verbose
+from mfdiffuser.platform.progress import line as progress_line
 
 
 def _train_worker(loop_cfg: dict[str, Any]) -> None:
@@ -130,6 +131,11 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
+        steps = cfg.train.steps_per_epoch
+        progress_line(
+            f"train {cfg.name}: epoch {epoch + 1}/{cfg.train.epochs}, step "
+            f"{(epoch + 1) * steps}/{cfg.train.epochs * steps}, loss {loss:.4f}"
+        )
         if loop_cfg.get("run_id") and epoch + 1 > logged_upto:
             tracking.log_metrics(
                 loop_cfg["tracking_uri"], loop_cfg["run_id"], metrics, step=epoch + 1

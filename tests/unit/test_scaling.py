@@ -1,11 +1,12 @@
-"""Scaling-law fits used to read a sweep's evidence (no Ray, no MLflow)."""
+"""Scaling-law fits of `mfd report` (no Ray, no MLflow)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mfdiffuser.tuning.analysis import loglog_slope, mean_slope
+from mfdiffuser.dashboards.scaling import loglog_slope, mean_slope
+from mfdiffuser.evaluation.comparison import SingleSeedWarning
 
 
 def test_loglog_slope_recovers_a_known_power_law_with_an_interval() -> None:
@@ -31,3 +32,12 @@ def test_bad_inputs_are_named() -> None:
         loglog_slope(np.array([1.0, 10.0]), np.array([1.0, -1.0]))
     with pytest.raises(ValueError, match="two distinct N"):
         loglog_slope(np.array([10.0, 10.0]), np.array([1.0, 2.0]))
+
+
+def test_one_seed_per_n_warns_and_gives_no_interval() -> None:
+    n = np.array([100.0, 1000.0, 10000.0])
+    with pytest.warns(SingleSeedWarning, match="one seed per N"):
+        slope, low, high = loglog_slope(n, 3.0 * n**-0.5)
+    assert slope == pytest.approx(-0.5) and low is None and high is None
+    with pytest.warns(SingleSeedWarning):
+        assert mean_slope(n, 1.0 / n).low is None
