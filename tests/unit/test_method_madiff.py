@@ -25,6 +25,7 @@ from mfdiffuser.methods.base import Dims
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
+from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 from mfdiffuser.platform.config import ConfigError, load_config
 from mfdiffuser.tuning.sweep import load_sweep
@@ -217,3 +218,19 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
 
 
 SEED, STEPS = 2, 800
+
+
+def test_shares_the_planners_field_definitions() -> None:
+    """The fields madiff takes over from MF-Diffuser are one definition: the same bounds,
+    description and validators (an even kernel is refused by both with the same message)."""
+    shared = ["window", "diffusion_steps", "hidden", "n_blocks", "kernel_size"]
+    shared += ["clip_denoised", "smoothing", "draws"]
+    ours, planner = SPEC.params_model.model_fields, PlannerConfig.model_fields
+    for name in shared:
+        assert ours[name].metadata == planner[name].metadata, name
+        assert ours[name].description == planner[name].description, name
+    for model in (SPEC.params_model, PlannerConfig):
+        with pytest.raises(ValueError, match="kernel_size must be odd, got 4"):
+            model.model_validate({"kernel_size": 4})
+        with pytest.raises(ValueError, match="less than or equal to 1000"):
+            model.model_validate({"window": 1001})
