@@ -83,6 +83,17 @@ class Params(BaseModel):
             )
         return self
 
+    def activations(self, batch_size: int, n_agents: int) -> list[list[tuple[str, int]]]:
+        """Its largest activations in training, as named factors (the config check bounds each):
+        the trunk over all N agents of every window, batch x N x window x hidden, and with
+        attention = 'naive' the score matrix of every layer, batch x window x heads x N²."""
+        batch, window = ("train.batch_size", batch_size), ("method.params.window", self.window)
+        agents = ("data.n_agents", n_agents)
+        trunk = [batch, agents, window, ("method.params.hidden", self.hidden)]
+        if self.attention == "fused":
+            return [trunk]
+        return [trunk, [batch, window, ("method.params.heads", self.heads), agents, agents]]
+
     @property
     def n_particles(self) -> int:
         """Every agent is a particle: a sample of N agents takes min(N, this) = N (the plan
