@@ -31,41 +31,39 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mfdiffuser.methods.base import Batches, Dims, Policy, TrainedMethod
-from mfdiffuser.planner.config import PlannerConfig
+from mfdiffuser.planner.config import (
+    ClipDenoised,
+    DiffusionSteps,
+    Draws,
+    Hidden,
+    KernelSize,
+    NBlocks,
+    PlannerConfig,
+    Smoothing,
+    Window,
+)
 
 MAX_AGENTS = 1024
 
 
 class Params(BaseModel):
-    """MADiff's parameters; names and bounds as MF-Diffuser's (`PlannerConfig`) where they mean
-    the same."""
+    """MADiff's parameters; those it shares with MF-Diffuser are `PlannerConfig`'s own field
+    definitions (in madiff every agent is a particle)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    window: int = Field(
-        4, ge=1, le=1000, description="H: planning window, steps per agent, 1..1000."
-    )
-    diffusion_steps: int = Field(
-        20, ge=2, le=1000, description="K: number of denoising steps, 2..1000."
-    )
-    hidden: int = Field(
-        64, ge=1, le=4096, description="Channels of the per-agent temporal trunk, 1..4096."
-    )
-    n_blocks: int = Field(
-        2, ge=1, le=64, description="Residual temporal blocks, each + agent attention, 1..64."
-    )
-    kernel_size: int = Field(
-        3, ge=1, le=63, description="Temporal convolution kernel (odd, 'same'), 1..63."
-    )
+    window: Window = 4
+    diffusion_steps: DiffusionSteps = 20
+    hidden: Hidden = 64
+    n_blocks: NBlocks = 2
+    kernel_size: KernelSize = 3
     heads: int = Field(4, ge=1, le=4096, description="Attention heads; must divide hidden.")
     attention: Literal["fused", "naive"] = Field(
         "fused",
         description="'fused': torch's scaled_dot_product_attention; 'naive': the [B·H, heads, "
         "N, N] score matrix materialised (the same output, N² memory).",
     )
-    clip_denoised: bool = Field(
-        True, description="Clip the clean estimate x̂_0 to [-1, 1] while sampling."
-    )
+    clip_denoised: ClipDenoised = True
     table_agents: int = Field(
         64,
         ge=1,
@@ -73,26 +71,28 @@ class Params(BaseModel):
         description=f"Agents of each joint sample the frozen policy table is read from, "
         f"1..{MAX_AGENTS} (acting always samples all N agents).",
     )
-    smoothing: float = Field(
-        0.1,
-        ge=0.0,
-        le=1e6,
-        description="Additive smoothing of per-state first-action counts, 0..1e6.",
-    )
-    draws: int = Field(
-        4, ge=1, le=1000, description="Seeded draws averaged into the policy table, 1..1000."
-    )
+    smoothing: Smoothing = 0.1
+    draws: Draws = 4
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size = {self.kernel_size} must be odd (keeps H unchanged)")
         if self.hidden % self.heads:
             raise ValueError(
                 f"heads = {self.heads} must divide hidden = {self.hidden}; "
                 f"allowed: divisors of {self.hidden}"
             )
         return self
+
+    def activations(self, batch_size: int, n_agents: int) -> list[list[tuple[str, int]]]:
+        """Its largest activations in training, as named factors (the config check bounds each):
+        the trunk over all N agents of every window, batch x N x window x hidden, and with
+        attention = 'naive' the score matrix of every layer, batch x window x heads x N²."""
+        batch, window = ("train.batch_size", batch_size), ("method.params.window", self.window)
+        agents = ("data.n_agents", n_agents)
+        trunk = [batch, agents, window, ("method.params.hidden", self.hidden)]
+        if self.attention == "fused":
+            return [trunk]
+        return [trunk, [batch, window, ("method.params.heads", self.heads), agents, agents]]
 
     @property
     def n_particles(self) -> int:

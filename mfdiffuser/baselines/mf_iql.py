@@ -36,11 +36,15 @@ class Params(QParams):
         "value, toward 1 = the best action the data took.",
     )
     awr_beta: float = Field(
-        3.0,
+        1.0,
         ge=0.0,
         le=1000.0,
         description="β: inverse temperature of the policy's weights exp(β·(Q − V)) (advantages "
-        "in value-scale units), 0..1000; 0 = behaviour cloning.",
+        "in value-scale units), 0..1000; 0 = behaviour cloning. The weights improve on the data "
+        "against the data's own mean field, a step toward its best response, which in a game "
+        "overshoots the equilibrium: on left_right expert data (left 0.658 of the time, the "
+        "equilibrium 2/3) the exact Q(L) − Q(R) is 0.07 value-scale units, and β = 3 tilts "
+        "the policy to 0.71 left (exploitability 0.083), β = 1 to 0.67 (0.010).",
     )
     awr_clip: float = Field(
         100.0, gt=0.0, le=1e6, description="Largest weight exp(β·(Q − V)), (0, 1e6]."

@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+
+def _odd(value: int) -> int:
+    # An odd kernel with padding k // 2 keeps the window length H unchanged.
+    if value % 2 != 1:
+        raise ValueError(f"kernel_size must be odd, got {value}")
+    return value
+
+
+# The fields other diffusion methods (`madiff`) share with the planner, defined once so that
+# their bounds and descriptions cannot drift apart; each model keeps its own default.
+Window = Annotated[
+    int,
+    Field(ge=1, le=1000, description="H: planning window, number of steps per particle, 1..1000."),
+]
+DiffusionSteps = Annotated[
+    int, Field(ge=2, le=1000, description="K: number of denoising steps, 2..1000.")
+]
+Hidden = Annotated[
+    int, Field(ge=1, le=4096, description="Channels of the per-particle temporal trunk, 1..4096.")
+]
+NBlocks = Annotated[
+    int, Field(ge=1, le=64, description="Residual temporal blocks (one interaction each), 1..64.")
+]
+KernelSize = Annotated[
+    int,
+    Field(ge=1, le=63, description="Temporal convolution kernel (odd, 'same'), 1..63."),
+    AfterValidator(_odd),
+]
+ClipDenoised = Annotated[
+    bool,
+    Field(
+        description="Clip the clean estimate x̂_0 to [-1, 1] while sampling (features and "
+        "one-hot actions are scaled to that box)."
+    ),
+]
+Smoothing = Annotated[
+    float,
+    Field(
+        ge=0.0, le=1e6, description="Additive smoothing of per-state first-action counts, 0..1e6."
+    ),
+]
+Draws = Annotated[
+    int,
+    Field(
+        ge=1, le=1000, description="Seeded draws averaged into the expected policy table, 1..1000."
+    ),
+]
 
 
 class PlannerConfig(BaseModel):
@@ -15,9 +63,7 @@ class PlannerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     # trajectory windows and particle sets
-    window: int = Field(
-        4, ge=1, le=1000, description="H: planning window, number of steps per particle, 1..1000."
-    )
+    window: Window = 4
     n_particles: int = Field(
         32, ge=1, le=4096, description="M: particles per training sample, 1..4096."
     )
@@ -29,28 +75,16 @@ class PlannerConfig(BaseModel):
     )
 
     # denoiser
-    diffusion_steps: int = Field(
-        20, ge=2, le=1000, description="K: number of denoising steps, 2..1000."
-    )
-    hidden: int = Field(
-        64, ge=1, le=4096, description="Channels of the per-particle temporal trunk, 1..4096."
-    )
-    n_blocks: int = Field(
-        2, ge=1, le=64, description="Residual temporal blocks (one interaction each), 1..64."
-    )
-    kernel_size: int = Field(
-        3, ge=1, le=63, description="Temporal convolution kernel (odd, 'same'), 1..63."
-    )
+    diffusion_steps: DiffusionSteps = 20
+    hidden: Hidden = 64
+    n_blocks: NBlocks = 2
+    kernel_size: KernelSize = 3
     interaction: bool = Field(
         True,
         description="Mean-field pooling after every block. False = per-agent Diffuser ablation "
         "(`-s interaction=false`).",
     )
-    clip_denoised: bool = Field(
-        True,
-        description="Clip the clean estimate x̂_0 to [-1, 1] while sampling (features and "
-        "one-hot actions are scaled to that box).",
-    )
+    clip_denoised: ClipDenoised = True
 
     # hierarchical coarse-to-fine denoising
     stages: int = Field(
@@ -87,18 +121,8 @@ class PlannerConfig(BaseModel):
     )
 
     # acting
-    smoothing: float = Field(
-        0.1,
-        ge=0.0,
-        le=1e6,
-        description="Additive smoothing of per-state first-action counts, 0..1e6.",
-    )
-    draws: int = Field(
-        4,
-        ge=1,
-        le=1000,
-        description="Seeded draws averaged into the expected policy table, 1..1000.",
-    )
+    smoothing: Smoothing = 0.1
+    draws: Draws = 4
     acting: Literal["finite", "matching", "auto"] = Field(
         "finite",
         description="How agents read actions off particles. 'finite': per-state table of "
@@ -272,11 +296,3 @@ class PlannerConfig(BaseModel):
         n, b = self.stages, self.growth
         # Integer ceil division: exact for any size (no float rounding).
         return [max(1, -(-m_final // b ** (n - 1 - i))) for i in range(n)]
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd_kernel(cls, value: int) -> int:
-        # An odd kernel with padding k // 2 keeps the window length H unchanged.
-        if value % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {value}")
-        return value

@@ -185,7 +185,8 @@ class TrainSection(_Section):
         ge=1,
         le=65_536,
         description="windows per worker per step, 1..65536; batch_size x the method's "
-        "n_particles x window x hidden (those it has) <= 2^28 (1 GiB of float32 per activation)",
+        "n_particles x window x hidden (those it has; madiff: its own activations, see "
+        "`mfd methods`) <= 2^28 (1 GiB of float32 per activation)",
     )
     lr: float = Field(1e-3, gt=0, le=1000.0, description="learning rate, (0, 1000]")
     num_workers: int = Field(
@@ -334,14 +335,25 @@ class ExperimentConfig(_Section):
                 f"{e.seeds} x horizon {horizon} = {steps:.3g} agent-steps; "
                 f"allowed: <= {MAX_AGENT_STEPS:.0e}"
             )
-        # One activation of a network over windows: batch x particles x window x width.
-        dims = [k for k in ("n_particles", "window", "hidden") if isinstance(p.get(k), int)]
-        size = t.batch_size * math.prod(p[k] for k in dims)
-        if size > 2**28:
-            names = " x ".join(["train.batch_size", *(f"method.params.{k}" for k in dims)])
-            raise ValueError(
-                f"{names} = {size:.3g} floats per activation; allowed: <= 2^28 (1 GiB of float32)"
-            )
+        # A method whose parameters know their own largest activations says so (`activations`:
+        # named factors of each); the others: one activation over windows, batch x particles x
+        # window x width (those it has).
+        settings = self.method.settings
+        if hasattr(settings, "activations"):
+            activations = settings.activations(t.batch_size, d.n_agents)
+        else:
+            dims = [k for k in ("n_particles", "window", "hidden") if isinstance(p.get(k), int)]
+            own = [(f"method.params.{k}", p[k]) for k in dims]
+            activations = [[("train.batch_size", t.batch_size), *own]]
+        for factors in activations:
+            size = math.prod(value for _, value in factors)
+            if size > 2**28:
+                names = " x ".join(name for name, _ in factors)
+                values = " x ".join(str(value) for _, value in factors)
+                raise ValueError(
+                    f"{names} = {values} = {size:.3g} floats per activation; "
+                    "allowed: <= 2^28 (1 GiB of float32)"
+                )
         return self
 
 

@@ -99,16 +99,16 @@ def test_loss_is_diffusion_plus_value_mse_each_logged(trained: Trained) -> None:
     assert last["train/loss_diffusion"] < first["train/loss_diffusion"]
 
 
-def _planned_returns(trained: Trained, guided: bool) -> float:
+def _planned_returns(trained: Trained, guided: bool, seed: int = SEED) -> float:
     """Mean return, by the game's own rewards, of plans sampled at every t from the data's
-    states and mean field (the flow the value was fitted on), at one seed."""
+    states and mean field (the flow the value was fitted on), at one sampling seed."""
     game, method = trained.game, trained.method
     planner = method.planner
     planner.guide = ValueGuide(method.value, method.params.guide_scale) if guided else None
     mu = mean_fields(trained.arrays, game.n_states).mean(axis=0)  # [T, S]
     h, d_s = method.params.window, game.feature_dim
     returns = []
-    gen = torch.Generator().manual_seed(SEED)
+    gen = torch.Generator().manual_seed(seed)
     for t in range(game.horizon):
         ctx = torch.as_tensor(game.context(t, mu[t]))[None]
         first = torch.as_tensor(game.features(trained.arrays.states[:, t, :16]))  # [E, 16, S]
@@ -123,9 +123,14 @@ def _planned_returns(trained: Trained, guided: bool) -> float:
 
 
 def test_value_guidance_raises_the_planned_return(trained: Trained) -> None:
-    unguided = _planned_returns(trained, guided=False)
-    guided = _planned_returns(trained, guided=True)
-    assert guided > unguided + 0.01, (guided, unguided)
+    """Guidance (scale 100) against none, at three sampling seeds. Seen over seeds 0-4: the
+    guided plans' return is 0.019-0.020 above the unguided ones', whose own spread between
+    seeds is 0.0012; so every seed must gain at least 0.015 (3/4 of the smallest gain seen),
+    more than ten times the unguided spread."""
+    unguided = [_planned_returns(trained, guided=False, seed=s) for s in range(3)]
+    gains = [_planned_returns(trained, guided=True, seed=s) - u for s, u in enumerate(unguided)]
+    assert min(gains) > 0.015, (gains, unguided)
+    assert min(gains) > 10 * (max(unguided) - min(unguided)), (gains, unguided)
 
 
 def test_training_lowers_exploitability_by_a_third(trained: Trained) -> None:

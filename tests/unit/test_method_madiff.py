@@ -25,6 +25,7 @@ from mfdiffuser.methods.base import Dims
 from mfdiffuser.methods.checkpoint import load_checkpoint, save_checkpoint
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
+from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 from mfdiffuser.platform.config import ConfigError, load_config
 from mfdiffuser.tuning.sweep import load_sweep
@@ -217,3 +218,47 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
 
 
 SEED, STEPS = 2, 800
+
+
+def test_shares_the_planners_field_definitions() -> None:
+    """The fields madiff takes over from MF-Diffuser are one definition: the same bounds,
+    description and validators (an even kernel is refused by both with the same message)."""
+    shared = ["window", "diffusion_steps", "hidden", "n_blocks", "kernel_size"]
+    shared += ["clip_denoised", "smoothing", "draws"]
+    ours, planner = SPEC.params_model.model_fields, PlannerConfig.model_fields
+    for name in shared:
+        assert ours[name].metadata == planner[name].metadata, name
+        assert ours[name].description == planner[name].description, name
+    for model in (SPEC.params_model, PlannerConfig):
+        with pytest.raises(ValueError, match="kernel_size must be odd, got 4"):
+            model.model_validate({"kernel_size": 4})
+        with pytest.raises(ValueError, match="less than or equal to 1000"):
+            model.model_validate({"window": 1001})
+
+
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        (
+            ["n_agents=1000", "train.batch_size=128", "hidden=1024"],
+            "train.batch_size x data.n_agents x method.params.window x method.params.hidden = "
+            "128 x 1000 x 4 x 1024 = 5.24e+08 floats per activation",
+        ),
+        (  # fits with the fused attention (2.6e8 floats), not with its N² score matrix
+            ["n_agents=1000", "train.batch_size=64", "hidden=1024", "attention=naive"],
+            "train.batch_size x method.params.window x method.params.heads x data.n_agents x "
+            "data.n_agents = 64 x 4 x 4 x 1000 x 1000 = 1.02e+09 floats per activation",
+        ),
+    ],
+)
+def test_config_refuses_activations_over_the_memory_bound(settings: list[str], line: str) -> None:
+    """madiff's activations hold all N agents of a window (and N² scores per head with the
+    naive attention): `mfd config` bounds those, naming madiff's own fields."""
+    runner = CliRunner()
+    args = ["config", "-s", "method=madiff"]
+    fused = [s for s in settings if not s.startswith("attention")]
+    if len(fused) < len(settings):
+        assert runner.invoke(app, [*args, *(a for s in fused for a in ("-s", s))]).exit_code == 0
+    result = runner.invoke(app, [*args, *(a for s in settings for a in ("-s", s))])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {line}; allowed: <= 2^28 (1 GiB of float32)\n"
