@@ -97,8 +97,8 @@ def solve(
 ) -> dict[str, Any]:
     """Exact mean-field quantities of a policy: the uniform one, or a solver's result.
 
-    Benchmarks without an exact model (battle) report the policy's simulated return, win rate
-    and kill ratio over `episodes` episodes instead (`uniform` = random, `expert` = scripted).
+    Simulator-only benchmarks (battle) report the policy's simulated return, win rate and
+    kill ratio over `episodes` episodes instead (`uniform` = random, `expert` = scripted).
     `expert` is the benchmark's registered expert (its `expert_solver` setting, e.g. damped
     fictitious play for sis); `damped_fp` is damped fictitious play with `iterations` and the
     benchmark's step exponent. For multi-population games (predator_prey) `exploitability` is the
@@ -160,8 +160,6 @@ def solve(
 def _solve_simulated(
     spec: Any, params: dict[str, Any] | None, algorithm: str, episodes: int
 ) -> dict[str, Any]:
-    from mfdiffuser.envs.battle import battle_stats
-
     if algorithm not in ("uniform", "expert"):
         raise ConfigError(
             f"--algorithm = {algorithm!r}: {spec.name} has no exact mean-field model, so there "
@@ -174,7 +172,8 @@ def _solve_simulated(
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "benchmark.params")) from None
     start = time.perf_counter()
-    stats = battle_stats(validated, "random" if algorithm == "uniform" else "expert", episodes)
+    quality = "random" if algorithm == "uniform" else "expert"
+    stats = spec.simulator.stats(validated, quality, episodes)
     return {
         "benchmark": spec.describe(params),
         "algorithm": algorithm,
@@ -204,7 +203,7 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Generate the offline dataset of `cfg` with a pool of Ray actors, or reuse it (no Ray)."""
     from mfdiffuser.workers.datagen import dataset_params, existing_dataset, generate_dataset
 
-    try:  # battle: n_agents (agents per team) must fit the map; checked before any Ray work
+    try:  # N tied to the parameters (battle: agents per team fit the map); before any Ray work
         dataset_params(cfg)
     except (ValueError, ValidationError) as err:
         msg = validation_lines(err, "benchmark.params") if isinstance(err, ValidationError) else err
@@ -245,8 +244,9 @@ def check_method(cfg: ExperimentConfig) -> None:
         return
     if not spec.exact_model:
         raise ConfigError(
-            f"benchmark.name = {cfg.benchmark.name!r}: methods train on finite-state "
-            "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
+            f"benchmark.name = {cfg.benchmark.name!r}: `mfd train` fits methods on benchmarks "
+            "with an exact mean-field model only so far (a simulator-only benchmark's data can "
+            "be generated, see `mfd generate`); "
             f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
         )
     raise ConfigError(f"method.name = {cfg.method.name!r}: {reason}")

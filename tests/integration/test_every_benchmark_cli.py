@@ -81,9 +81,9 @@ def test_generate_train_evaluate(
         assert 0 <= data["behaviour"]["win_rate"] <= 1
 
     train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
-    if not spec.exact_model:  # no planner for battle yet, so there is no checkpoint either
+    if not spec.exact_model:  # `mfd train` fits on exact-model benchmarks only so far
         for args, needle in (
-            (["train", *train], "methods train on finite-state benchmarks only"),
+            (["train", *train], "exact mean-field model only so far"),
             (["evaluate", data["dataset"]], "not a checkpoint"),
         ):
             result = CliRunner().invoke(app, args)
