@@ -88,14 +88,22 @@ class TeamPolicy:
                 planner, self.view, None, cfg, torch.Generator().manual_seed(seed)
             )
 
+        self._n_planned = -1
+
     def reset(self) -> None:
+        self._n_planned = -1
         if self.live is not None:
             self.live.reset()
 
     def act(
         self, t: int, feats: np.ndarray, mu: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
+        """Actions of the living agents of the team, feats[n, 3] in the simulator's order."""
         if self.live is not None:
+            # a plan matches the agents alive when it was made: after a death, plan again
+            if len(feats) != self._n_planned:
+                self.live.reset()
+                self._n_planned = len(feats)
             return np.asarray(self.live.act(t, feats, rng, mu), dtype=np.int64)
         import torch
 
