@@ -242,14 +242,32 @@ def check_method(cfg: ExperimentConfig) -> None:
     # (training needs the data's N, acting every evaluated N)
     if reason is None:
         return
-    if not spec.exact_model:
-        raise ConfigError(
-            f"benchmark.name = {cfg.benchmark.name!r}: `mfd train` fits methods on benchmarks "
-            "with an exact mean-field model only so far (a simulator-only benchmark's data can "
-            "be generated, see `mfd generate`); "
-            f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
-        )
     raise ConfigError(f"method.name = {cfg.method.name!r}: {reason}")
+
+
+def _check_opponents(cfg: ExperimentConfig, opponents: list[str] | None) -> None:
+    """Each opponent is a scripted one of the team game, `self`, or its checkpoint."""
+    spec = get_benchmark(cfg.benchmark.name)
+    if not opponents:
+        return
+    if spec.simulator is None:
+        raise ConfigError(
+            f"--opponent = {opponents[0]!r}: {spec.name} is not a team game; allowed: none"
+        )
+    from mfdiffuser.methods.checkpoint import read_meta
+
+    allowed = f"{', '.join(spec.simulator.scripted)}, self, or a checkpoint trained on {spec.name}"
+    for o in opponents:
+        if o in spec.simulator.scripted or o == "self":
+            continue
+        try:
+            made_on = read_meta(o).get("config", {}).get("benchmark", {}).get("name")
+        except (FileNotFoundError, ValueError):
+            raise ConfigError(f"--opponent = {o!r}: not a checkpoint; allowed: {allowed}") from None
+        if made_on != spec.name:
+            raise ConfigError(
+                f"--opponent = {o!r}: a checkpoint trained on {made_on}; allowed: {allowed}"
+            )
 
 
 def train(
@@ -356,8 +374,12 @@ def evaluate(
     run_id: str | None = None,
     address: str | None = None,
     end_run: bool = True,
+    opponents: list[str] | None = None,
 ) -> dict[str, Any]:
     """Roll the planner out with Ray actors at each N and log the figures to MLflow.
+
+    Team games play team 0 against each of `opponents` (default: the benchmark's scripted ones
+    and `self`); a checkpoint opponent must be of the same benchmark (ConfigError, before Ray).
 
     The checkpoint is provenance, never authority: the store and the Ray cluster are the
     caller's (`tracking_uri`/MLFLOW_TRACKING_URI/./mlflow.db, `address`/RAY_ADDRESS/local),
@@ -394,6 +416,7 @@ def evaluate(
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
     check_method(cfg.model_copy(update={"eval": ev}))  # e.g. N above the method's agent limit
+    _check_opponents(cfg, opponents)
     if ev.decomposition:  # the rollout actors re-read the dataset: verified here, before Ray
         verify_dataset(meta["dataset"])
     uri = resolve_and_check_tracking(tracking_uri)
@@ -422,6 +445,7 @@ def evaluate(
                 decomposition=ev.decomposition,
                 actor_cpus=ev.actor_cpus,
                 max_actors=ev.max_actors,
+                opponents=opponents,
             )
         metrics = dict(out["metrics"])
         try:
