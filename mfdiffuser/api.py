@@ -98,8 +98,8 @@ def solve(
 ) -> dict[str, Any]:
     """Exact mean-field quantities of a policy: the uniform one, or a solver's result.
 
-    Benchmarks without an exact model (battle) report the policy's simulated return, win rate
-    and kill ratio over `episodes` episodes instead (`uniform` = random, `expert` = scripted).
+    Simulator-only benchmarks (battle) report the policy's simulated return, win rate and
+    kill ratio over `episodes` episodes instead (`uniform` = random, `expert` = scripted).
     `expert` is the benchmark's registered expert (its `expert_solver` setting, e.g. damped
     fictitious play for sis); `damped_fp` is damped fictitious play with `iterations` and the
     benchmark's step exponent. For multi-population games (predator_prey) `exploitability` is the
@@ -161,8 +161,6 @@ def solve(
 def _solve_simulated(
     spec: Any, params: dict[str, Any] | None, algorithm: str, episodes: int
 ) -> dict[str, Any]:
-    from mfdiffuser.envs.battle import battle_stats
-
     if algorithm not in ("uniform", "expert"):
         raise ConfigError(
             f"--algorithm = {algorithm!r}: {spec.name} has no exact mean-field model, so there "
@@ -175,7 +173,8 @@ def _solve_simulated(
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "benchmark.params")) from None
     start = time.perf_counter()
-    stats = battle_stats(validated, "random" if algorithm == "uniform" else "expert", episodes)
+    quality = "random" if algorithm == "uniform" else "expert"
+    stats = spec.simulator.stats(validated, quality, episodes)
     return {
         "benchmark": spec.describe(params),
         "algorithm": algorithm,
@@ -205,7 +204,7 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Generate the offline dataset of `cfg` with a pool of Ray actors, or reuse it (no Ray)."""
     from mfdiffuser.workers.datagen import dataset_params, existing_dataset, generate_dataset
 
-    try:  # battle: n_agents (agents per team) must fit the map; checked before any Ray work
+    try:  # N tied to the parameters (battle: agents per team fit the map); before any Ray work
         dataset_params(cfg)
     except (ValueError, ValidationError) as err:
         msg = validation_lines(err, "benchmark.params") if isinstance(err, ValidationError) else err
@@ -244,13 +243,32 @@ def check_method(cfg: ExperimentConfig) -> None:
     # (training needs the data's N, acting every evaluated N)
     if reason is None:
         return
-    if not spec.exact_model:
-        raise ConfigError(
-            f"benchmark.name = {cfg.benchmark.name!r}: methods train on finite-state "
-            "benchmarks only so far (battle's data can be generated, see `mfd generate`); "
-            f"allowed: {', '.join(n for n, s in BENCHMARKS.items() if s.exact_model)}"
-        )
     raise ConfigError(f"method.name = {cfg.method.name!r}: {reason}")
+
+
+def _check_opponents(cfg: ExperimentConfig, opponents: list[str] | None) -> None:
+    """Each opponent is a scripted one of the team game, `self`, or its checkpoint."""
+    spec = get_benchmark(cfg.benchmark.name)
+    if not opponents:
+        return
+    if spec.simulator is None:
+        raise ConfigError(
+            f"--opponent = {opponents[0]!r}: {spec.name} is not a team game; allowed: none"
+        )
+    from mfdiffuser.methods.checkpoint import read_meta
+
+    allowed = f"{', '.join(spec.simulator.scripted)}, self, or a checkpoint trained on {spec.name}"
+    for o in opponents:
+        if o in spec.simulator.scripted or o == "self":
+            continue
+        try:
+            made_on = read_meta(o).get("config", {}).get("benchmark", {}).get("name")
+        except (FileNotFoundError, ValueError):
+            raise ConfigError(f"--opponent = {o!r}: not a checkpoint; allowed: {allowed}") from None
+        if made_on != spec.name:
+            raise ConfigError(
+                f"--opponent = {o!r}: a checkpoint trained on {made_on}; allowed: {allowed}"
+            )
 
 
 def train(
@@ -357,8 +375,12 @@ def evaluate(
     run_id: str | None = None,
     address: str | None = None,
     end_run: bool = True,
+    opponents: list[str] | None = None,
 ) -> dict[str, Any]:
     """Roll the planner out with Ray actors at each N and log the figures to MLflow.
+
+    Team games play team 0 against each of `opponents` (default: the benchmark's scripted ones
+    and `self`); a checkpoint opponent must be of the same benchmark (ConfigError, before Ray).
 
     The checkpoint is provenance, never authority: the store and the Ray cluster are the
     caller's (`tracking_uri`/MLFLOW_TRACKING_URI/./mlflow.db, `address`/RAY_ADDRESS/local),
@@ -395,6 +417,7 @@ def evaluate(
     except ValidationError as err:
         raise ConfigError(validation_lines(err, "eval")) from None
     check_method(cfg.model_copy(update={"eval": ev}))  # e.g. N above the method's agent limit
+    _check_opponents(cfg, opponents)
     if ev.decomposition:  # the rollout actors re-read the dataset: verified here, before Ray
         verify_dataset(meta["dataset"])
     uri = resolve_and_check_tracking(tracking_uri)
@@ -423,6 +446,7 @@ def evaluate(
                 decomposition=ev.decomposition,
                 actor_cpus=ev.actor_cpus,
                 max_actors=ev.max_actors,
+                opponents=opponents,
             )
         metrics = dict(out["metrics"])
         try:

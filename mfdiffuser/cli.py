@@ -392,6 +392,14 @@ def evaluate(
     ] = None,
     episodes: Annotated[int | None, typer.Option(help="Episodes per (N, seed).")] = None,
     seeds: Annotated[int | None, typer.Option(help="Seeds per N.")] = None,
+    opponent: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Team games: team 1's player, a scripted name (battle: expert, random), "
+            "`self` or a checkpoint of the same benchmark. Repeatable; default: every scripted "
+            "one and `self`."
+        ),
+    ] = None,
     address: Address = None,
     tracking_uri: TrackingUri = None,
     as_json: JsonOut = False,
@@ -406,6 +414,7 @@ def evaluate(
             n_agents=n_agents,
             episodes=episodes,
             seeds=seeds,
+            opponents=opponent,
             tracking_uri=tracking_uri,
             address=address,
         ),

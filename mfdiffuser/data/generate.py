@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mfdiffuser.data.schema import BATTLE_ROW_SCHEMA, ROW_SCHEMA
+from mfdiffuser.data.schema import ROW_SCHEMA
 from mfdiffuser.envs import sample_actions
 
 
@@ -71,67 +71,3 @@ def generate_shard(
         )
         returns.append(float(rewards.sum(axis=0).mean()))
     return pa.concat_tables(tables), np.asarray(returns)
-
-
-def generate_battle_shard(
-    params: Any, quality: str, episodes: range, seed: int
-) -> tuple[pa.Table, dict[str, float]]:
-    """battle rows (`BATTLE_ROW_SCHEMA`) of the given episodes and their outcomes.
-
-    Team 0 plays the behaviour of `quality` (episode e uses the e-th of its epsilons,
-    round-robin), team 1 `params.opponent`. Outcomes: episodes, wins and draws of team 0, kills
-    by each team, and the summed per-agent return of team 0 (sum over episodes of its mean).
-    """
-    from mfdiffuser.envs.battle import BattleSim, behaviour_mix, play_episode
-
-    sim = BattleSim(params)
-    mix = behaviour_mix(quality)
-    tables = []
-    out = dict.fromkeys(("episodes", "wins", "draws", "kills0", "kills1", "return_sum"), 0.0)
-    for e in episodes:
-        ep = play_episode(sim, mix[e % len(mix)], episode_seed(seed, e), record=True)
-        t_idx, agent = np.nonzero(ep["alive"])  # rows of the agents alive at each step's start
-        tables.append(
-            pa.table(
-                {
-                    "episode": np.full(len(t_idx), e, dtype=np.int64),
-                    "t": t_idx.astype(np.int32),
-                    "agent": agent.astype(np.int32),
-                    "team": sim.team[agent].astype(np.int8),
-                    "state": ep["cells"][t_idx, agent].astype(np.int32),
-                    "hp": ep["hp"][t_idx, agent].astype(np.float32),
-                    "action": ep["actions"][t_idx, agent].astype(np.int32),
-                    "reward": ep["rewards"][t_idx, agent].astype(np.float32),
-                    "dies": ~ep["alive_end"][t_idx, agent],
-                },
-                schema=BATTLE_ROW_SCHEMA,
-            )
-        )
-        out["episodes"] += 1
-        out["wins"] += ep["winner"] == 0
-        out["draws"] += ep["winner"] == -1
-        out["kills0"] += int(ep["kills"][0])
-        out["kills1"] += int(ep["kills"][1])
-        out["return_sum"] += float(ep["returns"][: sim.n_team].mean())
-    return pa.concat_tables(tables), {k: float(v) for k, v in out.items()}
-
-
-def battle_outcomes(table: pa.Table, n_team: int) -> dict[str, float]:
-    """The outcomes `generate_battle_shard` reports, recomputed from its rows (resumed shards)."""
-    episode = table["episode"].to_numpy()
-    team = table["team"].to_numpy()
-    dies = table["dies"].to_numpy()
-    reward = table["reward"].to_numpy().astype(np.float64)
-    eps, inverse = np.unique(episode, return_inverse=True)
-    # kills by team 0 are deaths of team 1 and the other way round
-    k0 = np.bincount(inverse, weights=dies & (team == 1), minlength=len(eps))
-    k1 = np.bincount(inverse, weights=dies & (team == 0), minlength=len(eps))
-    ret = np.bincount(inverse, weights=reward * (team == 0), minlength=len(eps)) / n_team
-    return {
-        "episodes": float(len(eps)),
-        "wins": float((k0 > k1).sum()),
-        "draws": float((k0 == k1).sum()),
-        "kills0": float(k0.sum()),
-        "kills1": float(k1.sum()),
-        "return_sum": float(ret.sum()),
-    }

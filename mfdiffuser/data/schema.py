@@ -23,11 +23,12 @@ ROW_SCHEMA = pa.schema(
     metadata={"mfdiffuser.schema_version": str(SCHEMA_VERSION)},
 )
 
-# battle (a team game with no finite state space): `state` is the cell index y * map_size + x,
-# with the agent's `team` (0 plays the behaviour, 1 the fixed opponent), its `hp` at the start of
-# the step and `dies` (it was killed in this step: the agent's terminal transition). Only agents
-# alive at the start of a step have a row, and an episode has as many steps as it lasted.
-BATTLE_ROW_SCHEMA = pa.schema(
+# Team games on a grid simulator (battle; `mfdiffuser.envs.team`), no finite state space: `state`
+# is the cell index y * map_size + x, with the agent's `team` (0 plays the behaviour, 1 the fixed
+# opponent), its `hp` at the start of the step and `dies` (it was killed in this step: the
+# agent's terminal transition). Only agents alive at the start of a step have a row, and an
+# episode has as many steps as it lasted.
+TEAM_ROW_SCHEMA = pa.schema(
     [
         pa.field("episode", pa.int64(), nullable=False),
         pa.field("t", pa.int32(), nullable=False),
@@ -39,8 +40,9 @@ BATTLE_ROW_SCHEMA = pa.schema(
         pa.field("reward", pa.float32(), nullable=False),
         pa.field("dies", pa.bool_(), nullable=False),
     ],
-    metadata={"mfdiffuser.schema_version": str(SCHEMA_VERSION), "mfdiffuser.rows": "battle"},
+    metadata={"mfdiffuser.schema_version": str(SCHEMA_VERSION), "mfdiffuser.rows": "team"},
 )
 
-# the manifest records which one a dataset uses (`Manifest.row_schema`)
-ROW_SCHEMAS = {"finite": ROW_SCHEMA, "battle": BATTLE_ROW_SCHEMA}
+# the manifest records which one a dataset uses (`Manifest.row_schema`, from the benchmark's
+# registry entry), and the readers parse its shards by it
+ROW_SCHEMAS = {"finite": ROW_SCHEMA, "team": TEAM_ROW_SCHEMA}

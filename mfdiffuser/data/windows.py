@@ -7,7 +7,7 @@ to [-1, 1]) plus the context c = (t, mu_t), for a random subset of M of the epis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -49,16 +49,37 @@ def episodes_from_table(table: pa.Table, n_agents: int, where: str = "table") ->
     return EpisodeArrays(col("state"), col("action"), col("reward"))
 
 
-def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[EpisodeArrays, Manifest]:
+def load_episodes(uri: str, shards: list[int] | None = None) -> tuple[Any, Manifest]:
     """Read (a subset of) a dataset's shards into dense per-episode arrays; each shard's bytes
-    are checked against the manifest as they are read (`DatasetError` if one does not match)."""
+    are checked against the manifest as they are read (`DatasetError` if one does not match).
+
+    The manifest's row schema says how to parse them: `EpisodeArrays` of finite-state rows,
+    `TeamEpisodes` of team rows (`mfdiffuser.data.team_windows`)."""
+    from mfdiffuser.data.schema import ROW_SCHEMAS
+
     manifest = read_manifest(uri)
+    where = f"dataset {uri!r}"
+    if manifest.row_schema not in ROW_SCHEMAS:
+        raise ValueError(
+            f"{where}: row_schema = {manifest.row_schema!r}: allowed: {', '.join(ROW_SCHEMAS)}"
+        )
     chosen = manifest.shards if shards is None else [manifest.shards[i] for i in shards]
     if not chosen:
-        raise ValueError(f"dataset {uri!r}: no shards selected")
+        raise ValueError(f"{where}: no shards selected")
     table = pa.concat_tables([read_shard(uri, s) for s in chosen])
-    arrays = episodes_from_table(table, int(manifest.spec["n_agents"]), f"dataset {uri!r}")
-    return arrays, manifest
+    if not table.schema.equals(ROW_SCHEMAS[manifest.row_schema], check_metadata=False):
+        raise ValueError(f"{where}: its rows are not the manifest's {manifest.row_schema!r} rows")
+    if manifest.row_schema == "team":
+        from mfdiffuser.data.team_windows import team_episodes_from_table
+        from mfdiffuser.envs.registry import get_benchmark
+
+        bench = manifest.spec["benchmark"]
+        simulator = get_benchmark(bench["name"]).simulator
+        if simulator is None:
+            raise ValueError(f"{where}: team rows of {bench['name']}, which has no simulator")
+        layout = simulator.layout(get_benchmark(bench["name"]).params(bench["params"]))
+        return team_episodes_from_table(table, layout, where), manifest
+    return episodes_from_table(table, int(manifest.spec["n_agents"]), where), manifest
 
 
 def mean_fields(arrays: EpisodeArrays, n_states: int) -> np.ndarray:

@@ -57,9 +57,10 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mfdiffuser.envs.behaviour import QUALITIES
+from mfdiffuser.envs.team import TeamLayout, generate_team_shard
 
 FloatArray = np.ndarray
 IntArray = np.ndarray
@@ -89,6 +90,20 @@ ATTACKS = np.array(
 N_MOVES = len(MOVES)
 N_ACTIONS = N_MOVES + len(ATTACKS)
 STAY = int(np.flatnonzero((MOVES == 0).all(axis=1))[0])
+
+
+def _mirror_actions() -> tuple[int, ...]:
+    """Each action's left-right mirror image ((dx, dy) -> (-dx, dy)): the teams share the
+    dynamics and start mirrored, so a team-0 policy plays team 1 on mirrored states."""
+    moves = [tuple(d) for d in MOVES.tolist()]
+    attacks = [tuple(d) for d in ATTACKS.tolist()]
+    return tuple(
+        [moves.index((-dx, dy)) for dx, dy in moves]
+        + [N_MOVES + attacks.index((-dx, dy)) for dx, dy in attacks]
+    )
+
+
+MIRROR = _mirror_actions()
 
 
 def _layout_columns(map_size: int) -> tuple[int, int]:
@@ -146,22 +161,6 @@ class BattleParams(BaseModel):
     view_range: int = Field(default=13, ge=3, le=31, description="side of the local view (odd)")
     density_grid: int = Field(default=8, ge=1, le=64, description="coarse mean-field grid side")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_horizon(cls, data: Any) -> Any:
-        # `horizon` is a computed alias of max_steps that every dump carries (the platform reads
-        # params["horizon"]); accept it back when it agrees, so dumps re-validate.
-        if isinstance(data, dict) and "horizon" in data:
-            data = dict(data)
-            horizon = data.pop("horizon")
-            if horizon is not None and horizon != data.get("max_steps", horizon):
-                raise ValueError(
-                    f"horizon = {horizon!r} disagrees with max_steps = {data['max_steps']!r}; "
-                    "set max_steps only"
-                )
-            data.setdefault("max_steps", horizon)
-        return data
-
     @model_validator(mode="after")
     def _fits(self) -> BattleParams:
         if self.view_range % 2 == 0:
@@ -175,11 +174,6 @@ class BattleParams(BaseModel):
                     f"to derive it: {map_for_team(self.agents_per_team)})"
                 )
         return self
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def horizon(self) -> int:
-        return self.max_steps
 
     @property
     def size(self) -> int:
@@ -675,3 +669,31 @@ def battle_stats(
         "map_size": sim.map_size,
         "agents_per_team": sim.n_team,
     }
+
+
+def layout(params: BattleParams) -> TeamLayout:
+    """What the window reader and the team rollouts need of a battle (`envs.team`)."""
+    return TeamLayout(
+        map_size=params.size,
+        team_size=params.team_size,
+        horizon=params.max_steps,
+        n_actions=N_ACTIONS,
+        max_hp=MAX_HP,
+        density_grid=params.density_grid,
+        mirror=MIRROR,
+    )
+
+
+def generate_shard(
+    params: BattleParams, quality: str, episodes: range, seed: int
+) -> tuple[Any, dict[str, float]]:
+    """Dataset rows (`TEAM_ROW_SCHEMA`) and outcomes of the given episodes: team 0 plays the
+    behaviour of `quality` (episode e the e-th of its epsilons, round-robin), team 1
+    `params.opponent`."""
+    mix = behaviour_mix(quality)
+    return generate_team_shard(
+        BattleSim(params),
+        lambda sim, e, s: play_episode(sim, mix[e % len(mix)], s, record=True),
+        episodes,
+        seed,
+    )

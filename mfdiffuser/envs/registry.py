@@ -9,12 +9,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
-from mfdiffuser.envs.battle import BattleParams, BattleSim
+from mfdiffuser.envs import battle
 from mfdiffuser.envs.behaviour import Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim
 from mfdiffuser.envs.crowd_2d import Crowd2DParams, Crowd2DSim, FourRoomsParams, make_crowd_2d
@@ -33,6 +33,38 @@ from mfdiffuser.envs.stage_games import (
     expert_policy,
     welfare_optimum,
 )
+from mfdiffuser.envs.team import TeamLayout, team_outcomes, team_summary
+
+Populations = Literal["one", "several", "teams"]
+StateSpace = Literal["finite", "continuous"]
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """What a simulator-only benchmark provides in place of an exact mean-field model.
+
+    Every layer that generates, reads or plays its data asks these, never the benchmark's name;
+    a new simulator-only benchmark is its own module plus one `BenchmarkSpec` holding one of
+    these. Functions of the benchmark's validated parameters `p`:
+    - `with_agents(p, n)`: `p` with the dataset's N (e.g. battle: agents per team, which sets
+      the map), validated (ValueError names the field);
+    - `generate_shard(p, quality, episodes, seed)`: (rows in the spec's row schema, outcomes);
+    - `outcomes(rows, n)`: the same outcomes recomputed from rows (a resumed shard);
+    - `summary(outcomes, quality)`: the behaviour's figures of a dataset from its summed outcomes;
+    - `stats(p, quality, episodes)`: the simulated figures of a scripted policy (`mfd solve`);
+    - `layout(p)`: the `TeamLayout` the window reader and the team adapter are built from;
+    - `make_sim(p)`: a fresh simulator (`mfdiffuser.evaluation.team` plays it);
+    - `scripted`: the named opponents, each (sim, agents, rng) -> actions of those agents.
+    """
+
+    with_agents: Callable[[Any, int], Any]
+    generate_shard: Callable[..., tuple[Any, dict[str, float]]]
+    outcomes: Callable[[Any, int], dict[str, float]]
+    summary: Callable[[dict[str, float], str], dict[str, Any]]
+    stats: Callable[[Any, str, int], dict[str, Any]]
+    layout: Callable[[Any], TeamLayout]
+    make_sim: Callable[[Any], Any]
+    scripted: dict[str, Callable[..., np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -50,15 +82,34 @@ class BenchmarkSpec:
     cooperative: bool = False
     # J of the reference policy when it is not an equilibrium (the welfare optimum).
     reference_value: Callable[[FiniteMeanFieldGame], float] | None = None
-    # False for simulator-only benchmarks (battle): no FiniteMeanFieldGame, so no exact value,
-    # best response or exploitability; `game()` and `behaviour()` raise a clear error.
-    exact_model: bool = True
+    # Capabilities: what every layer asks instead of the benchmark's name.
+    # Populations: one, several (predator_prey: one exact model over (population, cell)) or
+    # teams (simulated, team 0 plays the data's behaviour).
+    populations: Populations = "one"
+    # finite: states are indices with features; continuous: per-agent feature vectors only.
+    state_space: StateSpace = "finite"
+    # The row schema of its datasets (`data.schema.ROW_SCHEMAS`), recorded in each manifest.
+    row_schema: str = "finite"
+    # Simulator-only benchmarks (no FiniteMeanFieldGame, so no exact value, best response or
+    # exploitability; `game()` raises a clear error): what they provide instead.
+    simulator: Simulator | None = None
     # How the expert (and the `mixed` replay) is solved: fictitious play, 200 iterations, unless a
     # benchmark needs another solver to converge (sis: damped fictitious play; see solvers.py).
     expert_solver: SolverSetting = SolverSetting()  # noqa: RUF009 (frozen, immutable)
     # Decision epochs per episode of simulator-only benchmarks (no game to ask); a finite game's
     # episode length is its own `horizon` (stage games have no such parameter: always 2).
     episode_length: Callable[[Any], int] | None = None
+
+    @property
+    def exact_model(self) -> bool:
+        """An exact mean-field model (flow, value, best response, exploitability)."""
+        return self.simulator is None
+
+    def dataset_params(self, overrides: dict[str, Any] | None, n_agents: int) -> dict[str, Any]:
+        """The parameters a dataset of N = n_agents is made with (ValueError if they clash)."""
+        if self.simulator is None:
+            return dict(overrides or {})
+        return self.simulator.with_agents(self.params(overrides), n_agents).model_dump()
 
     def params(self, overrides: dict[str, Any] | None = None) -> BaseModel:
         """Validated parameters: defaults updated by `overrides` (pydantic names bad fields)."""
@@ -108,11 +159,6 @@ def _finite_sim(game: Any, n: int) -> FiniteGameSim:
 
 def _no_game(params: Any) -> FiniteMeanFieldGame:
     raise ValueError("this benchmark has no exact mean-field model")
-
-
-def _battle_sim(params: Any, n: int) -> BattleSim:
-    # battle has no game object: make_sim takes its validated params, n = agents per team
-    return BattleSim(params.with_team_size(n))
 
 
 def _crowd_2d_sim(game: Any, n: int) -> Crowd2DSim:
@@ -203,6 +249,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             params_model=PredatorPreyParams,
             make_game=lambda p: make_predator_prey(**p.model_dump()),
             make_sim=lambda game, n: PredatorPreySim(game, n),
+            populations="several",
         ),
         BenchmarkSpec(
             name="battle",
@@ -210,11 +257,23 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             family="team",
             description="two-team grid combat after MAgent's battle (0.04·map² agents per team; "
             "n_agents = agents per team); no exact model: return, win rate, kill ratio",
-            params_model=BattleParams,
+            params_model=battle.BattleParams,
             make_game=_no_game,
-            make_sim=_battle_sim,
-            exact_model=False,
+            make_sim=lambda p, n: battle.BattleSim(p.with_team_size(n)),
             episode_length=lambda p: p.max_steps,
+            populations="teams",
+            state_space="continuous",
+            row_schema="team",
+            simulator=Simulator(
+                with_agents=lambda p, n: p.with_team_size(n),
+                generate_shard=battle.generate_shard,
+                outcomes=team_outcomes,
+                summary=lambda out, q: team_summary(out, battle.behaviour_info(q)),
+                stats=battle.battle_stats,
+                layout=battle.layout,
+                make_sim=battle.BattleSim,
+                scripted=battle.POLICIES,
+            ),
         ),
     )
 }

@@ -214,11 +214,12 @@ class MethodSpec:
 
     def cannot_run(self, benchmark: Any, n_agents: list[int]) -> str | None:
         """Why this method cannot run on this benchmark (a `BenchmarkSpec`) at these N, or None."""
-        if not benchmark.exact_model:
-            return (
-                f"{self.name} needs a finite-state benchmark with an exact mean-field model; "
-                f"{benchmark.name} has a simulator only"
-            )
+        if benchmark.simulator is not None:
+            from mfdiffuser.methods.team import cannot_play
+
+            reason = cannot_play(self)
+            if reason is not None:
+                return reason
         if self.kind == "reference" and benchmark.cooperative:
             return (
                 f"{self.name} solves for a Nash equilibrium, and in the cooperative "

@@ -97,7 +97,8 @@ class DenoisingObjective:
     ) -> tuple[Tensor, dict[str, float]]:
         """(loss, figures) of one batch: x[B, M, H, D], ctx[B, C], optional weights[B, M]
         (already normalised and clipped, see `value_weights`; None = all ones), optional
-        valid[B, H] (0 = a step padded past the episode end, see `WindowSampler`; None = all
+        valid[B, H] or [B, M, H] (0 = a padded step: past the episode end, see
+        `WindowSampler`, or after the particle's agent died, see `TeamWindowSampler`; None = all
         valid), ret[B] with return guidance, value[B, M] with a value head. `net` is the
         denoiser (with the inverse or value head when those are on), or a DDP wrapper of it."""
         x0, ctx = batch["x"], batch["ctx"]
@@ -134,7 +135,10 @@ class DenoisingObjective:
         if valid is None:
             per_particle = ((noise - eps_hat) ** 2 * mask).sum(dim=(2, 3)) / mask.sum()  # [B, M]
         else:
-            cells = mask * valid.to(mask.dtype)[:, None, :, None]  # [B, 1, H, D]
+            # valid[B, H] (the window past the episode end) or valid[B, M, H] (per particle: a
+            # team game's agent that died leaves its window)
+            v = valid.to(mask.dtype)
+            cells = mask * (v[:, None, :, None] if v.dim() == 2 else v[..., None])
             per_particle = ((noise - eps_hat) ** 2 * cells).sum(dim=(2, 3)) / cells.sum(
                 dim=(2, 3)
             ).clamp_min(1.0)
@@ -152,7 +156,8 @@ class DenoisingObjective:
             if valid is None:
                 per_pair = ce.mean(dim=2)
             else:  # a pair (s_h, s_{h+1}) counts when s_{h+1} is inside the episode
-                pairs = valid[:, None, 1:].to(ce.dtype)  # [B, 1, H - 1]
+                v = valid.to(ce.dtype)
+                pairs = v[:, None, 1:] if v.dim() == 2 else v[:, :, 1:]  # [B, 1 or M, H - 1]
                 per_pair = (ce * pairs).sum(dim=2) / pairs.sum(dim=2).clamp_min(1.0)
             ce_loss = (weights * per_pair).mean()
             loss = loss + ce_loss

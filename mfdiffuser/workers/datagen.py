@@ -36,7 +36,7 @@ from mfdiffuser.data.schema import SCHEMA_VERSION
 from mfdiffuser.data.verify import Problem, dataset_problems, verify_dataset
 from mfdiffuser.envs import exploitability, policy_value
 from mfdiffuser.envs.behaviour import occupancy_mixture
-from mfdiffuser.envs.registry import get_benchmark
+from mfdiffuser.envs.registry import BenchmarkSpec, get_benchmark
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, worker_failure
 from mfdiffuser.platform.progress import progress
@@ -57,7 +57,7 @@ class GeneratorActor:
         quality: str | None = None,
     ) -> None:
         self.spec = get_benchmark(benchmark)
-        # team games (battle) have no game object: their shards come from their own simulator
+        # simulator-only benchmarks have no game object: their shards come from the simulator
         self.game = self.spec.game(params) if self.spec.exact_model else None
         self.params = params
         self.policies = policies
@@ -66,43 +66,77 @@ class GeneratorActor:
     def write_shard(
         self, uri: str, index: int, episodes: tuple[int, int], n_agents: int, seed: int
     ) -> dict[str, Any]:
-        from mfdiffuser.data.generate import generate_battle_shard, generate_shard
+        return write_shard(
+            self.spec,
+            self.game,
+            self.params,
+            self.policies,
+            self.quality,
+            uri,
+            index,
+            episodes,
+            n_agents,
+            seed,
+        ).model_dump()
 
-        if self.game is None:
-            table, outcomes = generate_battle_shard(
-                self.spec.params(self.params), str(self.quality), range(*episodes), seed
-            )
-            fs, path = storage.resolve(uri)
-            data = storage.write_table_atomic(fs, storage.join(path, shard_file(index)), table)
-            info = _shard_info(index, episodes, n_agents, data, table)
-            info.outcomes = outcomes
-            return info.model_dump()
-        table, _ = generate_shard(
-            lambda: self.spec.make_sim(self.game, n_agents), self.policies, range(*episodes), seed
+
+def write_shard(
+    spec: BenchmarkSpec,
+    game: Any,
+    params: dict[str, Any],
+    policies: list[np.ndarray],
+    quality: str | None,
+    uri: str,
+    index: int,
+    episodes: tuple[int, int],
+    n_agents: int,
+    seed: int,
+) -> ShardInfo:
+    """Play one shard's episodes and write its rows atomically (what each actor does, no Ray)."""
+    from mfdiffuser.data.generate import generate_shard
+
+    outcomes = None
+    if spec.simulator is not None:
+        table, outcomes = spec.simulator.generate_shard(
+            spec.params(params), str(quality), range(*episodes), seed
         )
-        fs, path = storage.resolve(uri)
-        data = storage.write_table_atomic(fs, storage.join(path, shard_file(index)), table)
-        return _shard_info(index, episodes, n_agents, data, table).model_dump()
+    else:
+        table, _ = generate_shard(
+            lambda: spec.make_sim(game, n_agents), policies, range(*episodes), seed
+        )
+    fs, path = storage.resolve(uri)
+    data = storage.write_table_atomic(fs, storage.join(path, shard_file(index)), table)
+    return _shard_info(index, episodes, n_agents, data, table, outcomes)
 
 
 def _shard_info(
-    index: int, episodes: tuple[int, int], n_agents: int, data: bytes, table: pa.Table
+    index: int,
+    episodes: tuple[int, int],
+    n_agents: int,
+    data: bytes,
+    table: pa.Table,
+    outcomes: dict[str, float] | None = None,
 ) -> ShardInfo:
-    rewards = table["reward"].to_numpy().astype(np.float64)
-    if "team" in table.column_names:  # team games: the return of the behaviour's team (0)
-        rewards = rewards[table["team"].to_numpy() == 0]
+    n_episodes = episodes[1] - episodes[0]
+    if outcomes is not None:  # simulated team games: the return of the behaviour's team (0)
+        mean_return = outcomes["return_sum"] / n_episodes
+    else:
+        mean_return = float(table["reward"].to_numpy().astype(np.float64).sum()) / (
+            n_episodes * n_agents
+        )
     return ShardInfo(
         index=index,
         file=shard_file(index),
         episodes=list(episodes),
         rows=table.num_rows,
         sha256=hashlib.sha256(data).hexdigest(),
-        mean_return=float(rewards.sum() / ((episodes[1] - episodes[0]) * n_agents)),
+        mean_return=mean_return,
+        outcomes=outcomes,
     )
 
 
 def _existing_shard(
-    uri: str, index: int, episodes: tuple[int, int], n: int, t: int
+    uri: str, bench: BenchmarkSpec, index: int, episodes: tuple[int, int], n: int, t: int
 ) -> ShardInfo | None:
     """A shard left by an interrupted run, if it is complete (it always is: atomic writes)."""
     fs, path = storage.resolve(uri)
@@ -111,30 +145,22 @@ def _existing_shard(
         return None
     data = storage.read_bytes(fs, target)
     table = pq.read_table(pa.BufferReader(data))
-    if "team" in table.column_names:  # battle: episodes end early, so check episode coverage
-        from mfdiffuser.data.generate import battle_outcomes
-
+    if bench.simulator is not None:  # simulated episodes end early: check episode coverage
         got = np.unique(table["episode"].to_numpy())
         if not np.array_equal(got, np.arange(*episodes)):
             return None
-        info = _shard_info(index, episodes, n, data, table)
-        info.outcomes = battle_outcomes(table, n)
-        return info
+        return _shard_info(index, episodes, n, data, table, bench.simulator.outcomes(table, n))
     if table.num_rows != (episodes[1] - episodes[0]) * n * t:
         return None
     return _shard_info(index, episodes, n, data, table)
 
 
 def dataset_params(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The benchmark parameters the dataset is generated with (raises ValueError if invalid).
-
-    Finite games: the config's. battle: `data.n_agents` is the agents per team, so it fills
-    `agents_per_team` (and through it the map, when map_size is unset: 0.04·map² per team).
-    """
+    """The benchmark parameters the dataset is generated with (raises ValueError if invalid):
+    the config's, with `data.n_agents` where the benchmark ties N to its parameters (battle:
+    the agents per team, which set the map)."""
     bench = get_benchmark(cfg.benchmark.name)
-    if bench.exact_model:
-        return cfg.benchmark.params
-    return bench.params(cfg.benchmark.params).with_team_size(cfg.data.n_agents).model_dump()
+    return bench.dataset_params(cfg.benchmark.params, cfg.data.n_agents)
 
 
 def dataset_uri(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
@@ -221,11 +247,15 @@ def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) ->
         game = bench.game(params)
         made = bench.behaviour(game, cfg.data.quality)
         policies, horizon = made.policies, game.horizon
-    else:  # battle: scripted behaviours, played inside the actors
+    else:  # simulator-only: scripted behaviours, played inside the actors
         policies, horizon = [], 0
     n = cfg.data.n_agents
     if problems is None:  # resume: the shards an interrupted run wrote (atomically) stay
-        kept = {i: s for i, r in enumerate(ranges) if (s := _existing_shard(uri, i, r, n, horizon))}
+        kept = {
+            i: s
+            for i, r in enumerate(ranges)
+            if (s := _existing_shard(uri, bench, i, r, n, horizon))
+        }
     done = dict(kept)
     todo = [i for i in range(len(ranges)) if i not in done]
     if todo:
@@ -254,8 +284,12 @@ def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) ->
                 ray.kill(a)
 
     shards = [done[i] for i in range(len(ranges))]
-    if not bench.exact_model:
-        behaviour = team_behaviour_summary(shards, cfg.data.quality)
+    if bench.simulator is not None:
+        tot: dict[str, float] = {}
+        for s in shards:
+            for k, v in (s.outcomes or {}).items():
+                tot[k] = tot.get(k, 0.0) + v
+        behaviour = bench.simulator.summary(tot, cfg.data.quality)
     else:
         behaviour = {**behaviour_summary(game, policies), "made_by": made.info}
     if bench.reference_value is not None:
@@ -273,7 +307,7 @@ def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) ->
         behaviour=behaviour,
         code_version=code_version(),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        row_schema="finite" if bench.exact_model else "battle",
+        row_schema=bench.row_schema,
     )
     write_manifest(uri, manifest)
     repaired = None if problems is None else _repair_note(problems, todo, ranges)
@@ -290,31 +324,6 @@ def _repair_note(problems: list[Problem], todo: list[int], ranges: list[tuple[in
     if own := [str(p) for p in problems if p.file == MANIFEST]:
         note += "; manifest rewritten: " + "; ".join(own)
     return note
-
-
-def team_behaviour_summary(shards: list[ShardInfo], quality: str) -> dict[str, Any]:
-    """battle: the behaviour's figures measured on the dataset's own episodes (no exact model).
-
-    `return`: mean over episodes of team 0's mean per-agent return; `win_rate`, `draw_rate`:
-    fractions of episodes; `kill_ratio`: team 0's kills / team 1's (a zero denominator counts as
-    1, so it stays finite). There is no exploitability (None).
-    """
-    from mfdiffuser.envs.battle import behaviour_info
-
-    tot: dict[str, float] = {}
-    for s in shards:
-        for k, v in (s.outcomes or {}).items():
-            tot[k] = tot.get(k, 0.0) + v
-    episodes = max(tot.get("episodes", 0.0), 1.0)
-    return {
-        "return": tot.get("return_sum", 0.0) / episodes,
-        "exploitability": None,
-        "win_rate": tot.get("wins", 0.0) / episodes,
-        "draw_rate": tot.get("draws", 0.0) / episodes,
-        "kill_ratio": tot.get("kills0", 0.0) / max(tot.get("kills1", 0.0), 1.0),
-        "kills": [tot.get("kills0", 0.0), tot.get("kills1", 0.0)],
-        "made_by": behaviour_info(quality),
-    }
 
 
 def behaviour_summary(game: Any, policies: list[np.ndarray]) -> dict[str, Any]:

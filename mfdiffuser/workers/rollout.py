@@ -170,9 +170,25 @@ def evaluate_checkpoint(
     decomposition: bool = True,
     actor_cpus: float = 1.0,
     max_actors: int | None = None,
+    opponents: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Returns metrics named by the MLflow scheme plus the raw per-episode returns."""
+    """Returns metrics named by the MLflow scheme plus the raw per-episode returns (team
+    games: `evaluate_team_checkpoint`, against `opponents`)."""
+    from mfdiffuser.envs.registry import get_benchmark
     from mfdiffuser.evaluation.decomposition import Decomposition
+    from mfdiffuser.methods.checkpoint import read_meta
+
+    cfg = ExperimentConfig.model_validate(read_meta(checkpoint)["config"])
+    if get_benchmark(cfg.benchmark.name).simulator is not None:
+        return evaluate_team_checkpoint(
+            checkpoint,
+            n_agents,
+            episodes=episodes,
+            seeds=seeds,
+            seed=seed,
+            actor_cpus=actor_cpus,
+            opponents=opponents,
+        )
 
     jobs = [(n, seed + s) for n in n_agents for s in range(seeds)]
     # As many actors as the CPUs free right now hold (at least one): work is bound to actors
@@ -247,3 +263,84 @@ def evaluate_checkpoint(
         "table_returns": {str(n): r for n, r in per_n_table.items()},
         "table": table["table"].tolist(),
     }
+
+
+@ray.remote(num_cpus=1, max_retries=ACTOR_RESTARTS)
+def _team_scores(checkpoint: str, n_agents: int, opponent: str, episodes: int, seed: int) -> Any:
+    """One (N, opponent, seed) of a team game: the checkpoint plays team 0 (a pure function of
+    its arguments, so a retried task returns what the lost one would have)."""
+    import torch
+
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.evaluation.team import team_scores
+    from mfdiffuser.methods import team
+    from mfdiffuser.methods.checkpoint import load_checkpoint
+
+    torch.set_num_threads(1)
+    method, _, meta, _ = load_checkpoint(checkpoint)
+    bench = get_benchmark(meta["config"]["benchmark"]["name"])
+    sim_spec = bench.simulator
+    assert sim_spec is not None
+    params = sim_spec.with_agents(bench.params(meta["config"]["benchmark"]["params"]), n_agents)
+    layout = sim_spec.layout(params)
+    player = team.TeamPolicy(method, layout, seed)
+    other: Any = opponent
+    if opponent == "self":
+        other = team.TeamPolicy(load_checkpoint(checkpoint)[0], layout, seed + 1)
+    elif opponent not in sim_spec.scripted:
+        other = team.load_player(opponent, bench.name, layout, seed + 1)
+    sim = sim_spec.make_sim(params)
+    return team_scores(sim, layout, sim_spec.scripted, player, other, episodes, seed)
+
+
+def evaluate_team_checkpoint(
+    checkpoint: str | Path,
+    n_agents: list[int],
+    *,
+    episodes: int,
+    seeds: int,
+    seed: int = 0,
+    actor_cpus: float = 1.0,
+    opponents: list[str] | None = None,
+) -> dict[str, Any]:
+    """A team game (no exact model): the checkpoint against every scripted opponent of the
+    benchmark and against itself (`self`), or the given ones (a name or a checkpoint), at each
+    N (agents per team). Metrics: `win_rate/vs_<opp>/n{N}`, `kill_ratio/…`, `survival/…`,
+    `return/vs_<opp>/n{N}`; `return/n{N}` and `jn_spread/n{N}` (the spread of J^N across
+    episodes, the only mean-field figure) against the data's opponent."""
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.methods.checkpoint import read_meta
+
+    bench_cfg = read_meta(checkpoint)["config"]["benchmark"]
+    bench = get_benchmark(bench_cfg["name"])
+    assert bench.simulator is not None
+    data_opponent = str(bench.params(bench_cfg["params"]).model_dump().get("opponent", "expert"))
+    opponents = opponents or [*bench.simulator.scripted, "self"]
+    jobs = [(n, o, seed + s) for n in n_agents for o in opponents for s in range(seeds)]
+    try:
+        results = ray.get(
+            [
+                _team_scores.options(num_cpus=actor_cpus, scheduling_strategy="DEFAULT").remote(
+                    str(checkpoint), n, o, episodes, s
+                )
+                for n, o, s in jobs
+            ]
+        )
+    except RayError as err:
+        raise WorkerError(f"evaluation of {checkpoint}: {worker_failure(err)}") from err
+    metrics: dict[str, float] = {}
+    returns: dict[str, list[float]] = {}
+    grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for (n, o, _), r in zip(jobs, results, strict=True):
+        grouped.setdefault((n, o), []).append(r)
+    for (n, o), rs in grouped.items():
+        name = o if o in (*bench.simulator.scripted, "self") else "checkpoint"
+        rets = [x for r in rs for x in r["returns"]]
+        for key in ("win_rate", "kill_ratio", "survival"):
+            metrics[f"{key}/vs_{name}/n{n}"] = float(np.mean([r[key] for r in rs]))
+        metrics[f"return/vs_{name}/n{n}"] = float(np.mean(rets))
+        returns[f"{n}/vs_{name}"] = rets
+        if o == data_opponent:
+            metrics[f"return/n{n}"] = float(np.mean(rets))
+            metrics[f"jn_spread/n{n}"] = float(np.std(rets))
+    return {"metrics": metrics, "returns": returns, "table_returns": {}, "table": []}

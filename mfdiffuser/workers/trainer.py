@@ -62,29 +62,46 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
     device = ray.train.torch.get_device()
 
-    game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
+    bench = get_benchmark(cfg.benchmark.name)
     n_shards = int(loop_cfg["n_shards"])
     mine = list(range(rank, n_shards, world)) or list(range(n_shards))
     arrays, manifest = load_episodes(loop_cfg["dataset"], mine)
-    # Whole-dataset statistics from every rank's shards: action counts (the behaviour prior),
-    # return-to-go sums (the advantages) and every episode's population return-to-go.
-    sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
-    stats = torch.as_tensor(np.stack([sums, counts]))
-    rtg = returns_to_go(arrays.rewards)
-    if world > 1:
-        dist.all_reduce(stats)
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, rtg)
-        rtg = np.concatenate(gathered)
-    sums, counts = stats[0].numpy(), stats[1].numpy()
-    prior = normalise_counts(counts)
-
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     spec = get_method(cfg.method.name)
-    method = spec.build(cfg.method.settings, Dims.of(game))
+    if bench.simulator is not None:
+        # Team games: per-agent features and a context, no finite state space, so no behaviour
+        # prior or tabular advantage (`mfdiffuser.methods.team`).
+        from mfdiffuser.methods import team
+
+        layout = bench.simulator.layout(bench.params(manifest.spec["benchmark"]["params"]))
+        method = spec.build(cfg.method.settings, team.dims_of(layout))
+        prior = np.zeros(0)
+
+        def make_batches(method: Any, seed: int) -> Any:
+            return team.team_batches(method, arrays, seed)
+    else:
+        game = bench.game(cfg.benchmark.params)
+        # Whole-dataset statistics from every rank's shards: action counts (the behaviour
+        # prior), return-to-go sums (the advantages) and every episode's population return-to-go.
+        sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+        stats = torch.as_tensor(np.stack([sums, counts]))
+        rtg = returns_to_go(arrays.rewards)
+        if world > 1:
+            dist.all_reduce(stats)
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rtg)
+            rtg = np.concatenate(gathered)
+        sums, counts = stats[0].numpy(), stats[1].numpy()
+        prior = normalise_counts(counts)
+        method = spec.build(cfg.method.settings, Dims.of(game))
+
+        def make_batches(method: Any, seed: int) -> Any:
+            return method.batches(arrays, game, seed=seed)
+
     if not isinstance(method, TrainedMethod):
         raise TypeError(f"method {spec.name!r} is not trained (kind {spec.kind!r})")
-    method.prepare(DataStats(prior, advantage_from_sums(sums, counts), rtg))
+    if bench.simulator is None:
+        method.prepare(DataStats(prior, advantage_from_sums(sums, counts), rtg))
     start_epoch, opt_state, logged_upto = 0, None, 0
     if rank == 0 and loop_cfg.get("run_id"):
         # A run that was interrupted (or restarted after a failure) may have logged epochs past
@@ -106,10 +123,9 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
             )
     method.to(device)
     model = ray.train.torch.prepare_model(method.train_module())
-    batches = method.batches(
-        arrays,
-        game,
-        seed=int(np.random.SeedSequence([cfg.train.seed, rank, start_epoch]).generate_state(1)[0]),
+    batches = make_batches(
+        method,
+        int(np.random.SeedSequence([cfg.train.seed, rank, start_epoch]).generate_state(1)[0]),
     )
 
     def reduce_mean(x: float) -> float:

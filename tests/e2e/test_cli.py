@@ -56,7 +56,7 @@ def test_solve_json_contract() -> None:
         (["generate", "crowd_1d", "-s", "n_agents=0"], "data.n_agents = 0"),
         (["generate", "crowd_1d", "--quality", "superb"], "superb"),
         (["train", "-s", "planner.window=50"], "method.params.window = 50"),
-        (["train", "-s", "benchmark=battle"], "finite-state benchmarks only"),
+        (["train", "-s", "benchmark=battle", "-s", "method=fp"], "fp needs a finite state"),
         (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
         (["train", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
         (["evaluate", "/no/such/checkpoint"], "/no/such/checkpoint"),

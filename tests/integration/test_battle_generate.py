@@ -11,10 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mfdiffuser import api
-from mfdiffuser.data.generate import battle_outcomes, generate_battle_shard
 from mfdiffuser.data.manifest import read_manifest
-from mfdiffuser.data.schema import BATTLE_ROW_SCHEMA
+from mfdiffuser.data.schema import TEAM_ROW_SCHEMA
 from mfdiffuser.envs.battle import BattleParams
+from mfdiffuser.envs.battle import generate_shard as generate_battle_shard
+from mfdiffuser.envs.team import team_outcomes as battle_outcomes
 from mfdiffuser.platform.config import ConfigError, load_config
 from mfdiffuser.workers.datagen import generate_dataset
 
@@ -36,7 +37,7 @@ def test_battle_dataset_through_the_actor_pool(ray_local: None, tmp_path: Path) 
     )
     uri, manifest, _ = generate_dataset(cfg)
     root = Path(uri)
-    assert manifest.row_schema == "battle"
+    assert manifest.row_schema == "team"
     params = manifest.spec["benchmark"]["params"]
     assert params["agents_per_team"] == 16 and params["map_size"] == 20
     assert [s.episodes for s in manifest.shards] == [[0, 2], [2, 4]]
@@ -45,7 +46,7 @@ def test_battle_dataset_through_the_actor_pool(ray_local: None, tmp_path: Path) 
         data = (root / s.file).read_bytes()
         assert hashlib.sha256(data).hexdigest() == s.sha256
         table = pq.read_table(root / s.file)
-        assert table.schema.equals(BATTLE_ROW_SCHEMA, check_metadata=False)
+        assert table.schema.equals(TEAM_ROW_SCHEMA, check_metadata=False)
         assert table.num_rows == s.rows
         tables.append(table)
     # the actors' rows are exactly what the shard function makes for those episodes
@@ -75,7 +76,7 @@ def test_battle_dataset_through_the_actor_pool(ray_local: None, tmp_path: Path) 
     uri2, again, _ = generate_dataset(cfg)
     assert uri2 == uri and [s.sha256 for s in again.shards] == [s.sha256 for s in manifest.shards]
     assert again.behaviour["win_rate"] == b["win_rate"]
-    assert read_manifest(uri).row_schema == "battle"
+    assert read_manifest(uri).row_schema == "team"
 
     # n_agents too large for an explicit map: a clear error before any generation
     bad = load_config(

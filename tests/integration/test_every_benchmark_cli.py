@@ -81,16 +81,11 @@ def test_generate_train_evaluate(
         assert 0 <= data["behaviour"]["win_rate"] <= 1
 
     train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
-    if not spec.exact_model:  # no planner for battle yet, so there is no checkpoint either
-        for args, needle in (
-            (["train", *train], "methods train on finite-state benchmarks only"),
-            (["evaluate", data["dataset"]], "not a checkpoint"),
-        ):
-            result = CliRunner().invoke(app, args)
-            assert result.exit_code == 2, (args, result.output[-3000:])
-            assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
-            assert needle in result.stderr and "Traceback" not in result.output
-        return
+    if not spec.exact_model:  # a method that needs a finite state space is refused first
+        refused = ["train", "-s", f"benchmark.name={name}", "-s", "method=mf_iql", *where]
+        result = CliRunner().invoke(app, [*refused, *tracking])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output[-3000:]
+        assert "mf_iql needs a finite state space" in result.stderr
 
     trained = _mfd("train", *train)
     assert trained["dataset"] == data["dataset"]  # the generated dataset, reused
@@ -98,9 +93,28 @@ def test_generate_train_evaluate(
     evaluated = _mfd("evaluate", trained["checkpoint"], "-n", str(N), *tracking)
     m = evaluated["metrics"]
     assert evaluated["run_id"] == trained["run_id"]
-    assert math.isfinite(m[f"return/n{N}"]) and math.isfinite(m["exploitability"])
-    assert m["exploitability"] >= -1e-9
-    assert m["behaviour/exploitability"] == data["behaviour"]["exploitability"]
+    assert math.isfinite(m[f"return/n{N}"])
+    if not spec.exact_model:  # team games: played against every opponent, no exploitability
+        for opp in ("expert", "random", "self"):
+            assert 0 <= m[f"win_rate/vs_{opp}/n{N}"] <= 1 and m[f"kill_ratio/vs_{opp}/n{N}"] >= 0
+            assert 0 <= m[f"survival/vs_{opp}/n{N}"] <= 1
+        assert m[f"jn_spread/n{N}"] >= 0 and "exploitability" not in m
+        assert m["behaviour/return"] == pytest.approx(data["behaviour"]["return"])
+        # an opponent trained on another benchmark is refused, in one line
+        other = Path(trained["checkpoint"]).parent / "elsewhere"
+        meta = json.loads((Path(trained["checkpoint"]) / "meta.json").read_text())
+        meta["config"]["benchmark"] = {"name": "crowd_1d", "params": {}}
+        other.mkdir()
+        (other / "meta.json").write_text(json.dumps(meta))
+        args = ["evaluate", trained["checkpoint"], "--opponent", str(other), *tracking]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output[-3000:]
+        assert "trained on crowd_1d; allowed: random, expert, self, or a checkpoint" in (
+            result.stderr
+        )
+    else:
+        assert math.isfinite(m["exploitability"]) and m["exploitability"] >= -1e-9
+        assert m["behaviour/exploitability"] == data["behaviour"]["exploitability"]
     # No Ray Train run of this session logged the PreemptionWatcher error (see trainer.py).
     assert "'PreemptionWatcher'" not in _ray_logs()
 

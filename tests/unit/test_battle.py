@@ -8,8 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from mfdiffuser import api
-from mfdiffuser.data.generate import battle_outcomes, generate_battle_shard
-from mfdiffuser.data.schema import BATTLE_ROW_SCHEMA
+from mfdiffuser.data.schema import TEAM_ROW_SCHEMA
 from mfdiffuser.envs.battle import (
     ATTACKS,
     MOVES,
@@ -23,7 +22,9 @@ from mfdiffuser.envs.battle import (
     map_for_team,
     team_capacity,
 )
+from mfdiffuser.envs.battle import generate_shard as generate_battle_shard
 from mfdiffuser.envs.registry import get_benchmark
+from mfdiffuser.envs.team import team_outcomes as battle_outcomes
 from mfdiffuser.platform.config import ConfigError
 
 STEP, PENALTY, HIT, KILL, DEATH = -0.005, -0.1, 0.2, 5.0, -0.1
@@ -190,8 +191,8 @@ def test_bad_parameters_name_the_field_and_range() -> None:
         BattleParams(map_size=20, agents_per_team=100)
     with pytest.raises(ValidationError, match="view_range = 12"):
         BattleParams(view_range=12)
-    with pytest.raises(ValidationError, match="horizon = 5 disagrees with max_steps"):
-        BattleParams(max_steps=4, horizon=5)
+    with pytest.raises(ValidationError, match="horizon"):  # no alias: max_steps is the cap
+        BattleParams(horizon=5)
     with pytest.raises(ValidationError, match="opponent"):
         BattleParams(opponent="tit-for-tat")
     assert BattleParams(**BattleParams(max_steps=7).model_dump()).max_steps == 7  # round trip
@@ -218,7 +219,7 @@ def test_no_exact_model_in_the_registry_and_solve_reports_simulated_figures() ->
     out = api.solve("battle", {"map_size": 16, "max_steps": 30}, "expert", episodes=2)
     assert out["exploitability"] is None and out["episodes"] == 2
     assert {"return", "return_std", "win_rate", "draw_rate", "kill_ratio"} <= set(out)
-    assert out["agents_per_team"] == 10 and out["benchmark"]["params"]["horizon"] == 30
+    assert out["agents_per_team"] == 10 and out["benchmark"]["params"]["max_steps"] == 30
 
 
 def test_same_seed_same_episode_other_seed_other_episode() -> None:
@@ -266,7 +267,7 @@ def test_expert_beats_random_and_random_loses() -> None:
 def test_battle_rows_and_outcomes_agree() -> None:
     params = BattleParams(map_size=20, max_steps=25)
     table, outcomes = generate_battle_shard(params, "mixed", range(3), seed=1)
-    assert table.schema.equals(BATTLE_ROW_SCHEMA)
+    assert table.schema.equals(TEAM_ROW_SCHEMA)
     assert outcomes == pytest.approx(battle_outcomes(table, params.team_size), rel=1e-6)
     assert outcomes["episodes"] == 3
     ep = table["episode"].to_numpy()
@@ -293,7 +294,7 @@ def test_every_quality_generates_rows_deterministically(quality: str) -> None:
     params = BattleParams(map_size=20, max_steps=15)
     table, outcomes = generate_battle_shard(params, quality, range(2), seed=3)
     again, _ = generate_battle_shard(params, quality, range(2), seed=3)
-    assert table.schema.equals(BATTLE_ROW_SCHEMA) and table.equals(again)
+    assert table.schema.equals(TEAM_ROW_SCHEMA) and table.equals(again)
     assert outcomes["episodes"] == 2
     assert set(np.unique(table["episode"].to_numpy())) == {0, 1}
     # both teams start with every agent alive, one row each at t = 0 per episode
