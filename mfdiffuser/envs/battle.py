@@ -1,4 +1,4 @@
-"""battle: two-team grid combat after MAgent's battle (BENCHMARKS.md §C), batched numpy.
+"""battle: two-team grid combat after MAgent's battle (docs/battle.md), batched numpy.
 
 Grid and indices. A square map of `map_size` cells with a one-cell wall border; cell (x, y) is
 column x, row y, with cell index y * map_size + x. Agents of both teams live in one set of arrays,
@@ -38,7 +38,7 @@ layout follows MAgent's battle: each team a block of agents two cells apart, tea
 right of the centre with a gap of 3 cells; a team that is not a square fills columns of
 ceil(sqrt(n)) rows (more rows when the half-map is too narrow).
 
-N and the map. N is tied to the map (BENCHMARKS.md: "N -> infinity means a growing map"), so the
+N and the map. N is tied to the map (N -> infinity means a growing map, as in MAgent), so the
 platform's N (`data.n_agents`, `-s n_agents=...`) is the number of agents per team, and a dataset
 with map_size unset is played on the smallest map with 0.04·map² >= N (1024 -> 160, 4096 -> 320);
 an explicit map_size must hold N (`BattleParams.with_team_size`, clear error otherwise).

@@ -136,9 +136,6 @@ def test_every_training_figure_of_every_method_is_in_the_metrics_page(
 # A design document cited by name: an upper-case Markdown file name, or the shared folder beside
 # the repository (spelt in two parts so that this file does not cite it itself).
 DESIGN_CITATION = re.compile(r"\b[A-Z][A-Z0-9_]+\.md\b|" + re.escape("../" + "shared"))
-# Files whose citations their owner replaces in work under way (remove each when it lands):
-# battle's comments are rewritten with its data readers.
-PENDING = {"mfdiffuser/envs/battle.py"}
 
 
 def test_no_file_cites_a_design_file_the_repository_lacks() -> None:
@@ -151,7 +148,7 @@ def test_no_file_cites_a_design_file_the_repository_lacks() -> None:
     ).stdout.split("\n")
     files = [f for f in listed if f and (ROOT / f).is_file()]
     names = {Path(f).name for f in files}
-    bad, pending = [], set()
+    bad = []
     for f in files:
         try:
             text = (ROOT / f).read_text()
@@ -159,11 +156,6 @@ def test_no_file_cites_a_design_file_the_repository_lacks() -> None:
             continue  # binary
         missing = {m for m in DESIGN_CITATION.findall(text) if m not in names}
         missing |= {d for d in re.findall(r"\bdocs/[\w.-]+\.md\b", text) if d not in files}
-        if missing and f in PENDING:
-            pending.add(f)
-        elif missing:
+        if missing:
             bad.append(f"{f}: {', '.join(sorted(missing))}")
     assert not bad, "cites files the repository does not have:\n" + "\n".join(bad)
-    assert pending == PENDING & set(files), (
-        f"{sorted(PENDING - pending)} no longer cite design files: drop them from PENDING"
-    )
