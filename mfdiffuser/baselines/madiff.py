@@ -25,6 +25,7 @@ Heavy imports are made on first use, so validating a config that names it does n
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -35,6 +36,7 @@ from mfdiffuser.planner.config import (
     ClipDenoised,
     DiffusionSteps,
     Draws,
+    EmaDecay,
     Hidden,
     KernelSize,
     NBlocks,
@@ -73,6 +75,17 @@ class Params(BaseModel):
     )
     smoothing: Smoothing = 0.1
     draws: Draws = 4
+    # On by default: the frozen table is read off the final weights, and with a joint sample
+    # per batch row (one diffusion step and one decision time for all N agents) the last steps'
+    # weights are noisy; their average is not.
+    ema_decay: EmaDecay = 0.99
+    first_action_weight: float = Field(
+        10.0,
+        ge=0.0,
+        le=1e6,
+        description="Weight in the denoising loss of each agent's first action (what acting and "
+        "the policy table read) relative to the window's other cells, 0..1e6; 1 = unweighted.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -115,6 +128,7 @@ class Params(BaseModel):
             beta=0.0,
             smoothing=self.smoothing,
             draws=self.draws,
+            ema_decay=self.ema_decay,
         )
 
 
@@ -150,7 +164,7 @@ class MADiffMethod(TrainedMethod):
     generative = True
 
     def __init__(self, params: Params, dims: Dims) -> None:
-        from mfdiffuser.baselines.joint_diffuser import JointDenoiser
+        from mfdiffuser.baselines.joint_diffuser import FirstActionWeighted, JointDenoiser
         from mfdiffuser.planner.diffusion import MFDiffuser
 
         super().__init__(params, dims)
@@ -171,6 +185,11 @@ class MADiffMethod(TrainedMethod):
             dims.context_dim,
             model=denoiser,
         )
+        shared = self.planner.objective
+        self.planner.objective = FirstActionWeighted(
+            **{f.name: getattr(shared, f.name) for f in fields(shared)},
+            first_action_weight=params.first_action_weight,
+        )
 
     def batches(self, arrays: Any, game: Any, seed: int) -> Batches:
         from mfdiffuser.data.windows import WindowSampler
@@ -190,8 +209,12 @@ class MADiffMethod(TrainedMethod):
         loss, info = self.planner.loss(batch, model=model)
         return loss, {"loss_unweighted": info["loss_unweighted"]}
 
+    def after_step(self) -> None:
+        self.planner.update_ema()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.planner.model.state_dict()}
+        state = self.planner.state_dict()
+        return {k: state[k] for k in ("model", "ema_model") if k in state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.planner.load_state_dict(state)

@@ -53,6 +53,15 @@ Draws = Annotated[
         ge=1, le=1000, description="Seeded draws averaged into the expected policy table, 1..1000."
     ),
 ]
+EmaDecay = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        lt=1.0,
+        description="Decay of an exponential moving average of the weights, updated after every "
+        "optimizer step and used for acting and evaluation; 0 = off.",
+    ),
+]
 
 
 class PlannerConfig(BaseModel):
@@ -201,13 +210,7 @@ class PlannerConfig(BaseModel):
     )
 
     # Training
-    ema_decay: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Decay of an exponential moving average of the weights, updated after every "
-        "optimizer step and used for acting and evaluation; 0 = off.",
-    )
+    ema_decay: EmaDecay = 0.0
 
     @property
     def n_sampling_steps(self) -> int:
