@@ -237,6 +237,18 @@ def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | No
     client(uri).log_batch(run_id, metrics=batch)
 
 
+# RLlib's learner results (per training iteration) under the platform's `train/` names.
+RLLIB_LEARNER_METRICS = {
+    "total_loss": "train/loss",
+    "policy_loss": "train/policy_loss",
+    "vf_loss": "train/vf_loss",
+}
+
+
+def rllib_train_metrics(learner: dict[str, Any]) -> dict[str, float]:
+    return {ours: float(learner[k]) for k, ours in RLLIB_LEARNER_METRICS.items() if k in learner}
+
+
 def log_artifact(
     uri: str, run_id: str, local_path: str | Path, artifact_path: str | None = None
 ) -> None:
