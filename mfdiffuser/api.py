@@ -479,6 +479,7 @@ def run_experiment(
     """
     from mfdiffuser.platform import tracking
 
+    check_method(cfg)  # as `train` does, but before this run or its Ray start
     uri = _tracking(cfg, workdir)
     start = time.perf_counter()
     previous = tracking.find_unfinished_run(uri, cfg, role="run")

@@ -388,9 +388,11 @@ def train_external(
 
     out = _local_checkpoint_dir(cfg, run_name, "checkpoint_external")
     shutil.rmtree(out, ignore_errors=True)  # an interrupted fit starts again from scratch
+    logged_upto = tracking.last_step(tracking_uri, run_id, "train/loss")  # ... logged once
 
     def log(metrics: dict[str, float], step: int) -> None:
-        tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
+        if step > logged_upto:
+            tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
 
     extras = get_method(cfg.method.name).external.fit(cfg, dataset, out, log)
     game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)

@@ -16,6 +16,7 @@ until a method is fitted or loaded.
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,6 +179,11 @@ def fit(cfg: ExperimentConfig, dataset: str, out: Path, log: MetricsLog) -> dict
                 log(rllib_train_metrics(result[LEARNER_RESULTS][DEFAULT_MODULE_ID]), i + 1)
             algo.save_to_path(str(out / CHECKPOINT_DIR))
         finally:
+            # RLlib leaves its Ray Data batch iterator open; closed by the garbage collector
+            # after Ray has shut down, it logs a traceback.
+            batches = getattr(algo.offline_data, "batch_iterators", None)
+            if isinstance(batches, types.GeneratorType):
+                batches.close()
             algo.stop()
             torch.set_num_threads(threads)
     return {"rllib": {"version": ray.__version__, "checkpoint": CHECKPOINT_DIR}}
