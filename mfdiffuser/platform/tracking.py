@@ -228,12 +228,17 @@ def last_step(uri: str, run_id: str, key: str) -> int:
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    log_steps(uri, run_id, [(metrics, step or 0)])
+
+
+def log_steps(uri: str, run_id: str, steps: list[tuple[dict[str, float], int]]) -> None:
+    """Metrics of several steps in one request (at most 1000 values, MLflow's batch limit)."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+    batch = [Metric(k, float(v), now, step) for metrics, step in steps for k, v in metrics.items()]
     client(uri).log_batch(run_id, metrics=batch)
 
 

@@ -372,6 +372,9 @@ def _local_checkpoint_dir(cfg: ExperimentConfig, run_name: str, leaf: str) -> Pa
     return Path(cfg.runtime.storage).resolve() / "train" / run_name / leaf
 
 
+LOG_EVERY = 50  # external iterations per MLflow request (x 3 metrics: within its 1000 per batch)
+
+
 def train_external(
     cfg: ExperimentConfig, dataset: str, run_name: str, *, tracking_uri: str, run_id: str
 ) -> Path:
@@ -389,12 +392,25 @@ def train_external(
     out = _local_checkpoint_dir(cfg, run_name, "checkpoint_external")
     shutil.rmtree(out, ignore_errors=True)  # an interrupted fit starts again from scratch
     logged_upto = tracking.last_step(tracking_uri, run_id, "train/loss")  # ... logged once
+    # An RLlib iteration takes milliseconds, one MLflow request (SQLite: a locked write) far
+    # longer: iterations are logged LOG_EVERY at a time.
+    pending: list[tuple[dict[str, float], int]] = []
+
+    def flush() -> None:
+        if pending:
+            tracking.log_steps(tracking_uri, run_id, pending)
+            pending.clear()
 
     def log(metrics: dict[str, float], step: int) -> None:
         if step > logged_upto:
-            tracking.log_metrics(tracking_uri, run_id, metrics, step=step)
+            pending.append((metrics, step))
+        if len(pending) >= LOG_EVERY:
+            flush()
 
-    extras = get_method(cfg.method.name).external.fit(cfg, dataset, out, log)
+    try:
+        extras = get_method(cfg.method.name).external.fit(cfg, dataset, out, log)
+    finally:
+        flush()  # what was trained before an interruption stays visible
     game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
     arrays, manifest = load_episodes(dataset)
     meta = {
