@@ -317,7 +317,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import check_fits
     from mfdiffuser.workers.datagen import generate_dataset
-    from mfdiffuser.workers.trainer import solve_reference, train_planner
+    from mfdiffuser.workers.trainer import solve_reference, train_external, train_planner
 
     start = time.perf_counter()
     tags = tracking.get_run(uri, run_id).data.tags
@@ -337,9 +337,12 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
         _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
         if "behaviour/return" not in _run_metrics(uri, run_id):  # once, also when resumed
             tracking.log_metrics(uri, run_id, _behaviour_metrics(manifest.behaviour))
-        if get_method(cfg.method.name).kind == "reference":
+        kind = get_method(cfg.method.name).kind
+        if kind == "reference":
             checkpoint = solve_reference(cfg, dataset, train_name)
             tracking.log_metrics(uri, run_id, read_meta(checkpoint)["metrics"])
+        elif kind == "external":
+            checkpoint = train_external(cfg, dataset, train_name, tracking_uri=uri, run_id=run_id)
         else:
             checkpoint = train_planner(
                 cfg,
@@ -501,6 +504,7 @@ def run_experiment(
     """
     from mfdiffuser.platform import tracking
 
+    check_method(cfg)  # as `train` does, but before this run or its Ray start
     uri = _tracking(cfg, workdir)
     start = time.perf_counter()
     previous = tracking.find_unfinished_run(uri, cfg, role="run")

@@ -1,13 +1,16 @@
 """The Method interface: what every method the platform trains, loads, plays and scores provides.
 
-Two kinds (`MethodSpec.kind`):
+Three kinds (`MethodSpec.kind`):
 - "trained": built from its parameters and the game's dimensions (`Dims`), fitted on batches of
   the offline dataset by the one training loop (`mfdiffuser.methods.training`), saved as tensors
   only and loaded weights-only;
 - "reference": computed from the exact mean-field model with no data (`fp`, `omd`); its policy
-  table is saved the same way, so evaluation does not tell the kinds apart.
+  table is saved the same way, so evaluation does not tell the kinds apart;
+- "external": another library runs its own training loop and writes its own checkpoint (RLlib's
+  `rllib_bc`, `rllib_marwil`); the platform starts it (`ExternalTrainer.fit`), logs it, and loads
+  the checkpoint back through that library (`ExternalTrainer.load`) as a `Method`.
 
-Every method, of either kind, becomes a `Policy`: it acts for any N (`act`) and freezes into a
+Every method, of any kind, becomes a `Policy`: it acts for any N (`act`) and freezes into a
 policy table π[T, S, A] along its own exact mean-field flow (`expected_table`), which is what
 exploitability, J^∞ and the suboptimality decomposition score. This module is pure: no torch at
 import, no Ray, no MLflow.
@@ -19,6 +22,7 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
@@ -32,7 +36,7 @@ if TYPE_CHECKING:
     from mfdiffuser.data.windows import EpisodeArrays
     from mfdiffuser.envs.finite import FiniteMeanFieldGame
 
-Kind = Literal["trained", "reference"]
+Kind = Literal["trained", "reference", "external"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,24 @@ class ReferenceMethod(Method):
         """Compute the table from the game; returns figures to log (e.g. its exploitability)."""
 
 
+MetricsLog = Callable[[dict[str, float], int], None]  # (metrics, step) -> logged to the run
+
+
+class ExternalTrainer(Protocol):
+    """What the module of an external method provides besides `Params` (no `build`)."""
+
+    def fit(self, cfg: Any, dataset: str, out: Path, log: MetricsLog) -> dict[str, Any]:
+        """Train on the dataset with the library's own loop, its checkpoint written under `out`;
+        `log` takes the per-iteration figures (named as `platform.tracking` names them).
+        Returns the checkpoint's meta.json extras (e.g. the library's version)."""
+        ...
+
+    def load(self, directory: Path, meta: dict[str, Any]) -> Method:
+        """The library's checkpoint under `directory`, restored by the library, as a Method;
+        refused (ValueError) when it was written by another version of the library."""
+        ...
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One registry entry: a named, versioned method and its validated parameters.
@@ -211,6 +233,14 @@ class MethodSpec:
         method: Method = self._load("build")(params, dims)
         method.name = self.name
         return method
+
+    @property
+    def external(self) -> ExternalTrainer:
+        """An external method's module (`fit`, `load`)."""
+        if self.kind != "external":
+            raise TypeError(f"method {self.name!r} is {self.kind}, not external")
+        module: ExternalTrainer = importlib.import_module(self.module)  # type: ignore[assignment]
+        return module
 
     def cannot_run(self, benchmark: Any, n_agents: list[int]) -> str | None:
         """Why this method cannot run on this benchmark (a `BenchmarkSpec`) at these N, or None."""

@@ -5,6 +5,12 @@ behaviour prior and, optionally, the optimizer state; it is loaded with
 `torch.load(weights_only=True)`, so a checkpoint can never execute code. `meta.json` holds the
 method (name, version, parameters), the game's dimensions, the full config, the dataset and the
 code version: provenance, never authority (where to connect comes from the user).
+
+An external method's checkpoint (kind "external", e.g. RLlib's) is the same directory with the
+library's own checkpoint beside them: `weights.pt` holds only the behaviour prior, and loading
+dispatches on the recorded method's kind to the library's restore (`ExternalTrainer.load`), which
+refuses a checkpoint of another library version. The weights-only rule is the platform's own
+checkpoints'; the library's restore path is the library's.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 
 from mfdiffuser.methods.base import Dims, Method
 from mfdiffuser.methods.registry import METHODS
@@ -43,33 +50,51 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
 ) -> Path:
     """Write atomically: files go to a temporary name and are renamed into place."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    blob: dict[str, Any] = {
-        "state": _cpu(method.state_dict()),
-        "prior": torch.as_tensor(prior, dtype=torch.float64),
-    }
+    blob: dict[str, Any] = {"state": _cpu(method.state_dict())}
     if optimizer is not None:
         blob["optimizer"] = optimizer.state_dict()
-    spec = METHODS[method.name]
+    return _write(directory, method.name, method.params, method.dims, prior, meta, blob)
+
+
+def save_external_checkpoint(
+    directory: str | Path,
+    name: str,
+    params: BaseModel,
+    dims: Dims,
+    prior: np.ndarray,
+    meta: dict[str, Any],
+) -> Path:
+    """The platform's files beside an external method's own checkpoint in `directory`."""
+    return _write(directory, name, params, dims, prior, meta, {})
+
+
+def _write(
+    directory: str | Path,
+    method_name: str,
+    params: BaseModel,
+    dims: Dims,
+    prior: np.ndarray,
+    meta: dict[str, Any],
+    blob: dict[str, Any],
+) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    blob = {**blob, "prior": torch.as_tensor(prior, dtype=torch.float64)}
+    spec = METHODS[method_name]
     full_meta = {
         **meta,
         "checkpoint_schema": CHECKPOINT_SCHEMA,
-        "method": {
-            "name": spec.name,
-            "version": spec.version,
-            "params": method.params.model_dump(),
-        },
-        "dims": dataclasses.asdict(method.dims),
+        "method": {"name": spec.name, "version": spec.version, "params": params.model_dump()},
+        "dims": dataclasses.asdict(dims),
     }
-    for name, write in (
+    for file, write in (
         (WEIGHTS, lambda f: torch.save(blob, f)),
         (META, lambda f: f.write(json.dumps(full_meta, indent=2, default=str).encode())),
     ):
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{name}.")
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{file}.")
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, d / name)
+        os.replace(tmp, d / file)
     return d
 
 
@@ -114,6 +139,8 @@ def load_checkpoint(
         raise ValueError(
             f"{where}: {WEIGHTS} is unreadable ({type(err).__name__}): truncated or corrupt"
         ) from None
+    if spec.kind == "external":
+        return spec.external.load(Path(directory), meta), blob["prior"].numpy(), meta, None
     try:
         method = spec.build(spec.params(recorded["params"]), Dims(**meta["dims"]))
         method.load_state_dict(blob["state"])

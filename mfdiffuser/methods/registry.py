@@ -11,6 +11,7 @@ from mfdiffuser.envs.registry import did_you_mean
 from mfdiffuser.methods.base import MethodSpec
 
 _MF = "mfdiffuser.methods.mf_diffuser"
+_RLLIB = "mfdiffuser.workers.rllib.methods"  # with the Ray code: it runs RLlib
 
 _SPECS = [
     MethodSpec(
@@ -115,6 +116,23 @@ _SPECS = [
         "Conservative Q-Learning on mean-field transitions: twin Q with the CQL penalty, acting "
         "by softmax(Q / temperature)",
         "mfdiffuser.baselines.mf_cql",
+    ),
+    MethodSpec(
+        "rllib_bc",
+        1,
+        "external",
+        "RLlib's behaviour cloning (BC, new API stack) on the data's per-agent transitions, "
+        "observing state features, time and mu_t; RLlib's own training loop and checkpoint",
+        _RLLIB,
+    ),
+    MethodSpec(
+        "rllib_marwil",
+        1,
+        "external",
+        "RLlib's MARWIL (advantage-weighted imitation with a value function, new API stack) on "
+        "the same observations; RLlib's own training loop and checkpoint",
+        _RLLIB,
+        params_name="MARWILParams",
     ),
     MethodSpec(
         "fp",

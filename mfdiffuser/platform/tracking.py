@@ -247,15 +247,24 @@ def n_indexed(key: str) -> tuple[str, int] | None:
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     """Log at `step`; a per-N key is logged once more without N, at step N (`n_indexed`)."""
+    log_steps(uri, run_id, [(metrics, step or 0)])
+
+
+def log_steps(uri: str, run_id: str, steps: list[tuple[dict[str, float], int]]) -> None:
+    """Metrics of several steps in as few requests as MLflow allows (1000 values each); a per-N
+    key is logged once more without N, at step N (`n_indexed`)."""
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-    for k, v in metrics.items():
-        if (found := n_indexed(k)) is not None:
-            batch.append(Metric(found[0], float(v), now, found[1]))
+    batch = [Metric(k, float(v), now, step) for metrics, step in steps for k, v in metrics.items()]
+    batch += [
+        Metric(found[0], float(v), now, found[1])
+        for metrics, _ in steps
+        for k, v in metrics.items()
+        if (found := n_indexed(k)) is not None
+    ]
     for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
         client(uri).log_batch(run_id, metrics=batch[i : i + 1000])
 
@@ -265,6 +274,18 @@ def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted(
         (int(m.step), float(m.value)) for m in client(uri).get_metric_history(run_id, key)
     )
+
+
+# RLlib's learner results (per training iteration) under the platform's `train/` names.
+RLLIB_LEARNER_METRICS = {
+    "total_loss": "train/loss",
+    "policy_loss": "train/policy_loss",
+    "vf_loss": "train/vf_loss",
+}
+
+
+def rllib_train_metrics(learner: dict[str, Any]) -> dict[str, float]:
+    return {ours: float(learner[k]) for k, ours in RLLIB_LEARNER_METRICS.items() if k in learner}
 
 
 def log_artifact(

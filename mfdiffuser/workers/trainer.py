@@ -385,6 +385,72 @@ def train_planner(
     return Path(result.checkpoint.path)
 
 
+def _local_checkpoint_dir(cfg: ExperimentConfig, run_name: str, leaf: str) -> Path:
+    if "://" in cfg.runtime.storage:
+        raise ConfigError(
+            f"runtime.storage = {cfg.runtime.storage!r}: {cfg.method.name} writes its "
+            "checkpoint to a local directory only so far"
+        )
+    return Path(cfg.runtime.storage).resolve() / "train" / run_name / leaf
+
+
+LOG_EVERY = 50  # external iterations per MLflow request (x 3 metrics: within its 1000 per batch)
+
+
+def train_external(
+    cfg: ExperimentConfig, dataset: str, run_name: str, *, tracking_uri: str, run_id: str
+) -> Path:
+    """An external method (RLlib's): its library's own loop, here in the driver (or the sweep
+    trial), its per-iteration figures logged into the run; its checkpoint beside the platform's
+    meta.json and the data's behaviour prior, so evaluation treats it like any other."""
+    from mfdiffuser.data.windows import behaviour_prior, load_episodes
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.methods.base import Dims
+    from mfdiffuser.methods.checkpoint import save_external_checkpoint
+    from mfdiffuser.methods.registry import get_method
+    from mfdiffuser.platform import tracking
+    from mfdiffuser.platform.provenance import code_version
+
+    out = _local_checkpoint_dir(cfg, run_name, "checkpoint_external")
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted fit starts again from scratch
+    logged_upto = tracking.last_step(tracking_uri, run_id, "train/loss")  # ... logged once
+    # An RLlib iteration takes milliseconds, one MLflow request (SQLite: a locked write) far
+    # longer: iterations are logged LOG_EVERY at a time.
+    pending: list[tuple[dict[str, float], int]] = []
+
+    def flush() -> None:
+        if pending:
+            tracking.log_steps(tracking_uri, run_id, pending)
+            pending.clear()
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        if step > logged_upto:
+            pending.append((metrics, step))
+        if len(pending) >= LOG_EVERY:
+            flush()
+
+    try:
+        extras = get_method(cfg.method.name).external.fit(cfg, dataset, out, log)
+    finally:
+        flush()  # what was trained before an interruption stays visible
+    game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
+    arrays, manifest = load_episodes(dataset)
+    meta = {
+        "epoch": cfg.train.epochs,  # the library's loop ran to its end: complete
+        "config": cfg.model_dump(),
+        "dataset_id": manifest.dataset_id,
+        "dataset": dataset,
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "code_version": code_version(),
+        **extras,
+    }
+    prior = behaviour_prior(arrays, game.n_states, game.n_actions)
+    return save_external_checkpoint(
+        out, cfg.method.name, cfg.method.settings, Dims.of(game), prior, meta
+    )
+
+
 def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path:
     """A reference method (no data, no Ray Train): solved here, saved as a checkpoint.
 
@@ -397,18 +463,13 @@ def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path:
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform.provenance import code_version
 
-    if "://" in cfg.runtime.storage:
-        raise ConfigError(
-            f"runtime.storage = {cfg.runtime.storage!r}: reference methods write their "
-            "checkpoint to a local directory only so far"
-        )
+    out = _local_checkpoint_dir(cfg, run_name, "checkpoint_solved")
     game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
     method = get_method(cfg.method.name).build(cfg.method.settings, Dims.of(game))
     assert isinstance(method, ReferenceMethod)
     figures = method.solve(game)
     arrays, manifest = load_episodes(dataset)
     prior = behaviour_prior(arrays, game.n_states, game.n_actions)
-    out = Path(cfg.runtime.storage).resolve() / "train" / run_name / "checkpoint_solved"
     meta = {
         "epoch": cfg.train.epochs,  # nothing to train: complete
         "config": cfg.model_dump(),
