@@ -64,8 +64,7 @@ def test_rllib_rows_one_per_agent_step_whole_agent_episodes_and_the_last_new_obs
     [
         (
             ["method=rllib_bc", "benchmark=battle"],
-            "error: benchmark.name = 'battle': methods train on finite-state benchmarks only so "
-            "far (battle's data can be generated, see `mfd generate`); allowed: left_right, ",
+            "error: method.name = 'rllib_bc': rllib_bc needs a finite state space",
         ),
         (
             ["method=rllib_marwil", "beta=-1"],
