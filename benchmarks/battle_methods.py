@@ -33,6 +33,7 @@ SETTINGS = {
     "mf_diffuser": PLANNER,
     "per_agent_diffuser": {k: v for k, v in PLANNER.items() if k != "stages"},
     "bc": {"hidden": 64},
+    "mf_iql": {"hidden": 64},
 }
 
 

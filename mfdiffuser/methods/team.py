@@ -4,8 +4,10 @@ A method plays team 0 from per-agent features (x, y, hp) and the context (t / T,
 density maps, own team first); it acts for any team size with the same weights. Which methods
 can: the MF-Diffuser family (acting by the matching rule, `MatchingPlannerPolicy`, whatever the
 config's `acting`, since there is no finite state space for a per-state table; no value weights:
-there is no tabular advantage of a continuous state) and behaviour cloning. The others need a
-finite state space or transitions team rows do not give yet, and are refused (`cannot_play`).
+there is no tabular advantage of a continuous state), behaviour cloning and mf_iql (learning
+from per-agent transitions t -> t + 1 of team 0, an agent's last living step done; it acts with
+its extracted policy network, as bc does). The others need a finite state space (or, mf_cql,
+act by a softmax of Q over a finite state space) and are refused (`cannot_play`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from mfdiffuser.envs.team import TeamLayout
 from mfdiffuser.methods.base import Dims, Method, TrainedMethod
 
 # The method modules whose models read per-agent features and a context only.
-_TEAM_MODULES = ("mfdiffuser.methods.mf_diffuser", "mfdiffuser.baselines.bc")
+_TEAM_MODULES = (
+    "mfdiffuser.methods.mf_diffuser",
+    "mfdiffuser.baselines.bc",
+    "mfdiffuser.baselines.mf_iql",
+)
 
 
 def dims_of(layout: TeamLayout) -> Dims:
@@ -31,15 +37,19 @@ def cannot_play(spec: Any) -> str | None:
     if spec.module in _TEAM_MODULES and not spec.fixed.get("return_guidance"):
         return None
     return (
-        f"{spec.name} needs a finite state space (or transitions team rows do not give); on a "
-        "team game allowed: mf_diffuser, mf_diffuser_flat, mf_diffuser_unweighted, "
-        "per_agent_diffuser, bc"
+        f"{spec.name} needs a finite state space; on a team game allowed: mf_diffuser, "
+        "mf_diffuser_flat, mf_diffuser_unweighted, per_agent_diffuser, bc, mf_iql"
     )
 
 
 def team_batches(method: TrainedMethod, arrays: TeamEpisodes, seed: int) -> TeamWindowSampler:
+    from mfdiffuser.baselines.q_learning import QLearning
+
+    m = int(method.params.n_particles)
+    if isinstance(method, QLearning):  # transitions t -> t + 1
+        return TeamWindowSampler(arrays, 2, m, seed, next_context=True)
     window = int(getattr(method.params, "window", 1))  # bc: one step
-    return TeamWindowSampler(arrays, window, int(method.params.n_particles), seed)
+    return TeamWindowSampler(arrays, window, m, seed)
 
 
 def fit(

@@ -82,10 +82,10 @@ def test_generate_train_evaluate(
 
     train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
     if not spec.exact_model:  # a method that needs a finite state space is refused first
-        refused = ["train", "-s", f"benchmark.name={name}", "-s", "method=mf_iql", *where]
+        refused = ["train", "-s", f"benchmark.name={name}", "-s", "method=mf_cql", *where]
         result = CliRunner().invoke(app, [*refused, *tracking])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output[-3000:]
-        assert "mf_iql needs a finite state space" in result.stderr
+        assert "mf_cql needs a finite state space" in result.stderr
 
     trained = _mfd("train", *train)
     assert trained["dataset"] == data["dataset"]  # the generated dataset, reused

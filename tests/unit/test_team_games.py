@@ -362,3 +362,32 @@ def test_a_small_planner_trained_on_expert_data_beats_random_more_often_than_unt
         wins[name] = scores["win_rate"]
     assert wins["trained"] >= 0.5 and wins["trained"] > wins["untrained"], wins
     assert time.perf_counter() - start < 120  # about 60 s on 2 loaded cores
+
+
+def test_mf_iql_learns_from_per_agent_transitions_and_plays_battle() -> None:
+    """Its transitions: s' is the agent's next step, done where it has none (it died, or the
+    episode ended); a few training steps, then a full episode against `expert` through the
+    acting path bc takes."""
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=20)
+    spec = get_method("mf_iql")
+    assert spec.cannot_run(get_benchmark("battle"), [16]) is None
+    method = spec.build(spec.params({"hidden": 16, "n_particles": 8}), team.dims_of(layout))
+    b = team.team_batches(method, arrays, seed=0).sample(256)
+    assert b["x"].shape == (256, 8, 2, 3 + 21) and b["ctx_next"].shape == (256, 129)
+    assert (b["valid"][:, :, 0] == 1).all() and np.array_equal(b["done"], 1 - b["valid"][:, :, 1])
+    running = (b["t0"] + 1 < arrays.lengths[b["episode"]])[:, None]
+    assert (b["done"].astype(bool) & running).any()  # deaths mid-episode are done
+    assert (b["done"] == 0).any()
+    # the context at t0 + 1 is the next step's: its time is (t0 + 1) / T
+    assert np.allclose(b["ctx_next"][:, 0], np.minimum(b["t0"] + 1, 19) / 20)
+    batch = method.to_batch(b, "cpu")
+    assert batch["not_done"].shape == (256, 8)
+    before = method.loss(batch, method.train_module())[1]["q_loss"]
+    losses = team.fit(method, arrays, steps=60, batch_size=16, lr=3e-3, seed=0)
+    after = method.loss(batch, method.train_module())[1]["q_loss"]
+    assert np.isfinite(losses).all() and after < before, (before, after)
+    player = team.TeamPolicy(method, layout, seed=0)
+    sim = BattleSim(p)
+    scripted = get_benchmark("battle").simulator.scripted  # type: ignore[union-attr]
+    scores = team_scores(sim, layout, scripted, player, "expert", 1, seed=2)
+    assert scores["episodes"] == 1 and sim.done and 0.0 <= scores["survival"] <= 1.0
