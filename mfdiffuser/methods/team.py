@@ -2,12 +2,16 @@
 
 A method plays team 0 from per-agent features (x, y, hp) and the context (t / T, both teams'
 density maps, own team first); it acts for any team size with the same weights. Which methods
-can: the MF-Diffuser family (acting by the matching rule, `MatchingPlannerPolicy`, whatever the
-config's `acting`, since there is no finite state space for a per-state table; no value weights:
-there is no tabular advantage of a continuous state), behaviour cloning and mf_iql (learning
-from per-agent transitions t -> t + 1 of team 0, an agent's last living step done; it acts with
-its extracted policy network, as bc does). The others need a finite state space (or, mf_cql,
-act by a softmax of Q over a finite state space) and are refused (`cannot_play`).
+can:
+- the MF-Diffuser family, acting by the matching rule (`MatchingPlannerPolicy`) whatever the
+  config's `acting`, since there is no finite state space for a per-state table; no value
+  weights: there is no tabular advantage of a continuous state;
+- madiff, the same way with every agent of the team a particle (its joint model), up to its
+  agent limit (`MethodSpec.max_agents`, agents per team);
+- bc, and mf_iql from per-agent transitions t -> t + 1 of team 0 (an agent's last living step
+  is done); both act with their policy network.
+The others need a finite state space (mf_cql acts by a softmax of Q over every state) and are
+refused (`cannot_play`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from mfdiffuser.methods.base import Dims, Method, TrainedMethod
 # The method modules whose models read per-agent features and a context only.
 _TEAM_MODULES = (
     "mfdiffuser.methods.mf_diffuser",
+    "mfdiffuser.baselines.madiff",
     "mfdiffuser.baselines.bc",
     "mfdiffuser.baselines.mf_iql",
 )
@@ -38,14 +43,17 @@ def cannot_play(spec: Any) -> str | None:
         return None
     return (
         f"{spec.name} needs a finite state space; on a team game allowed: mf_diffuser, "
-        "mf_diffuser_flat, mf_diffuser_unweighted, per_agent_diffuser, bc, mf_iql"
+        "mf_diffuser_flat, mf_diffuser_unweighted, per_agent_diffuser, madiff, bc, mf_iql"
     )
 
 
 def team_batches(method: TrainedMethod, arrays: TeamEpisodes, seed: int) -> TeamWindowSampler:
+    from mfdiffuser.baselines.madiff import MADiffMethod
     from mfdiffuser.baselines.q_learning import QLearning
 
-    m = int(method.params.n_particles)
+    # madiff's joint model: every agent of team 0 is a particle (those alive at a window's
+    # start, repeated when fewer are alive)
+    m = arrays.n_agents if isinstance(method, MADiffMethod) else int(method.params.n_particles)
     if isinstance(method, QLearning):  # transitions t -> t + 1
         return TeamWindowSampler(arrays, 2, m, seed, next_context=True)
     window = int(getattr(method.params, "window", 1))  # bc: one step

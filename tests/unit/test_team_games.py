@@ -391,3 +391,28 @@ def test_mf_iql_learns_from_per_agent_transitions_and_plays_battle() -> None:
     scripted = get_benchmark("battle").simulator.scripted  # type: ignore[union-attr]
     scores = team_scores(sim, layout, scripted, player, "expert", 1, seed=2)
     assert scores["episodes"] == 1 and sim.done and 0.0 <= scores["survival"] <= 1.0
+
+
+def test_madiff_plays_battle_up_to_its_agent_limit() -> None:
+    """Every agent of team 0 is a particle of its training windows and of its joint plan; a
+    team above 1,024 agents is refused with the limit."""
+    battle = get_benchmark("battle")
+    spec = get_method("madiff")
+    assert spec.cannot_run(battle, [64, 1024]) is None
+    assert "at most 1024 agents" in str(spec.cannot_run(battle, [64, 4096]))
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=12)
+    small = {"window": 3, "diffusion_steps": 5, "hidden": 16, "n_blocks": 1, "heads": 2}
+    method = spec.build(spec.params(small), team.dims_of(layout))
+    b = team.team_batches(method, arrays, seed=0).sample(4)
+    assert b["x"].shape == (4, 16, 3, 3 + 21)
+    losses = team.fit(method, arrays, steps=10, batch_size=4, lr=1e-3, seed=0)
+    assert np.isfinite(losses).all()
+    player = team.TeamPolicy(method, layout, seed=0)
+    sim = BattleSim(p)
+    feats = sim.reset(0)[:16]
+    planned = player.act(0, feats, sim.mean_field(), np.random.default_rng(0))
+    assert planned.shape == (16,) and ((0 <= planned) & (planned < 21)).all()
+    assert player.live.rule == "matching" and player.live.cfg.max_particles >= 16
+    scripted = battle.simulator.scripted  # type: ignore[union-attr]
+    scores = team_scores(sim, layout, scripted, player, "random", 1, seed=2)
+    assert scores["episodes"] == 1 and sim.done and sim.t <= 12
