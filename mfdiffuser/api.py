@@ -465,6 +465,7 @@ def evaluate(
                 "returns": out["returns"],
                 "table_returns": out["table_returns"],
                 "table": out["table"],
+                "opponents": out.get("opponents", {}),  # a team game's key name -> opponent
             },
             "evaluation",
             "evaluation.json",
@@ -479,7 +480,13 @@ def evaluate(
         tracking.record_evaluation(uri, run_id, None)
     elif role == "own" and end_run:
         tracking.end_run(uri, run_id)
-    return {"metrics": metrics, "run_id": run_id, "tracking_uri": uri, "returns": out["returns"]}
+    return {
+        "metrics": metrics,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "returns": out["returns"],
+        "opponents": out.get("opponents", {}),
+    }
 
 
 def resolve_and_check_tracking(explicit: str | None, workdir: str | Path = ".") -> str:

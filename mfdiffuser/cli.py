@@ -426,6 +426,7 @@ def evaluate(
         lambda r: "\n".join(
             [f"MLflow run {r['run_id']} in {r['tracking_uri']}"]
             + [f"  {k}: {v:.6g}" for k, v in sorted(r["metrics"].items())]
+            + [f"  {name} = {o}" for name, o in r["opponents"].items() if name != o]
         ),
     )
 
