@@ -550,7 +550,8 @@ def table(
     """The comparison table of a sweep: every method per setting over seeds, and the wins.
 
     Per (benchmark, quality, N and any other axis): mean return and exploitability with 95%
-    bootstrap intervals over seeds, IQM of the return, P(mf_diffuser > method); then how often
+    bootstrap intervals over seeds, IQM of the return, P(mf_diffuser > method) (a team game:
+    also win rate and kill ratio vs each scripted opponent, with intervals); then how often
     each trained method has the highest mean return and a return interval above all others
     (references fp, omd excluded). Reads the MLflow store only.
     """
@@ -582,8 +583,10 @@ def _table_text(r: dict[str, Any]) -> str:
     from mfdiffuser.evaluation.comparison import PLANNER
 
     out = io.StringIO()
-    # markup off: error texts and reasons may hold [brackets]
-    console = Console(file=out, width=200, color_system=None, soft_wrap=True, markup=False)
+    # markup off: error texts and reasons may hold [brackets]; a team game's figures widen it
+    team_columns = max((len(s.get("team_figures", [])) for s in r["settings"]), default=0)
+    width = 200 + 32 * team_columns
+    console = Console(file=out, width=width, color_system=None, soft_wrap=True, markup=False)
     console.print(
         f"sweep {r['sweep']} ({r['sweep_id']}), parent run {r['parent_run_id']}: "
         f"{sum(len(m['seeds']) for s in r['settings'] for m in s['methods'])} trials in the "
@@ -592,6 +595,7 @@ def _table_text(r: dict[str, Any]) -> str:
     )
     for s in r["settings"]:
         grid = Table(title=s["label"], title_justify="left", box=box.SIMPLE_HEAD)
+        team = s.get("team_figures", [])  # a team game: e.g. win_rate/vs_expert
         for name in (
             "method",
             "seeds",
@@ -599,13 +603,14 @@ def _table_text(r: dict[str, Any]) -> str:
             "IQM return",
             "exploitability [95% CI]",
             f"P({PLANNER} > method) [95% CI]",
+            *(f"{k} [95% CI]" for k in team),
         ):
             grid.add_column(name, no_wrap=True)
         for m in s["methods"]:
             label = m["method"] + (" (reference)" if m["reference"] else "")
             if m["return"] is None:
                 reasons = sorted({str(k["reason"]) for k in m["skipped"]})
-                grid.add_row(label, "0", f"n/a: {'; '.join(reasons)}", "", "", "")
+                grid.add_row(label, "0", f"n/a: {'; '.join(reasons)}", *[""] * (3 + len(team)))
                 continue
             grid.add_row(
                 label,
@@ -614,6 +619,7 @@ def _table_text(r: dict[str, Any]) -> str:
                 f"{m['iqm_return']:.4f}",
                 _interval(m["exploitability"]),
                 _interval(m["p_improvement"], "value"),
+                *(_interval(m["team"].get(k)) for k in team),
             )
         console.print(grid)
         verdict = f"highest mean return: {', '.join(s['highest_mean']) or '-'}"

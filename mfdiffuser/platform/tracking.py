@@ -255,6 +255,22 @@ def jn_spread_key(n: int) -> str:
     return f"jn_spread/n{n}"
 
 
+# What `mfd table` compares on a team game besides the return: against the scripted opponents.
+_COMPARED = re.compile(r"(?P<figure>win_rate|kill_ratio)/vs_(?P<opp>[a-z0-9_]+)/n(?P<n>\d+)")
+
+
+def team_figures(metrics: dict[str, float], n: int) -> dict[str, float]:
+    """A trial's win rate and kill ratio at N against each opponent but itself and checkpoints
+    (`self`, `checkpoint_<id>`: not the same player for every method), keyed
+    `<figure>/vs_<opponent>`; {} for a game without teams."""
+    out = {}
+    for key, value in metrics.items():
+        m = _COMPARED.fullmatch(key)
+        if m and int(m["n"]) == n and m["opp"] != "self" and not m["opp"].startswith("checkpoint_"):
+            out[f"{m['figure']}/vs_{m['opp']}"] = value
+    return dict(sorted(out.items()))
+
+
 def opponent_name(opponent: str, named: tuple[str, ...] | list[str]) -> str:
     """An opponent as its keys name it: a named one (`expert`, `random`, `self`) as itself, a
     checkpoint as `checkpoint_<id>`, id = the first 8 hex digits of the SHA-256 of its absolute
@@ -458,7 +474,8 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
     """A sweep's trials as comparison records, from its parent run (id or sweep id).
 
     `records`: finished trials with their return at their own N (`return/n{N}`, N the trial's
-    `data.n_agents`), `exploitability` and all its `metrics`; `missing`: trial runs without
+    `data.n_agents`), `exploitability`, `team` (a team game's `team_figures`) and all its
+    `metrics`; `missing`: trial runs without
     them (failed, still running, or not evaluated at their own N), with why; `skipped`: the
     cells the sweep did not run (its `sweep/skipped.json`). Benchmark, quality, N and seed
     (`train.seed`) are the trial's logged config; the method is its `mfd.method` tag.
@@ -493,6 +510,7 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
                     **item,
                     "return": metrics[key],
                     "exploitability": metrics.get("exploitability"),
+                    "team": team_figures(metrics, n),
                     "metrics": dict(metrics),
                 }
             )
