@@ -432,6 +432,48 @@ def evaluate(
 
 
 @app.command()
+def crossplay(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Two or more checkpoints trained on one team game.")
+    ],
+    n_agents: Annotated[
+        int | None,
+        typer.Option("--n-agents", "-n", help="Agents per team (default: the first's data)."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per pair.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = 0,
+    as_json: JsonOut = False,
+) -> None:
+    """Team games: every checkpoint against every one, in-process; prints the win-rate matrix.
+
+    Row = team 0, column = team 1; each player is named `checkpoint_<id>` as evaluation names a
+    checkpoint opponent. `--json` also has the kill-ratio matrix.
+    """
+    from mfdiffuser import api
+
+    result = _guard(
+        lambda: api.crossplay(checkpoints, n_agents=n_agents, episodes=episodes, seed=seed),
+        as_json,
+    )
+    _emit(result, as_json, _crossplay_text)
+
+
+def _crossplay_text(r: dict[str, Any]) -> str:
+    names = list(r["players"])
+    lines = [
+        f"{r['benchmark']}, N={r['n_agents']}, {r['episodes']} episodes per pair: "
+        "win rate of the row (team 0) against the column (team 1)",
+        " " * 20 + "".join(f"{n:>20}" for n in names),
+    ]
+    lines += [
+        f"{n:<20}" + "".join(f"{w:>20.3f}" for w in row)
+        for n, row in zip(names, r["win_rate"], strict=True)
+    ]
+    lines += [f"{n} = {path}" for n, path in r["players"].items()]
+    return "\n".join(lines)
+
+
+@app.command()
 def run(
     config: ConfigPath = None,
     settings: Settings = None,

@@ -416,3 +416,46 @@ def test_madiff_plays_battle_up_to_its_agent_limit() -> None:
     scripted = battle.simulator.scripted  # type: ignore[union-attr]
     scores = team_scores(sim, layout, scripted, player, "random", 1, seed=2)
     assert scores["episodes"] == 1 and sim.done and sim.t <= 12
+
+
+def test_mfd_crossplay_prints_the_win_rate_matrix_and_refuses_bad_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """Two checkpoints (bc, mf_iql) through `mfd crossplay` in-process: a 2 x 2 matrix of the
+    row's win rate as team 0, named by each checkpoint's id; bad input exits 2 in one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mfdiffuser.cli import _crossplay_text, app
+    from mfdiffuser.platform.tracking import opponent_name
+
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=12)
+    config = {"benchmark": {"name": "battle", "params": p.model_dump()}, "data": {"n_agents": 16}}
+    paths = []
+    for name in ("bc", "mf_iql"):
+        spec = get_method(name)
+        method = spec.build(spec.params({"hidden": 16}), team.dims_of(layout))
+        team.fit(method, arrays, steps=10, batch_size=8, lr=3e-3, seed=0)
+        paths.append(str(save_checkpoint(tmp_path / name, method, np.zeros(0), {"config": config})))
+    result = CliRunner().invoke(app, ["crossplay", *paths, "--episodes", "2", "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    out = json.loads(result.stdout)
+    assert out["players"] == {opponent_name(c, []): c for c in paths} and out["n_agents"] == 16
+    assert np.shape(out["win_rate"]) == (2, 2) and np.shape(out["kill_ratio"]) == (2, 2)
+    assert all(0.0 <= w <= 1.0 for row in out["win_rate"] for w in row)
+    text = _crossplay_text(out)  # what the command prints without --json
+    assert "win rate of the row (team 0)" in text and f"{list(out['players'])[1]} = " in text
+    crowd = save_checkpoint(
+        tmp_path / "crowd", method, np.zeros(0), {"config": {"benchmark": {"name": "crowd_1d"}}}
+    )
+    for args, says in (
+        ([paths[0]], "allowed: two or more checkpoint directories"),
+        ([paths[0], str(crowd)], "a checkpoint of crowd_1d; allowed"),
+        ([paths[0], str(tmp_path / "nothing")], "not a checkpoint"),
+        ([paths[0], paths[0]], "a checkpoint twice"),
+        ([*paths, "-n", "0"], "allowed: 1 or more agents per team"),
+    ):
+        bad = CliRunner().invoke(app, ["crossplay", *args])
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.output
+        assert bad.stderr.startswith("error: ") and says in bad.stderr
