@@ -32,7 +32,9 @@ PLANNER.update(hidden=64, n_blocks=1, stages=1, replan_every=4)
 SETTINGS = {
     "mf_diffuser": PLANNER,
     "per_agent_diffuser": {k: v for k, v in PLANNER.items() if k != "stages"},
+    "madiff": {"window": 4, "diffusion_steps": 10, "hidden": 64, "n_blocks": 1},
     "bc": {"hidden": 64},
+    "mf_iql": {"hidden": 64},
 }
 
 

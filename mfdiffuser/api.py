@@ -468,6 +468,7 @@ def evaluate(
                 "returns": out["returns"],
                 "table_returns": out["table_returns"],
                 "table": out["table"],
+                "opponents": out.get("opponents", {}),  # a team game's key name -> opponent
             },
             "evaluation",
             "evaluation.json",
@@ -482,7 +483,88 @@ def evaluate(
         tracking.record_evaluation(uri, run_id, None)
     elif role == "own" and end_run:
         tracking.end_run(uri, run_id)
-    return {"metrics": metrics, "run_id": run_id, "tracking_uri": uri, "returns": out["returns"]}
+    return {
+        "metrics": metrics,
+        "run_id": run_id,
+        "tracking_uri": uri,
+        "returns": out["returns"],
+        "opponents": out.get("opponents", {}),
+    }
+
+
+def crossplay(
+    checkpoints: list[str], *, n_agents: int | None = None, episodes: int = 4, seed: int = 0
+) -> dict[str, Any]:
+    """Every checkpoint against every one (itself too) on their team game, in-process: the
+    row's checkpoint plays team 0, the column's team 1 (`mfdiffuser.evaluation.team`), at N
+    agents per team (default: the first checkpoint's data.n_agents), `episodes` seeded
+    episodes per pair. Players are named as evaluation names a checkpoint opponent
+    (`checkpoint_<id>`); `win_rate[r][c]` and `kill_ratio[r][c]` are the row's."""
+    from mfdiffuser.evaluation.team import team_scores
+    from mfdiffuser.methods import team
+    from mfdiffuser.methods.checkpoint import load_checkpoint, read_meta
+    from mfdiffuser.methods.registry import get_method
+    from mfdiffuser.platform import tracking
+
+    allowed = "two or more checkpoint directories trained on one team game"
+    if len(checkpoints) < 2:
+        raise ConfigError(f"CHECKPOINT = {checkpoints}: allowed: {allowed}")
+    if episodes < 1:
+        raise ConfigError(f"--episodes = {episodes}: allowed: 1 or more")
+    metas = []
+    for c in checkpoints:
+        try:
+            metas.append(read_meta(c))
+        except (FileNotFoundError, ValueError):
+            raise ConfigError(f"CHECKPOINT = {c!r}: not a checkpoint; allowed: {allowed}") from None
+    names = [tracking.opponent_name(c, []) for c in checkpoints]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"CHECKPOINT = {checkpoints}: a checkpoint twice; allowed: {allowed}")
+    bench_cfg = metas[0].get("config", {}).get("benchmark", {})
+    spec = get_benchmark(str(bench_cfg.get("name")))
+    for c, meta in zip(checkpoints, metas, strict=True):
+        made_on = meta.get("config", {}).get("benchmark", {}).get("name")
+        if spec.simulator is None or made_on != spec.name:
+            raise ConfigError(f"CHECKPOINT = {c!r}: a checkpoint of {made_on}; allowed: {allowed}")
+    sim_spec = spec.simulator
+    assert sim_spec is not None
+    n = n_agents if n_agents is not None else int(metas[0]["config"]["data"]["n_agents"])
+    if n < 1:
+        raise ConfigError(f"--n-agents = {n}: allowed: 1 or more agents per team")
+    try:
+        params = sim_spec.with_agents(spec.params(bench_cfg.get("params", {})), n)
+    except ValidationError as err:
+        raise ConfigError(f"--n-agents = {n}: {err.errors()[0]['msg']}") from None
+    for c, meta in zip(checkpoints, metas, strict=True):
+        reason = get_method(meta["method"]["name"]).cannot_run(spec, [n])
+        if reason is not None:
+            raise ConfigError(f"CHECKPOINT = {c!r}: {reason}")
+    layout = sim_spec.layout(params)
+    methods = [load_checkpoint(c)[0] for c in checkpoints]
+    k = len(methods)
+    scores = [
+        [
+            team_scores(
+                sim_spec.make_sim(params),
+                layout,
+                sim_spec.scripted,
+                team.TeamPolicy(methods[r], layout, seed),
+                team.TeamPolicy(methods[c], layout, seed + 1),
+                episodes,
+                seed,
+            )
+            for c in range(k)
+        ]
+        for r in range(k)
+    ]
+    return {
+        "benchmark": spec.name,
+        "n_agents": n,
+        "episodes": episodes,
+        "players": dict(zip(names, checkpoints, strict=True)),
+        "win_rate": [[s["win_rate"] for s in row] for row in scores],
+        "kill_ratio": [[s["kill_ratio"] for s in row] for row in scores],
+    }
 
 
 def resolve_and_check_tracking(explicit: str | None, workdir: str | Path = ".") -> str:

@@ -426,8 +426,51 @@ def evaluate(
         lambda r: "\n".join(
             [f"MLflow run {r['run_id']} in {r['tracking_uri']}"]
             + [f"  {k}: {v:.6g}" for k, v in sorted(r["metrics"].items())]
+            + [f"  {name} = {o}" for name, o in r["opponents"].items() if name != o]
         ),
     )
+
+
+@app.command()
+def crossplay(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Two or more checkpoints trained on one team game.")
+    ],
+    n_agents: Annotated[
+        int | None,
+        typer.Option("--n-agents", "-n", help="Agents per team (default: the first's data)."),
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="Episodes per pair.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = 0,
+    as_json: JsonOut = False,
+) -> None:
+    """Team games: every checkpoint against every one, in-process; prints the win-rate matrix.
+
+    Row = team 0, column = team 1; each player is named `checkpoint_<id>` as evaluation names a
+    checkpoint opponent. `--json` also has the kill-ratio matrix.
+    """
+    from mfdiffuser import api
+
+    result = _guard(
+        lambda: api.crossplay(checkpoints, n_agents=n_agents, episodes=episodes, seed=seed),
+        as_json,
+    )
+    _emit(result, as_json, _crossplay_text)
+
+
+def _crossplay_text(r: dict[str, Any]) -> str:
+    names = list(r["players"])
+    lines = [
+        f"{r['benchmark']}, N={r['n_agents']}, {r['episodes']} episodes per pair: "
+        "win rate of the row (team 0) against the column (team 1)",
+        " " * 20 + "".join(f"{n:>20}" for n in names),
+    ]
+    lines += [
+        f"{n:<20}" + "".join(f"{w:>20.3f}" for w in row)
+        for n, row in zip(names, r["win_rate"], strict=True)
+    ]
+    lines += [f"{n} = {path}" for n, path in r["players"].items()]
+    return "\n".join(lines)
 
 
 @app.command()
@@ -549,7 +592,8 @@ def table(
     """The comparison table of a sweep: every method per setting over seeds, and the wins.
 
     Per (benchmark, quality, N and any other axis): mean return and exploitability with 95%
-    bootstrap intervals over seeds, IQM of the return, P(mf_diffuser > method); then how often
+    bootstrap intervals over seeds, IQM of the return, P(mf_diffuser > method) (a team game:
+    also win rate and kill ratio vs each scripted opponent, with intervals); then how often
     each trained method has the highest mean return and a return interval above all others
     (references fp, omd excluded). Reads the MLflow store only.
     """
@@ -581,8 +625,10 @@ def _table_text(r: dict[str, Any]) -> str:
     from mfdiffuser.evaluation.comparison import PLANNER
 
     out = io.StringIO()
-    # markup off: error texts and reasons may hold [brackets]
-    console = Console(file=out, width=200, color_system=None, soft_wrap=True, markup=False)
+    # markup off: error texts and reasons may hold [brackets]; a team game's figures widen it
+    team_columns = max((len(s.get("team_figures", [])) for s in r["settings"]), default=0)
+    width = 200 + 32 * team_columns
+    console = Console(file=out, width=width, color_system=None, soft_wrap=True, markup=False)
     console.print(
         f"sweep {r['sweep']} ({r['sweep_id']}), parent run {r['parent_run_id']}: "
         f"{sum(len(m['seeds']) for s in r['settings'] for m in s['methods'])} trials in the "
@@ -591,6 +637,7 @@ def _table_text(r: dict[str, Any]) -> str:
     )
     for s in r["settings"]:
         grid = Table(title=s["label"], title_justify="left", box=box.SIMPLE_HEAD)
+        team = s.get("team_figures", [])  # a team game: e.g. win_rate/vs_expert
         for name in (
             "method",
             "seeds",
@@ -598,13 +645,14 @@ def _table_text(r: dict[str, Any]) -> str:
             "IQM return",
             "exploitability [95% CI]",
             f"P({PLANNER} > method) [95% CI]",
+            *(f"{k} [95% CI]" for k in team),
         ):
             grid.add_column(name, no_wrap=True)
         for m in s["methods"]:
             label = m["method"] + (" (reference)" if m["reference"] else "")
             if m["return"] is None:
                 reasons = sorted({str(k["reason"]) for k in m["skipped"]})
-                grid.add_row(label, "0", f"n/a: {'; '.join(reasons)}", "", "", "")
+                grid.add_row(label, "0", f"n/a: {'; '.join(reasons)}", *[""] * (3 + len(team)))
                 continue
             grid.add_row(
                 label,
@@ -613,6 +661,7 @@ def _table_text(r: dict[str, Any]) -> str:
                 f"{m['iqm_return']:.4f}",
                 _interval(m["exploitability"]),
                 _interval(m["p_improvement"], "value"),
+                *(_interval(m["team"].get(k)) for k in team),
             )
         console.print(grid)
         verdict = f"highest mean return: {', '.join(s['highest_mean']) or '-'}"

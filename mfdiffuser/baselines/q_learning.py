@@ -4,12 +4,14 @@ Twin critics Q1, Q2(s, a, t, μ) (one output per action) with target copies that
 Polyak averaging, learned from mean-field transitions (s, a, r, s', c(t, μ_t), c(t + 1, μ_{t+1}),
 done): `WindowSampler` windows of 2 steps give s' (the window's second state) and, with
 `next_context`, the context of the next epoch. There is no reward after the last epoch, so there
-a target is r alone (done = 1).
+a target is r alone (done = 1). On a team game (`TeamWindowSampler`) done is per agent: also 1
+at an agent's last living step.
 
 Values are learned in units of `value_scale`, the data's largest |population return-to-go|
 divided by the horizon (a typical reward per step), so the methods' parameters (awr_beta,
 cql_alpha, temperature) mean about the same on every benchmark; `q_values` (and mf_iql's
-`v_values`) give them back in reward units.
+`v_values`) give them back in reward units. On a team game no return statistics are gathered
+(`prepare` is not called), so there value_scale is 1: rewards per step are already O(0.1..5).
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ class QLearning(TrainedMethod):
         batch["rewards"] = torch.as_tensor(
             raw["rewards"][:, :, 0] / self.value_scale, device=device
         )
-        batch["not_done"] = torch.as_tensor(1.0 - raw["done"], device=device)[:, None]  # [B, 1]
+        # done[B] (a crowd: every agent of a sample) or done[B, M] (a team game: per agent)
+        done = raw["done"].reshape(len(raw["done"]), -1)
+        batch["not_done"] = torch.as_tensor(1.0 - done, device=device)  # [B, 1] or [B, M]
         return batch
 
     def target_q(self, feats: Tensor, ctx: Tensor) -> Tensor:

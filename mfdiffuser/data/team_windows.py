@@ -113,13 +113,26 @@ class TeamWindowSampler:
     agents of team 0 alive at the start (with replacement when fewer are alive). A particle's
     step is valid while its agent is alive and the episode runs. The batch also holds
     first_actions[B, M], actions[B, M, H], rewards[B, M, H], episode[B] and t0[B], as
-    `WindowSampler` does.
+    `WindowSampler` does. With `next_context` (transitions t0 -> t0 + 1, windows of 2 steps)
+    they also hold ctx_next[B, C], the context at t0 + 1, and done[B, M] (float32): 1 where the
+    agent's step t0 + 1 is not valid (it died at t0, or the episode ended), so an agent's last
+    step has no successor and a dead agent's later steps are never a target.
     """
 
-    def __init__(self, arrays: TeamEpisodes, window: int, n_particles: int, seed: int) -> None:
+    def __init__(
+        self,
+        arrays: TeamEpisodes,
+        window: int,
+        n_particles: int,
+        seed: int,
+        next_context: bool = False,
+    ) -> None:
         if window > arrays.horizon:
             raise ValueError(f"window = {window} is longer than the episodes ({arrays.horizon})")
+        if next_context and window != 2:
+            raise ValueError(f"window = {window}: transitions need windows of 2 steps")
         self.arrays, self.window, self.n_particles = arrays, window, n_particles
+        self.next_context = next_context
         self.view = TeamView(arrays.layout)
         self.rng = np.random.default_rng(seed)
         lay = arrays.layout
@@ -152,12 +165,9 @@ class TeamWindowSampler:
         feats = self.feats[e_idx, t_eff, a_idx]  # [B, M, H, 3]
         actions = a.actions[e_idx, t_eff, a_idx]
         x = np.concatenate([feats, self.action_feats[actions]], axis=-1)
-        ctx = np.stack(
-            [self.view.context(int(t), self.mu[e, t]) for e, t in zip(eps, t0, strict=True)]
-        )
-        return {
+        out = {
             "x": x.astype(np.float32),
-            "ctx": ctx.astype(np.float32),
+            "ctx": self._contexts(eps, t0),
             "valid": valid.astype(np.float32),
             "episode": eps,
             "t0": t0,
@@ -165,3 +175,13 @@ class TeamWindowSampler:
             "actions": actions,
             "rewards": np.where(valid, a.rewards[e_idx, t_eff, a_idx], 0.0).astype(np.float32),
         }
+        if self.next_context:
+            out["ctx_next"] = self._contexts(eps, np.minimum(t0 + 1, horizon - 1))
+            out["done"] = 1.0 - out["valid"][:, :, 1]
+        return out
+
+    def _contexts(self, eps: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """c(t, mu_t) of each (episode, time): float32[B, C]."""
+        return np.stack(
+            [self.view.context(int(t), self.mu[e, t]) for e, t in zip(eps, ts, strict=True)]
+        ).astype(np.float32)

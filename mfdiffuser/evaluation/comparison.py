@@ -12,6 +12,11 @@ definitions of rliable, Agarwal et al. 2021, computed with scipy). The summary c
 trained method, the settings where its mean return is highest and those where its return
 interval lies wholly above every other trained method's. `fp` and `omd` are solvers that know
 the exact model: references, shown but neither winners nor competitors in those counts.
+
+A team game's records also hold `team`, figures against fixed opponents (win rate and kill
+ratio vs expert and random, `{"win_rate/vs_expert": …}`): each row gets their means with 95%
+intervals over seeds (`team`), and the setting lists them (`team_figures`); the wins still
+count the return.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def _method_row(method: str, recs: list[dict[str, Any]], where: str) -> dict[str
         "return": None,
         "iqm_return": None,
         "exploitability": None,
+        "team": {},
         "p_improvement": None,
         "skipped": [],
     }
@@ -115,6 +121,12 @@ def _method_row(method: str, recs: list[dict[str, Any]], where: str) -> dict[str
         expl = [r["exploitability"] for r in recs if r.get("exploitability") is not None]
         if expl:
             row["exploitability"] = mean_interval(expl, f"{where}, {method}: exploitability")
+        # a figure every seed has (an evaluation may have left an opponent out)
+        shared = set.intersection(*(set(r.get("team") or {}) for r in recs))
+        row["team"] = {
+            k: mean_interval([r["team"][k] for r in recs], f"{where}, {method}: {k}")
+            for k in sorted(shared)
+        }
     return row
 
 
@@ -187,6 +199,7 @@ def comparison_table(
                 "extra": extras[key],
                 "label": where,
                 "methods": rows,
+                "team_figures": sorted({k for r in rows for k in r["team"]}),
                 "highest_mean": best,
                 "interval_above": above,
             }

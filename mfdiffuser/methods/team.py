@@ -2,10 +2,16 @@
 
 A method plays team 0 from per-agent features (x, y, hp) and the context (t / T, both teams'
 density maps, own team first); it acts for any team size with the same weights. Which methods
-can: the MF-Diffuser family (acting by the matching rule, `MatchingPlannerPolicy`, whatever the
-config's `acting`, since there is no finite state space for a per-state table; no value weights:
-there is no tabular advantage of a continuous state) and behaviour cloning. The others need a
-finite state space or transitions team rows do not give yet, and are refused (`cannot_play`).
+can:
+- the MF-Diffuser family, acting by the matching rule (`MatchingPlannerPolicy`) whatever the
+  config's `acting`, since there is no finite state space for a per-state table; no value
+  weights: there is no tabular advantage of a continuous state;
+- madiff, the same way with every agent of the team a particle (its joint model), up to its
+  agent limit (`MethodSpec.max_agents`, agents per team);
+- bc, and mf_iql from per-agent transitions t -> t + 1 of team 0 (an agent's last living step
+  is done); both act with their policy network.
+The others need a finite state space (mf_cql acts by a softmax of Q over every state) and are
+refused (`cannot_play`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,12 @@ from mfdiffuser.envs.team import TeamLayout
 from mfdiffuser.methods.base import Dims, Method, TrainedMethod
 
 # The method modules whose models read per-agent features and a context only.
-_TEAM_MODULES = ("mfdiffuser.methods.mf_diffuser", "mfdiffuser.baselines.bc")
+_TEAM_MODULES = (
+    "mfdiffuser.methods.mf_diffuser",
+    "mfdiffuser.baselines.madiff",
+    "mfdiffuser.baselines.bc",
+    "mfdiffuser.baselines.mf_iql",
+)
 
 
 def dims_of(layout: TeamLayout) -> Dims:
@@ -31,15 +42,22 @@ def cannot_play(spec: Any) -> str | None:
     if spec.module in _TEAM_MODULES and not spec.fixed.get("return_guidance"):
         return None
     return (
-        f"{spec.name} needs a finite state space (or transitions team rows do not give); on a "
-        "team game allowed: mf_diffuser, mf_diffuser_flat, mf_diffuser_unweighted, "
-        "per_agent_diffuser, bc"
+        f"{spec.name} needs a finite state space; on a team game allowed: mf_diffuser, "
+        "mf_diffuser_flat, mf_diffuser_unweighted, per_agent_diffuser, madiff, bc, mf_iql"
     )
 
 
 def team_batches(method: TrainedMethod, arrays: TeamEpisodes, seed: int) -> TeamWindowSampler:
+    from mfdiffuser.baselines.madiff import MADiffMethod
+    from mfdiffuser.baselines.q_learning import QLearning
+
+    # madiff's joint model: every agent of team 0 is a particle (those alive at a window's
+    # start, repeated when fewer are alive)
+    m = arrays.n_agents if isinstance(method, MADiffMethod) else int(method.params.n_particles)
+    if isinstance(method, QLearning):  # transitions t -> t + 1
+        return TeamWindowSampler(arrays, 2, m, seed, next_context=True)
     window = int(getattr(method.params, "window", 1))  # bc: one step
-    return TeamWindowSampler(arrays, window, int(method.params.n_particles), seed)
+    return TeamWindowSampler(arrays, window, m, seed)
 
 
 def fit(

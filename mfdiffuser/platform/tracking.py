@@ -7,7 +7,8 @@ Naming scheme (one for the whole platform):
   tags `mfd.benchmark`, `mfd.benchmark_version`, `mfd.n_agents`, `mfd.window`, `mfd.quality`,
   `mfd.method`, `mfd.seed`, `mfd.code_version`;
 - metrics: `train/…` (per epoch), `return/n{N}` (mean per-agent return at N), `exploitability`,
-  `behaviour/return`, `behaviour/exploitability`, `subopt/…`, `trajectory/…`, `dynamics/…`
+  `behaviour/return`, `behaviour/exploitability`, `subopt/…`, `trajectory/…`, `dynamics/…`,
+  a team game's `<figure>/vs_<opponent>/n{N}` and `jn_spread/n{N}` (`team_key`, …)
   (docs/metrics.md defines every one); a quantity indexed by N (`return/n{N}`,
   `subopt/mf_abs_dev/n{N}`) is logged a second time under the key without N at step N (`return`,
   `subopt/mf_abs_dev`), so MLflow charts it against N; sweep trials are child runs of the sweep's
@@ -231,6 +232,55 @@ def last_step(uri: str, run_id: str, key: str) -> int:
     return max((int(m.step) for m in client(uri).get_metric_history(run_id, key)), default=0)
 
 
+# Team games: the figures of one opponent, and how an opponent is named in a key.
+TEAM_FIGURES = ("win_rate", "kill_ratio", "survival", "return")
+
+
+def return_key(n: int) -> str:
+    """`return/n{N}`: the mean per-agent return at N (a team game's: against the data's
+    opponent)."""
+    return f"return/n{n}"
+
+
+def team_key(figure: str, opponent: str, n: int) -> str:
+    """`<figure>/vs_<opponent>/n{N}` of a team game, figure one of `TEAM_FIGURES`, opponent as
+    `opponent_name` gives it."""
+    if figure not in TEAM_FIGURES:
+        raise ValueError(f"figure = {figure!r}: allowed: {', '.join(TEAM_FIGURES)}")
+    return f"{figure}/vs_{opponent}/n{n}"
+
+
+def jn_spread_key(n: int) -> str:
+    """`jn_spread/n{N}`: the spread of J^N across a team game's episodes at N."""
+    return f"jn_spread/n{n}"
+
+
+# What `mfd table` compares on a team game besides the return: against the scripted opponents.
+_COMPARED = re.compile(r"(?P<figure>win_rate|kill_ratio)/vs_(?P<opp>[a-z0-9_]+)/n(?P<n>\d+)")
+
+
+def team_figures(metrics: dict[str, float], n: int) -> dict[str, float]:
+    """A trial's win rate and kill ratio at N against each opponent but itself and checkpoints
+    (`self`, `checkpoint_<id>`: not the same player for every method), keyed
+    `<figure>/vs_<opponent>`; {} for a game without teams."""
+    out = {}
+    for key, value in metrics.items():
+        m = _COMPARED.fullmatch(key)
+        if m and int(m["n"]) == n and m["opp"] != "self" and not m["opp"].startswith("checkpoint_"):
+            out[f"{m['figure']}/vs_{m['opp']}"] = value
+    return dict(sorted(out.items()))
+
+
+def opponent_name(opponent: str, named: tuple[str, ...] | list[str]) -> str:
+    """An opponent as its keys name it: a named one (`expert`, `random`, `self`) as itself, a
+    checkpoint as `checkpoint_<id>`, id = the first 8 hex digits of the SHA-256 of its absolute
+    path, so two checkpoint opponents of one evaluation never share keys."""
+    if opponent in named:
+        return opponent
+    path = str(Path(opponent).resolve())
+    return f"checkpoint_{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+
+
 # `return/n100`, `return/n100_std`, `return/table_n100`, `subopt/mf_error/n100`: a quantity at N.
 _PER_N = re.compile(r"(?P<base>.+)/(?P<kind>[a-z_]*?)_?n(?P<n>\d+)(?P<std>_std)?")
 
@@ -445,7 +495,8 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
     """A sweep's trials as comparison records, from its parent run (id or sweep id).
 
     `records`: finished trials with their return at their own N (`return/n{N}`, N the trial's
-    `data.n_agents`), `exploitability` and all its `metrics`; `missing`: trial runs without
+    `data.n_agents`), `exploitability`, `team` (a team game's `team_figures`) and all its
+    `metrics`; `missing`: trial runs without
     them (failed, still running, or not evaluated at their own N), with why; `skipped`: the
     cells the sweep did not run (its `sweep/skipped.json`). Benchmark, quality, N and seed
     (`train.seed`) are the trial's logged config; the method is its `mfd.method` tag.
@@ -473,13 +524,14 @@ def sweep_results(uri: str, ref: str) -> dict[str, Any]:
             "extra": _other_axes(axes),
             "run_id": run.info.run_id,
         }
-        key = f"return/n{n}"
+        key = return_key(n)
         if run.info.status == "FINISHED" and key in metrics:
             records.append(
                 {
                     **item,
                     "return": metrics[key],
                     "exploitability": metrics.get("exploitability"),
+                    "team": team_figures(metrics, n),
                     "metrics": dict(metrics),
                 }
             )

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayError
 
+from mfdiffuser.platform import tracking
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, worker_failure
 from mfdiffuser.platform.progress import progress
@@ -238,7 +239,7 @@ def evaluate_checkpoint(
 
     per_n, per_n_table = by_n(results), by_n(table_results)
     for n, rets in per_n.items():
-        metrics[f"return/n{n}"] = float(np.mean(rets))
+        metrics[tracking.return_key(n)] = float(np.mean(rets))
         metrics[f"return/n{n}_std"] = float(np.std(rets))
         metrics[f"return/table_n{n}"] = float(np.mean(per_n_table[n]))
     j_hat = float(table["return_mf"])
@@ -305,9 +306,11 @@ def evaluate_team_checkpoint(
 ) -> dict[str, Any]:
     """A team game (no exact model): the checkpoint against every scripted opponent of the
     benchmark and against itself (`self`), or the given ones (a name or a checkpoint), at each
-    N (agents per team). Metrics: `win_rate/vs_<opp>/n{N}`, `kill_ratio/…`, `survival/…`,
-    `return/vs_<opp>/n{N}`; `return/n{N}` and `jn_spread/n{N}` (the spread of J^N across
-    episodes, the only mean-field figure) against the data's opponent."""
+    N (agents per team). Metrics (`tracking.team_key`, …): `win_rate/vs_<opp>/n{N}`,
+    `kill_ratio/…`, `survival/…`, `return/vs_<opp>/n{N}`, a checkpoint opponent named
+    `checkpoint_<id>` (`tracking.opponent_name`; `opponents` maps each name to what was asked);
+    `return/n{N}` and `jn_spread/n{N}` (the spread of J^N across episodes, the only mean-field
+    figure) against the data's opponent."""
     from mfdiffuser.envs.registry import get_benchmark
     from mfdiffuser.methods.checkpoint import read_meta
 
@@ -333,14 +336,20 @@ def evaluate_team_checkpoint(
     grouped: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for (n, o, _), r in zip(jobs, results, strict=True):
         grouped.setdefault((n, o), []).append(r)
+    names = {o: tracking.opponent_name(o, [*bench.simulator.scripted, "self"]) for o in opponents}
     for (n, o), rs in grouped.items():
-        name = o if o in (*bench.simulator.scripted, "self") else "checkpoint"
         rets = [x for r in rs for x in r["returns"]]
         for key in ("win_rate", "kill_ratio", "survival"):
-            metrics[f"{key}/vs_{name}/n{n}"] = float(np.mean([r[key] for r in rs]))
-        metrics[f"return/vs_{name}/n{n}"] = float(np.mean(rets))
-        returns[f"{n}/vs_{name}"] = rets
+            metrics[tracking.team_key(key, names[o], n)] = float(np.mean([r[key] for r in rs]))
+        metrics[tracking.team_key("return", names[o], n)] = float(np.mean(rets))
+        returns[f"{n}/vs_{names[o]}"] = rets
         if o == data_opponent:
-            metrics[f"return/n{n}"] = float(np.mean(rets))
-            metrics[f"jn_spread/n{n}"] = float(np.std(rets))
-    return {"metrics": metrics, "returns": returns, "table_returns": {}, "table": []}
+            metrics[tracking.return_key(n)] = float(np.mean(rets))
+            metrics[tracking.jn_spread_key(n)] = float(np.std(rets))
+    return {
+        "metrics": metrics,
+        "returns": returns,
+        "table_returns": {},
+        "table": [],
+        "opponents": {name: o for o, name in names.items()},
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +83,10 @@ def test_generate_train_evaluate(
 
     train = [*sets, "-s", f"benchmark.name={name}", *where, *tracking]
     if not spec.exact_model:  # a method that needs a finite state space is refused first
-        refused = ["train", "-s", f"benchmark.name={name}", "-s", "method=mf_iql", *where]
+        refused = ["train", "-s", f"benchmark.name={name}", "-s", "method=mf_cql", *where]
         result = CliRunner().invoke(app, [*refused, *tracking])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output[-3000:]
-        assert "mf_iql needs a finite state space" in result.stderr
+        assert "mf_cql needs a finite state space" in result.stderr
 
     trained = _mfd("train", *train)
     assert trained["dataset"] == data["dataset"]  # the generated dataset, reused
@@ -100,6 +101,17 @@ def test_generate_train_evaluate(
             assert 0 <= m[f"survival/vs_{opp}/n{N}"] <= 1
         assert m[f"jn_spread/n{N}"] >= 0 and "exploitability" not in m
         assert m["behaviour/return"] == pytest.approx(data["behaviour"]["return"])
+        # two checkpoint opponents keep their own keys: each named by an id of its path
+        twin = Path(trained["checkpoint"]).parent / "twin"
+        shutil.copytree(trained["checkpoint"], twin)
+        asked = [trained["checkpoint"], str(twin)]
+        vs = ["--opponent", asked[0], "--opponent", asked[1]]
+        both = _mfd("evaluate", trained["checkpoint"], "-n", str(N), *vs, *tracking)
+        assert sorted(both["opponents"].values()) == sorted(asked)
+        for name in both["opponents"]:
+            assert name.startswith("checkpoint_") and len(name) == len("checkpoint_") + 8
+            assert 0 <= both["metrics"][f"win_rate/vs_{name}/n{N}"] <= 1
+        assert not any("vs_checkpoint/" in k for k in both["metrics"])
         # an opponent trained on another benchmark is refused, in one line
         other = Path(trained["checkpoint"]).parent / "elsewhere"
         meta = json.loads((Path(trained["checkpoint"]) / "meta.json").read_text())

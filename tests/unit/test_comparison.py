@@ -122,3 +122,41 @@ def test_other_axes_split_settings_and_skipped_cells_are_rows() -> None:
     ]
     with pytest.raises(ValueError, match="more than once"):
         comparison_table(records + records)
+
+
+def test_a_team_game_also_compares_win_rate_and_kill_ratio_vs_the_scripted_opponents() -> None:
+    """The figures a trial's metrics give (`tracking.team_figures`: not vs self or a
+    checkpoint, only at its own N) become columns with intervals; a crowd's table keeps its
+    columns."""
+    from mfdiffuser.cli import _table_text
+    from mfdiffuser.platform.tracking import team_figures
+
+    n, figs = 64, ("kill_ratio", "win_rate")
+    metrics = {"return/n64": -0.5, "win_rate/vs_self/n64": 0.5, "survival/vs_expert/n64": 0.3}
+    metrics |= {"win_rate/vs_checkpoint_0a1b2c3d/n64": 1.0, "win_rate/vs_expert/n256": 0.9}
+    battle = {"benchmark": "battle", "quality": "medium", "n_agents": n}
+    records = []
+    for method, wins in (("mf_diffuser", [0.5, 0.75, 1.0]), ("bc", [0.0, 0.25, 0.25])):
+        for seed, w in enumerate(wins):
+            figures = {f"win_rate/vs_{o}/n{n}": w for o in ("expert", "random")}
+            figures |= {f"kill_ratio/vs_{o}/n{n}": 2 * w for o in ("expert", "random")}
+            team = team_figures({**metrics, **figures}, n)
+            assert list(team) == [f"{f}/vs_{o}" for f in figs for o in ("expert", "random")]
+            rec = {**battle, "method": method, "seed": seed, "return": w, "exploitability": None}
+            records.append({**rec, "team": team})
+    crowd = _records({"benchmark": "crowd_1d", "quality": "expert", "n_agents": 100}, "bc", [1, 2])
+    table = comparison_table(records + crowd)
+    by_label = {s["label"]: s for s in table["settings"]}
+    sb = by_label["battle, medium, N=64"]
+    assert sb["team_figures"] == [f"{f}/vs_{o}" for f in figs for o in ("expert", "random")]
+    rows = {m["method"]: m for m in sb["methods"]}
+    wr = rows["mf_diffuser"]["team"]["win_rate/vs_expert"]
+    assert wr["mean"] == pytest.approx(0.75) and 0.5 <= wr["low"] < wr["high"] <= 1.0
+    assert rows["bc"]["team"]["kill_ratio/vs_random"]["mean"] == pytest.approx(1 / 3)
+    assert by_label["crowd_1d, expert, N=100"]["team_figures"] == []
+    text = _table_text(
+        {"sweep": "s", "sweep_id": "i", "parent_run_id": "p", "missing": [], **table}
+    )
+    battle_part, crowd_part = text.split("crowd_1d, expert, N=100")
+    assert "win_rate/vs_expert [95% CI]" in battle_part and "0.7500 [" in battle_part
+    assert "vs_" not in crowd_part and "exploitability [95% CI]" in crowd_part

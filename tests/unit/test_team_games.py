@@ -362,3 +362,100 @@ def test_a_small_planner_trained_on_expert_data_beats_random_more_often_than_unt
         wins[name] = scores["win_rate"]
     assert wins["trained"] >= 0.5 and wins["trained"] > wins["untrained"], wins
     assert time.perf_counter() - start < 120  # about 60 s on 2 loaded cores
+
+
+def test_mf_iql_learns_from_per_agent_transitions_and_plays_battle() -> None:
+    """Its transitions: s' is the agent's next step, done where it has none (it died, or the
+    episode ended); a few training steps, then a full episode against `expert` through the
+    acting path bc takes."""
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=20)
+    spec = get_method("mf_iql")
+    assert spec.cannot_run(get_benchmark("battle"), [16]) is None
+    method = spec.build(spec.params({"hidden": 16, "n_particles": 8}), team.dims_of(layout))
+    b = team.team_batches(method, arrays, seed=0).sample(256)
+    assert b["x"].shape == (256, 8, 2, 3 + 21) and b["ctx_next"].shape == (256, 129)
+    assert (b["valid"][:, :, 0] == 1).all() and np.array_equal(b["done"], 1 - b["valid"][:, :, 1])
+    running = (b["t0"] + 1 < arrays.lengths[b["episode"]])[:, None]
+    assert (b["done"].astype(bool) & running).any()  # deaths mid-episode are done
+    assert (b["done"] == 0).any()
+    # the context at t0 + 1 is the next step's: its time is (t0 + 1) / T
+    assert np.allclose(b["ctx_next"][:, 0], np.minimum(b["t0"] + 1, 19) / 20)
+    batch = method.to_batch(b, "cpu")
+    assert batch["not_done"].shape == (256, 8)
+    before = method.loss(batch, method.train_module())[1]["q_loss"]
+    losses = team.fit(method, arrays, steps=60, batch_size=16, lr=3e-3, seed=0)
+    after = method.loss(batch, method.train_module())[1]["q_loss"]
+    assert np.isfinite(losses).all() and after < before, (before, after)
+    player = team.TeamPolicy(method, layout, seed=0)
+    sim = BattleSim(p)
+    scripted = get_benchmark("battle").simulator.scripted  # type: ignore[union-attr]
+    scores = team_scores(sim, layout, scripted, player, "expert", 1, seed=2)
+    assert scores["episodes"] == 1 and sim.done and 0.0 <= scores["survival"] <= 1.0
+
+
+def test_madiff_plays_battle_up_to_its_agent_limit() -> None:
+    """Every agent of team 0 is a particle of its training windows and of its joint plan; a
+    team above 1,024 agents is refused with the limit."""
+    battle = get_benchmark("battle")
+    spec = get_method("madiff")
+    assert spec.cannot_run(battle, [64, 1024]) is None
+    assert "at most 1024 agents" in str(spec.cannot_run(battle, [64, 4096]))
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=12)
+    small = {"window": 3, "diffusion_steps": 5, "hidden": 16, "n_blocks": 1, "heads": 2}
+    method = spec.build(spec.params(small), team.dims_of(layout))
+    b = team.team_batches(method, arrays, seed=0).sample(4)
+    assert b["x"].shape == (4, 16, 3, 3 + 21)
+    losses = team.fit(method, arrays, steps=10, batch_size=4, lr=1e-3, seed=0)
+    assert np.isfinite(losses).all()
+    player = team.TeamPolicy(method, layout, seed=0)
+    sim = BattleSim(p)
+    feats = sim.reset(0)[:16]
+    planned = player.act(0, feats, sim.mean_field(), np.random.default_rng(0))
+    assert planned.shape == (16,) and ((0 <= planned) & (planned < 21)).all()
+    assert player.live.rule == "matching" and player.live.cfg.max_particles >= 16
+    scripted = battle.simulator.scripted  # type: ignore[union-attr]
+    scores = team_scores(sim, layout, scripted, player, "random", 1, seed=2)
+    assert scores["episodes"] == 1 and sim.done and sim.t <= 12
+
+
+def test_mfd_crossplay_prints_the_win_rate_matrix_and_refuses_bad_checkpoints(
+    tmp_path: Path,
+) -> None:
+    """Two checkpoints (bc, mf_iql) through `mfd crossplay` in-process: a 2 x 2 matrix of the
+    row's win rate as team 0, named by each checkpoint's id; bad input exits 2 in one line."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mfdiffuser.cli import _crossplay_text, app
+    from mfdiffuser.platform.tracking import opponent_name
+
+    p, layout, arrays = _battle_arrays(n=16, episodes=2, steps=12)
+    config = {"benchmark": {"name": "battle", "params": p.model_dump()}, "data": {"n_agents": 16}}
+    paths = []
+    for name in ("bc", "mf_iql"):
+        spec = get_method(name)
+        method = spec.build(spec.params({"hidden": 16}), team.dims_of(layout))
+        team.fit(method, arrays, steps=10, batch_size=8, lr=3e-3, seed=0)
+        paths.append(str(save_checkpoint(tmp_path / name, method, np.zeros(0), {"config": config})))
+    result = CliRunner().invoke(app, ["crossplay", *paths, "--episodes", "2", "--json"])
+    assert result.exit_code == 0, result.output[-3000:]
+    out = json.loads(result.stdout)
+    assert out["players"] == {opponent_name(c, []): c for c in paths} and out["n_agents"] == 16
+    assert np.shape(out["win_rate"]) == (2, 2) and np.shape(out["kill_ratio"]) == (2, 2)
+    assert all(0.0 <= w <= 1.0 for row in out["win_rate"] for w in row)
+    text = _crossplay_text(out)  # what the command prints without --json
+    assert "win rate of the row (team 0)" in text and f"{list(out['players'])[1]} = " in text
+    crowd = save_checkpoint(
+        tmp_path / "crowd", method, np.zeros(0), {"config": {"benchmark": {"name": "crowd_1d"}}}
+    )
+    for args, says in (
+        ([paths[0]], "allowed: two or more checkpoint directories"),
+        ([paths[0], str(crowd)], "a checkpoint of crowd_1d; allowed"),
+        ([paths[0], str(tmp_path / "nothing")], "not a checkpoint"),
+        ([paths[0], paths[0]], "a checkpoint twice"),
+        ([*paths, "-n", "0"], "allowed: 1 or more agents per team"),
+    ):
+        bad = CliRunner().invoke(app, ["crossplay", *args])
+        assert bad.exit_code == 2 and bad.stderr.count("\n") == 1, bad.output
+        assert bad.stderr.startswith("error: ") and says in bad.stderr
