@@ -58,11 +58,13 @@ def inputs(b: int, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, t
 
 @pytest.fixture(scope="module")
 def crowd() -> tuple[object, np.ndarray, EpisodeArrays]:
-    """crowd_1d (10 cells, horizon 10) medium data: 40 episodes of 30 agents."""
+    """crowd_1d (10 cells, horizon 10) medium data: 400 episodes of 30 agents. Enough that its
+    empirical behaviour is close to the true one (exploitability 1.46 vs 1.40; 1.57 with 40
+    episodes, too near the learns test's bar for even a perfect imitator)."""
     spec = get_benchmark("crowd_1d")
     game = spec.game({"size": 10, "horizon": 10})
     made = spec.behaviour(game, "medium")
-    table, _ = generate_shard(lambda: spec.make_sim(game, 30), made.policies, range(40), 0)
+    table, _ = generate_shard(lambda: spec.make_sim(game, 30), made.policies, range(400), 0)
     arrays = episodes_from_table(table, 30)
     return game, behaviour_prior(arrays, game.n_states, game.n_actions), arrays
 
@@ -217,8 +219,9 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
         return exploitability(game, table)
 
     untrained, trained = table_exploitability(0), table_exploitability(STEPS)
-    # Seen (EMA 0.99 on): untrained 2.78, trained 1.93 (seeds 0, 1: 2.34 -> 2.05, 2.95 -> 2.15).
-    assert trained < 0.75 * untrained, (untrained, trained)
+    # Seen at 800 steps: untrained 2.78, trained 1.75 (seeds 0, 1: 2.34 -> 1.90, 2.95 -> 1.97);
+    # 1,600 steps did not do better (seeds 0/1/2 on 200 episodes: 1.77, 2.00, 1.88).
+    assert trained < 0.70 * untrained, (untrained, trained)
 
 
 SEED, STEPS = 2, 800
