@@ -4,9 +4,12 @@ For each seed: a medium dataset (team 0 the behaviour, team 1 the expert), every
 for a fixed budget, then scored against `expert` and `random` (win rate, kill ratio, survival,
 return); the behaviour policy itself is scored the same way; `mf_diffuser` is also trained on
 expert data and scored against `random`; the seed-0 models play each other (cross-play, row =
-team 0). Intervals: 95% percentile bootstrap over seeds (`scipy.stats.bootstrap`). Prints JSON.
+team 0). With `--team-sizes`, the seed-0 models trained at map 40 also play at larger maps
+(the same weights, more agents per team) against `expert` and `random`. Intervals: 95%
+percentile bootstrap over seeds (`scipy.stats.bootstrap`). Prints JSON.
 
     .venv/bin/python benchmarks/battle_methods.py --seeds 3 --steps 300 --episodes 4
+    .venv/bin/python benchmarks/battle_methods.py --seeds 1 --team-sizes 256 1024 4096
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=4)
     ap.add_argument("--data-episodes", type=int, default=8)
     ap.add_argument("--max-steps", type=int, default=100)
+    ap.add_argument("--team-sizes", type=int, nargs="*", default=[], help="beyond 64")
     a = ap.parse_args()
     torch.set_num_threads(1)
     sim_spec = get_benchmark("battle").simulator
@@ -127,12 +131,35 @@ def main() -> None:
                 seed=200,
             )
             cross.setdefault(r, {})[c] = {"win_rate": s["win_rate"], "kill_ratio": s["kill_ratio"]}
+    at_scale: dict[str, dict[int, dict[str, Any]]] = {}
+    for n in a.team_sizes:
+        pn = BattleParams(max_steps=a.max_steps, observations=False).with_team_size(n)
+        layout_n = sim_spec.layout(pn)
+        for label, method in models.items():
+            limit = get_method(label.split(" ")[0]).max_agents
+            if limit is not None and n > limit:
+                continue  # madiff: above its agent limit
+            for opp in ("expert", "random"):
+                t0 = time.perf_counter()
+                s = team_scores(
+                    BattleSim(pn),
+                    layout_n,
+                    sim_spec.scripted,
+                    team.TeamPolicy(method, layout_n, 0),
+                    opp,
+                    a.episodes,
+                    seed=300,
+                )
+                at_scale.setdefault(label, {}).setdefault(n, {})[opp] = {
+                    k: s[k] for k in ("win_rate", "kill_ratio", "survival", "return")
+                } | {"seconds": time.perf_counter() - t0}
     print(
         json.dumps(
             {
                 "settings": vars(a),
                 "table": table_out,
                 "cross_play": cross,
+                "at_scale": at_scale,
                 "seconds": time.perf_counter() - start,
             },
             indent=1,
