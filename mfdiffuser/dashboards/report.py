@@ -30,6 +30,7 @@ SWEEP_FIGURES = {
     "terms_vs_n": figures.terms_vs_n,
     "shift": figures.shift_vs_n_and_quality,
     "exploitability": figures.exploitability_grid,
+    "team_scores": figures.team_scores_vs_n,
 }
 
 
@@ -82,6 +83,7 @@ def write_report(
             "trials": len(records),
             "missing": len(found["missing"]),
             "laws": laws,
+            "team_scores": figures.team_scores(records),
             "warnings": notes,
             "figures": sorted(made),
         }
@@ -123,8 +125,10 @@ def _make_figures(
 ) -> dict[str, str]:
     made: dict[str, str] = {}
     for name, make in SWEEP_FIGURES.items():
-        figures.save(make(records), folder, name)
-        made[name] = (make.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        fig = make(records)
+        if fig is not None:  # a sweep without what it draws (battle has no exact model)
+            figures.save(fig, folder, name)
+            made[name] = (make.__doc__ or "").split("\n\n")[0].replace("\n", " ")
     figures.save(figures.comparison(table), folder, "comparison")
     made["comparison"] = "The comparison table: mean return per method per setting, 95% interval."
     curves = {
