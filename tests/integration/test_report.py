@@ -202,6 +202,10 @@ def test_report_opens_in_headless_chromium(report: dict[str, Any]) -> None:
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth])"
         )
+        trials = driver.execute_script(
+            "return Array.from(document.querySelectorAll('details.trial'))"
+            ".map(d => [d.open, d.querySelectorAll('img').length])"
+        )
         rows = driver.execute_script(
             "return Array.from(document.querySelectorAll('table.comparison'))"
             ".map(t => Array.from(t.querySelectorAll('tr.method')).map(r => r.cells[0].innerText))"
@@ -209,7 +213,10 @@ def test_report_opens_in_headless_chromium(report: dict[str, Any]) -> None:
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
-    assert len(images) == len(report["figures"])
+    per_run = report["run_figures"]
+    assert len(per_run) == 18 and all(v == ["training", "decomposition"] for v in per_run.values())
+    assert len(images) == len(report["figures"]) + 2 * 18
+    assert trials == [[False, 2]] * 18  # collapsed, each with its two figures
     assert all(done and width > 0 for _, done, width in images), images
     assert len(rows) == 3 and all(sorted(r) == ["bc", "mf_diffuser"] for r in rows), rows
     assert errors == []
