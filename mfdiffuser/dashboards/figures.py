@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from mfdiffuser.dashboards.scaling import Slope, linear_slope, loglog_slope, mean_slope
 from mfdiffuser.evaluation.comparison import SingleSeedWarning, mean_interval
+from mfdiffuser.platform.tracking import TEAM_SCORE
 
 Record = dict[str, Any]
 
@@ -154,9 +155,17 @@ def return_vs_n(records: list[Record]) -> Figure:
     return fig
 
 
-def terms_vs_n(records: list[Record]) -> Figure:
+def _has(records: list[Record], *metrics: str) -> bool:
+    return any(value(r, m) is not None for r in records for m in metrics)
+
+
+def terms_vs_n(records: list[Record]) -> Figure | None:
     """Every decomposition term against N on log-log axes: seeds as points, the mean as a line,
-    the fitted slope and its interval in the legend, the reference slope dashed."""
+    the fitted slope and its interval in the legend, the reference slope dashed.
+
+    None without the terms (a benchmark with no exact model)."""
+    if not _has(records, *(metric for _, metric, _, _ in TERMS)):
+        return None
     fig, axes = _panels(len(TERMS))
     for ax, (label, metric, how, ref) in zip(axes, TERMS, strict=True):
         for (bench, method, quality), recs in _by(
@@ -193,8 +202,12 @@ def terms_vs_n(records: list[Record]) -> Figure:
     return fig
 
 
-def shift_vs_n_and_quality(records: list[Record]) -> Figure:
-    """The distribution-shift term against N (per quality) and against data quality (per N)."""
+def shift_vs_n_and_quality(records: list[Record]) -> Figure | None:
+    """The distribution-shift term against N (per quality) and against data quality (per N).
+
+    None without the term."""
+    if not _has(records, "subopt/distribution_shift"):
+        return None
     fig, (by_n, by_q) = _panels(2)
     qualities = sorted({r["quality"] for r in records})
     for (quality,), recs in _by(records, "quality").items():
@@ -232,8 +245,12 @@ def shift_vs_n_and_quality(records: list[Record]) -> Figure:
     return fig
 
 
-def exploitability_grid(records: list[Record]) -> Figure:
-    """Mean exploitability per method × data quality (over seeds and N), annotated."""
+def exploitability_grid(records: list[Record]) -> Figure | None:
+    """Mean exploitability per method × data quality (over seeds and N), annotated.
+
+    None when no trial has one."""
+    if all(r.get("exploitability") is None for r in records):
+        return None
     methods = sorted({r["method"] for r in records})
     qualities = sorted({r["quality"] for r in records})
     grid = np.full((len(methods), len(qualities)), np.nan)
@@ -259,6 +276,57 @@ def exploitability_grid(records: list[Record]) -> Figure:
     ax.set_yticks(range(len(methods)), methods)
     ax.set(xlabel="data quality", ylabel="method", title="Exploitability (mean over seeds, N)")
     fig.colorbar(image, ax=ax, label="exploitability")
+    return fig
+
+
+SCORE_LABELS = {"win_rate": "win rate", "kill_ratio": "kill ratio (own kills / opponent's)"}
+
+
+def team_scores(records: list[Record]) -> list[dict[str, Any]]:
+    """A team game's win rate and kill ratio per (benchmark, quality, score, opponent, method,
+    N agents per team): the mean over seeds with its 95% bootstrap interval (None: one seed).
+    Empty when no trial logged team scores at its own N."""
+    values: dict[tuple[Any, ...], list[float]] = {}
+    for r in records:
+        for key, v in r["metrics"].items():
+            m = TEAM_SCORE.fullmatch(key)
+            if m is not None and int(m["n"]) == r["n_agents"] and np.isfinite(v):
+                cell = (r["benchmark"], r["quality"], m["score"], m["opponent"], r["method"])
+                values.setdefault((*cell, r["n_agents"]), []).append(float(v))
+    keys = ("benchmark", "quality", "score", "opponent", "method", "n_agents")
+    return [
+        {**dict(zip(keys, cell, strict=True)), "seeds": len(v), **_quiet_interval(np.array(v))}
+        for cell, v in sorted(values.items())
+    ]
+
+
+def team_scores_vs_n(records: list[Record]) -> Figure | None:
+    """A team game's win rate and kill ratio against N (agents per team) per method, one panel
+    per opponent, a 95% bootstrap band over seeds.
+
+    None without team scores."""
+    panels = _by(team_scores(records), "benchmark", "quality", "score", "opponent")
+    if not panels:
+        return None
+    fig, axes = _panels(len(panels))
+    for ax, ((bench, quality, score, opponent), pcells) in zip(axes, panels.items(), strict=True):
+        for (method,), mcells in _by(pcells, "method").items():
+            n = [c["n_agents"] for c in mcells]
+            mean = [c["mean"] for c in mcells]
+            (line,) = ax.plot(n, mean, marker="o", label=method)
+            low = [c["mean"] if c["low"] is None else c["low"] for c in mcells]
+            high = [c["mean"] if c["high"] is None else c["high"] for c in mcells]
+            ax.fill_between(n, low, high, alpha=0.25, color=line.get_color())
+        ax.set_xscale("log")
+        if score == "win_rate":
+            ax.set_ylim(-0.05, 1.05)
+        ax.set(
+            title=f"{bench}, {quality} data: vs {opponent}",
+            xlabel="N (agents per team)",
+            ylabel=SCORE_LABELS[score],
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("Team game: win rate and kill ratio against N\n(95% bootstrap band over seeds)")
     return fig
 
 

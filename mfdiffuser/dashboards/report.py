@@ -30,6 +30,7 @@ SWEEP_FIGURES = {
     "terms_vs_n": figures.terms_vs_n,
     "shift": figures.shift_vs_n_and_quality,
     "exploitability": figures.exploitability_grid,
+    "team_scores": figures.team_scores_vs_n,
 }
 
 
@@ -71,8 +72,8 @@ def write_report(
     except OSError as err:
         raise ConfigError(f"--out = {out}: cannot write beside it: {err.strerror}") from None
     try:
-        made = _figures(tmp / "figures", records, table, histories)
-        page = _html(parent, found, table, laws, notes, made)
+        made, runs = _figures(tmp / "figures", records, table, histories)
+        page = _html(parent, found, table, laws, notes, made, runs)
         (tmp / "index.html").write_text(page, encoding="utf-8")
         summary = {
             "parent_run_id": found["parent_run_id"],
@@ -82,8 +83,10 @@ def write_report(
             "trials": len(records),
             "missing": len(found["missing"]),
             "laws": laws,
+            "team_scores": figures.team_scores(records),
             "warnings": notes,
             "figures": sorted(made),
+            "run_figures": runs,
         }
         (tmp / MARKER).write_text(json.dumps(summary, indent=2, default=str))
         if log_to_mlflow:
@@ -108,8 +111,9 @@ def _figures(
     records: list[dict[str, Any]],
     table: dict[str, Any],
     histories: dict[str, dict[str, list[tuple[int, float]]]],
-) -> dict[str, str]:
-    """Every figure as PNG and SVG in `folder`; returns name -> caption."""
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Every figure as PNG and SVG in `folder`; returns the sweep's (name -> caption) and each
+    trial's (run id -> names, in `runs/<run id>/`)."""
     with warnings.catch_warnings():  # one seed: already among the report's warnings
         warnings.simplefilter("ignore", SingleSeedWarning)
         return _make_figures(folder, records, table, histories)
@@ -120,11 +124,13 @@ def _make_figures(
     records: list[dict[str, Any]],
     table: dict[str, Any],
     histories: dict[str, dict[str, list[tuple[int, float]]]],
-) -> dict[str, str]:
+) -> tuple[dict[str, str], dict[str, list[str]]]:
     made: dict[str, str] = {}
     for name, make in SWEEP_FIGURES.items():
-        figures.save(make(records), folder, name)
-        made[name] = (make.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        fig = make(records)
+        if fig is not None:  # a sweep without what it draws (battle has no exact model)
+            figures.save(fig, folder, name)
+            made[name] = (make.__doc__ or "").split("\n\n")[0].replace("\n", " ")
     figures.save(figures.comparison(table), folder, "comparison")
     made["comparison"] = "The comparison table: mean return per method per setting, 95% interval."
     curves = {
@@ -133,16 +139,18 @@ def _make_figures(
     if curves:
         figures.save(figures.training_curves(curves), folder, "training_curves")
         made["training_curves"] = "Weighted and unweighted training loss per epoch, every trial."
+    runs: dict[str, list[str]] = {}
     for r in records:
         run_dir = folder / "runs" / r["run_id"]
+        own: dict[str, Any] = {}
         if histories[r["run_id"]]["train/loss"]:
-            figures.save(
-                figures.training_curves({_label(r): histories[r["run_id"]]}), run_dir, "training"
-            )
-        fig = figures.run_decomposition(r)
-        if fig is not None:
-            figures.save(fig, run_dir, "decomposition")
-    return made
+            own["training"] = figures.training_curves({_label(r): histories[r["run_id"]]})
+        own["decomposition"] = figures.run_decomposition(r)
+        for name, fig in own.items():
+            if fig is not None:
+                figures.save(fig, run_dir, name)
+                runs.setdefault(r["run_id"], []).append(name)
+    return made, runs
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -191,6 +199,7 @@ def _html(
     laws: list[dict[str, Any]],
     notes: list[str],
     made: dict[str, str],
+    runs: dict[str, list[str]],
 ) -> str:
     e = html.escape
     params = dict(parent.data.params)
@@ -264,5 +273,23 @@ def _html(
             f"<figure><img src='figures/{name}.png' alt='{e(name)}'><figcaption>{e(caption)} "
             f"(<a href='figures/{name}.svg'>SVG</a>)</figcaption></figure>"
         )
+    if runs:
+        parts.append(
+            "<h2>Trials</h2><p>Each trial's training curve and its four signed suboptimality "
+            "terms at its N (where it has them).</p>"
+        )
+    for r in sorted(found["records"], key=_label):
+        if r["run_id"] not in runs:
+            continue
+        parts.append(
+            f"<details class='trial'><summary>{e(_label(r))} (run {e(r['run_id'])})</summary>"
+        )
+        for name in runs[r["run_id"]]:
+            src = f"figures/runs/{r['run_id']}/{name}"
+            parts.append(
+                f"<figure><img src='{src}.png' alt='{e(name)}'><figcaption>{e(name)} "
+                f"(<a href='{src}.svg'>SVG</a>)</figcaption></figure>"
+            )
+        parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)

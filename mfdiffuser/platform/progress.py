@@ -79,7 +79,10 @@ class Progress:
 def line(text: str) -> None:
     """One plain progress line (also what a Ray worker prints: Ray forwards it to the driver)."""
     if not quiet():
-        print(f"progress: {text}", file=sys.stderr, flush=True)
+        # Not print(): in a Train worker Ray patches print to log the line through Train's
+        # logger too, whose console handler wrote it a second time.
+        sys.stderr.write(f"progress: {text}\n")
+        sys.stderr.flush()
 
 
 @contextmanager

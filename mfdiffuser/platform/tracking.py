@@ -295,6 +295,11 @@ def n_indexed(key: str) -> tuple[str, int] | None:
     return base, int(m["n"])
 
 
+# A team game's score against one opponent at N agents per team (`win_rate/vs_expert/n64`), as
+# `workers/rollout.py` logs it.
+TEAM_SCORE = re.compile(r"(?P<score>win_rate|kill_ratio)/vs_(?P<opponent>[^/]+)/n(?P<n>\d+)")
+
+
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
     """Log at `step`; a per-N key is logged once more without N, at step N (`n_indexed`)."""
     log_steps(uri, run_id, [(metrics, step or 0)])

@@ -488,16 +488,29 @@ def check_sweep(sweep: Sweep, *, resume: bool = False) -> tuple[str, str, str]:
 
 
 def _progress_callback(total: int) -> Any:
-    """A Tune callback that shows trials finished / running / failed, each named by its axes."""
+    """A Tune callback that shows trials finished / running / failed, each named by its axes.
+
+    Tune pickles it into the experiment (`tuner.pkl`) when the Tuner is made, and
+    `Tuner.restore` (`mfd sweep --resume`) runs that copy: so the bar is made in `setup`, at
+    the start of each run (a terminal's bar cannot be pickled), and a resumed run first counts
+    the trials that finished before it from Tune's own list."""
     from ray import tune
 
     from mfdiffuser.platform.progress import Progress
 
     class SweepProgress(tune.Callback):
-        def __init__(self) -> None:
+        def setup(self, **info: Any) -> None:
             self.bar = Progress("sweep", total, "trials finished")
             self.running: set[str] = set()
             self.failed: list[str] = []
+            self.counted = False
+
+        def on_step_begin(self, iteration: int, trials: list[Any], **info: Any) -> None:
+            if not self.counted:  # a resumed run's finished trials start TERMINATED
+                self.counted = True
+                before = sum(t.status == "TERMINATED" for t in trials)
+                if before:
+                    self._move(before, f"resumed, {before} finished before")
 
         def _move(self, n: int, event: str) -> None:
             running = ", ".join(sorted(self.running)) or "none"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,16 @@ planner: {window: 4}
 sweep:
   grid:
     N: [100, 1000, 10000]
+    method: [mf_diffuser, bc]
+    seed: [0, 1, 2]
+"""
+TEAMS = """\
+name: teams
+benchmark: {name: battle, params: {max_steps: 100}}
+data: {quality: medium, n_agents: 64, episodes: 2}
+sweep:
+  grid:
+    N: [64, 256]
     method: [mf_diffuser, bc]
     seed: [0, 1, 2]
 """
@@ -52,53 +63,72 @@ def _metrics(n: int, method: str, seed: int, rng: np.random.Generator) -> dict[s
     }
 
 
+def _team_metrics(n: int, method: str, seed: int) -> dict[str, float]:
+    """Scores whose mean over the 3 seeds is `_team_mean` (seed offsets -0.1, 0, +0.1)."""
+    out = {f"return/n{n}": -0.5}
+    for opponent in ("expert", "random", "self"):
+        for score in ("win_rate", "kill_ratio"):
+            mean = _team_mean(score, opponent, method, n)
+            out[f"{score}/vs_{opponent}/n{n}"] = mean + 0.1 * (seed - 1)
+    return out
+
+
+def _team_mean(score: str, opponent: str, method: str, n: int) -> float:
+    base = {"expert": 0.2, "random": 0.8, "self": 0.5}[opponent] + 0.1 * (n == 256)
+    return (base if method == "mf_diffuser" else base - 0.15) * (
+        3.0 if score == "kill_ratio" else 1
+    )
+
+
+def _log_sweep(tmp: Path, uri: str, text: str, fail: bool = False) -> str:
+    """A sweep's parent and trial runs as `mfd sweep` makes them; returns the parent's id."""
+    name = text.split("\n", 1)[0].removeprefix("name: ")
+    path = tmp / f"{name}.yaml"
+    path.write_text(text)
+    sweep = load_sweep(path, [f"runtime.tracking_uri={uri}", f"runtime.storage={tmp}"])
+    parent = parent_run(sweep, sweep.experiment_config(sweep.trials[0]), uri, resume=False)
+    rng = np.random.default_rng(0)
+    for t in sweep.trials if not fail else sweep.trials[:2]:
+        run_id, _ = trial_run(sweep.experiment_config(t), t, uri, parent)
+        if fail:
+            tracking.fail_run(uri, run_id, RuntimeError("loss is NaN [epoch 1]"))
+            continue
+        for epoch in (1, 2, 3):
+            loss = {"train/loss": 1.0 / epoch, "train/loss_unweighted": 1.2 / epoch}
+            tracking.log_metrics(uri, run_id, loss, step=epoch)
+        metrics = _team_metrics if name == "teams" else partial(_metrics, rng=rng)
+        tracking.log_metrics(uri, run_id, metrics(t.axes["N"], t.axes["method"], t.axes["seed"]))
+        tracking.end_run(uri, run_id)
+    tracking.end_run(uri, parent)
+    return parent
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A finished sweep: 18 trials with per-epoch losses, and a second one whose trials failed."""
+    """A finished sweep: 18 trials with per-epoch losses, a second one whose trials failed, and
+    a battle sweep (12 trials) with known win rates and kill ratios."""
     tmp = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    rng = np.random.default_rng(0)
-    out: dict[str, Any] = {"uri": uri, "tmp": tmp}
-    for name, fail in (("laws", False), ("broken", True)):
-        path = tmp / f"{name}.yaml"
-        path.write_text(SWEEP.replace("name: laws", f"name: {name}"))
-        sweep = load_sweep(path, [f"runtime.tracking_uri={uri}", f"runtime.storage={tmp}"])
-        parent = parent_run(sweep, sweep.experiment_config(sweep.trials[0]), uri, resume=False)
-        for t in sweep.trials if not fail else sweep.trials[:2]:
-            run_id, _ = trial_run(sweep.experiment_config(t), t, uri, parent)
-            if fail:
-                tracking.fail_run(uri, run_id, RuntimeError("loss is NaN [epoch 1]"))
-                continue
-            for epoch in (1, 2, 3):
-                loss = {"train/loss": 1.0 / epoch, "train/loss_unweighted": 1.2 / epoch}
-                tracking.log_metrics(uri, run_id, loss, step=epoch)
-            tracking.log_metrics(
-                uri, run_id, _metrics(t.axes["N"], t.axes["method"], t.axes["seed"], rng)
-            )
-            tracking.end_run(uri, run_id)
-        tracking.end_run(uri, parent)
-        out[name] = parent
-    return out
+    return {
+        "uri": uri,
+        "tmp": tmp,
+        "laws": _log_sweep(tmp, uri, SWEEP),
+        "broken": _log_sweep(tmp, uri, SWEEP.replace("name: laws", "name: broken"), fail=True),
+        "teams": _log_sweep(tmp, uri, TEAMS),
+    }
+
+
+def _report(store: dict[str, Any], sweep: str) -> dict[str, Any]:
+    out = store["tmp"] / f"report-{sweep}"
+    args = ["--sweep", store[sweep], "--tracking-uri", store["uri"], "--out", str(out), "--json"]
+    res = CliRunner().invoke(app, ["report", *args])
+    assert res.exit_code == 0, res.output
+    return {**json.loads(res.stdout), "dir": out}
 
 
 @pytest.fixture(scope="module")
 def report(store: dict[str, Any]) -> dict[str, Any]:
-    out = store["tmp"] / "report"
-    res = CliRunner().invoke(
-        app,
-        [
-            "report",
-            "--sweep",
-            store["laws"],
-            "--tracking-uri",
-            store["uri"],
-            "--out",
-            str(out),
-            "--json",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    return {**json.loads(res.stdout), "dir": out}
+    return _report(store, "laws")
 
 
 def test_report_recovers_the_power_law_and_logs_the_figures(
@@ -113,7 +143,8 @@ def test_report_recovers_the_power_law_and_logs_the_figures(
         assert flat["low"] < 0.0 < flat["high"], flat
     folder = report["dir"] / "figures"
     names = {"return_vs_n", "terms_vs_n", "shift", "exploitability", "comparison"}
-    assert names | {"training_curves"} == set(report["figures"])
+    assert names | {"training_curves"} == set(report["figures"])  # no team figure here
+    assert report["team_scores"] == []
     for name in report["figures"]:
         for ext in ("png", "svg"):
             assert (folder / f"{name}.{ext}").stat().st_size > 1000, name
@@ -128,6 +159,27 @@ def test_report_recovers_the_power_law_and_logs_the_figures(
     # The per-N keys are logged once more without N, at step N: what MLflow charts against N.
     history = tracking.metric_history(store["uri"], trial, "subopt/mf_abs_dev")
     assert len(history) == 1 and history[0][0] in (100, 1000, 10000)
+
+
+def test_battle_sweep_report_draws_win_rate_and_kill_ratio_against_n(
+    store: dict[str, Any],
+) -> None:
+    report = _report(store, "teams")
+    cells = {
+        (c["score"], c["opponent"], c["method"], c["n_agents"]): c for c in report["team_scores"]
+    }
+    assert len(cells) == 2 * 3 * 2 * 2  # score x opponent x method x N
+    for (score, opponent, method, n), c in cells.items():
+        assert c["benchmark"] == "battle" and c["quality"] == "medium" and c["seeds"] == 3
+        mean = _team_mean(score, opponent, method, n)
+        assert c["mean"] == pytest.approx(mean) and c["low"] < mean < c["high"], c
+    assert "team_scores" in report["figures"]
+    for ext in ("png", "svg"):
+        assert (report["dir"] / "figures" / f"team_scores.{ext}").stat().st_size > 1000
+    on_parent = {
+        a.path for a in tracking.client(store["uri"]).list_artifacts(store["teams"], "figures")
+    }
+    assert "figures/team_scores.png" in on_parent
 
 
 def test_report_opens_in_headless_chromium(report: dict[str, Any]) -> None:
@@ -150,6 +202,10 @@ def test_report_opens_in_headless_chromium(report: dict[str, Any]) -> None:
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.src, i.complete, i.naturalWidth])"
         )
+        trials = driver.execute_script(
+            "return Array.from(document.querySelectorAll('details.trial'))"
+            ".map(d => [d.open, d.querySelectorAll('img').length])"
+        )
         rows = driver.execute_script(
             "return Array.from(document.querySelectorAll('table.comparison'))"
             ".map(t => Array.from(t.querySelectorAll('tr.method')).map(r => r.cells[0].innerText))"
@@ -157,7 +213,10 @@ def test_report_opens_in_headless_chromium(report: dict[str, Any]) -> None:
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
-    assert len(images) == len(report["figures"])
+    per_run = report["run_figures"]
+    assert len(per_run) == 18 and all(v == ["training", "decomposition"] for v in per_run.values())
+    assert len(images) == len(report["figures"]) + 2 * 18
+    assert trials == [[False, 2]] * 18  # collapsed, each with its two figures
     assert all(done and width > 0 for _, done, width in images), images
     assert len(rows) == 3 and all(sorted(r) == ["bc", "mf_diffuser"] for r in rows), rows
     assert errors == []

@@ -153,7 +153,8 @@ def test_a_train_group_that_can_never_start_fails_before_launch(
 
 
 def _mfd(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    # MFD_QUIET out: the resume test reads the progress lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MFD_QUIET")}
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return subprocess.Popen(
         [sys.executable, "-m", "mfdiffuser.cli", *args],
@@ -211,6 +212,11 @@ def test_killed_sweep_resumes_with_exactly_one_finished_run_per_trial(tmp_path: 
         if resumed.poll() is None:
             os.killpg(resumed.pid, signal.SIGKILL)
     assert resumed.returncode == 0, out[-3000:]
+    # Progress of the resumed run counts the trials finished before it, and a training line
+    # (a Train worker's, forwarded by Ray) comes once.
+    assert "progress: sweep: 2/2 trials finished" in out, out[-3000:]
+    train = [x for x in out.splitlines() if "progress: train " in x]
+    assert train and len(train) == len(set(train)), train
 
     runs = _runs(uri)
     trials = [r for r in runs if r.data.tags.get("mfd.role") == "trial"]
