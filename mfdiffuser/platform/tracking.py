@@ -255,8 +255,9 @@ def jn_spread_key(n: int) -> str:
     return f"jn_spread/n{n}"
 
 
-# What `mfd table` compares on a team game besides the return: against the scripted opponents.
-_COMPARED = re.compile(r"(?P<figure>win_rate|kill_ratio)/vs_(?P<opp>[a-z0-9_]+)/n(?P<n>\d+)")
+# A team game's score against one opponent at N agents per team (`win_rate/vs_expert/n64`,
+# `team_key`): what `mfd table` and the report's figures compare besides the return.
+TEAM_SCORE = re.compile(r"(?P<score>win_rate|kill_ratio)/vs_(?P<opponent>[a-z0-9_]+)/n(?P<n>\d+)")
 
 
 def team_figures(metrics: dict[str, float], n: int) -> dict[str, float]:
@@ -265,9 +266,10 @@ def team_figures(metrics: dict[str, float], n: int) -> dict[str, float]:
     `<figure>/vs_<opponent>`; {} for a game without teams."""
     out = {}
     for key, value in metrics.items():
-        m = _COMPARED.fullmatch(key)
-        if m and int(m["n"]) == n and m["opp"] != "self" and not m["opp"].startswith("checkpoint_"):
-            out[f"{m['figure']}/vs_{m['opp']}"] = value
+        m = TEAM_SCORE.fullmatch(key)
+        opp = m["opponent"] if m else ""
+        if m and int(m["n"]) == n and opp != "self" and not opp.startswith("checkpoint_"):
+            out[f"{m['score']}/vs_{opp}"] = value
     return dict(sorted(out.items()))
 
 
@@ -293,11 +295,6 @@ def n_indexed(key: str) -> tuple[str, int] | None:
         return None
     base = m["base"] + (f"/{m['kind']}" if m["kind"] else "") + (m["std"] or "")
     return base, int(m["n"])
-
-
-# A team game's score against one opponent at N agents per team (`win_rate/vs_expert/n64`), as
-# `workers/rollout.py` logs it.
-TEAM_SCORE = re.compile(r"(?P<score>win_rate|kill_ratio)/vs_(?P<opponent>[^/]+)/n(?P<n>\d+)")
 
 
 def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
