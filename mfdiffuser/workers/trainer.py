@@ -40,7 +40,21 @@ from mfdiffuser.platform.errors import WorkerError, one_line, verbose
 from mfdiffuser.platform.progress import line as progress_line
 
 
+def quiet_report_log() -> None:
+    """Ray Train 2.60 logs every `ray.train.report` call at INFO ("Reporting training result
+    N: TrainingReport(...)", one long line per epoch and rank) through a logger named by its
+    file's path, outside `ray.train`, so `LoggingConfig` does not reach it. Off unless
+    MFD_VERBOSE=1: the epoch's progress line already says what it says."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    if not verbose():
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _train_worker(loop_cfg: dict[str, Any]) -> None:
+    quiet_report_log()
     import ray.train
     import ray.train.torch
     import torch

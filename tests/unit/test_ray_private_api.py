@@ -88,3 +88,25 @@ def test_torch_backend() -> None:
                 _params(getattr(_TorchBackend, hook))[1:] == ["worker_group", "backend_config"]
             ),
         )
+
+
+def test_report_log_is_the_logger_the_trainer_quiets() -> None:
+    """`quiet_report_log` raises the level of the logger Ray Train's report call logs through."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from mfdiffuser.workers.trainer import quiet_report_log
+
+    source = inspect.getsource(context)
+    _pinned(
+        "ray.train.v2._internal.execution.context logger",
+        lambda: "logging.getLogger(__file__)" in source and "Reporting training result" in source,
+    )
+    logger = logging.getLogger(context.__file__)
+    level = logger.level
+    try:
+        quiet_report_log()
+        assert not logger.isEnabledFor(logging.INFO)
+    finally:
+        logger.setLevel(level)
