@@ -607,14 +607,6 @@ def table(
     _emit(result, as_json, _table_text)
 
 
-def _interval(cell: dict[str, Any] | None, key: str = "mean") -> str:
-    if cell is None:
-        return "-"
-    if cell["low"] is None:
-        return f"{cell[key]:.4f} [one seed]"
-    return f"{cell[key]:.4f} [{cell['low']:.4f}, {cell['high']:.4f}]"
-
-
 def _table_text(r: dict[str, Any]) -> str:
     import io
 
@@ -623,6 +615,7 @@ def _table_text(r: dict[str, Any]) -> str:
     from rich.table import Table
 
     from mfdiffuser.evaluation.comparison import PLANNER
+    from mfdiffuser.evaluation.comparison import format_interval as _interval
 
     out = io.StringIO()
     # markup off: error texts and reasons may hold [brackets]; a team game's figures widen it

@@ -3,7 +3,13 @@ names one (`mfd config`, any bad input) does not import torch."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# The network sizes every baseline (and RLlib's methods) share, so bounds cannot drift.
+Hidden = Annotated[int, Field(ge=1, le=4096, description="Width of each hidden layer, 1..4096.")]
+Layers = Annotated[int, Field(ge=1, le=16, description="Hidden layers of each network, 1..16.")]
 
 
 class NetworkParams(BaseModel):
@@ -11,8 +17,8 @@ class NetworkParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    hidden: int = Field(64, ge=1, le=4096, description="Width of each hidden layer, 1..4096.")
-    layers: int = Field(2, ge=1, le=16, description="Hidden layers of each network, 1..16.")
+    hidden: Hidden = 64
+    layers: Layers = 2
     n_particles: int = Field(
         16,
         ge=1,

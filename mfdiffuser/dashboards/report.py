@@ -20,7 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from mfdiffuser.dashboards import figures
-from mfdiffuser.evaluation.comparison import SingleSeedWarning, comparison_table
+from mfdiffuser.evaluation.comparison import (
+    SingleSeedWarning,
+    comparison_table,
+    format_interval,
+)
 from mfdiffuser.platform import tracking
 from mfdiffuser.platform.config import ConfigError
 
@@ -185,11 +189,7 @@ def _replace(out: Path, tmp: Path) -> None:
 
 
 def _cell(cell: dict[str, Any] | None, key: str = "mean") -> str:
-    if cell is None:
-        return "–"
-    if cell["low"] is None:
-        return f"{cell[key]:.4f} [one seed]"
-    return f"{cell[key]:.4f} [{cell['low']:.4f}, {cell['high']:.4f}]"
+    return format_interval(cell, key, missing="–")
 
 
 def _html(

@@ -63,6 +63,15 @@ def mean_interval(values: Iterable[float], what: str = "mean", seed: int = 0) ->
     return out
 
 
+def format_interval(cell: dict[str, Any] | None, key: str = "mean", missing: str = "-") -> str:
+    """A table cell as text: `value [low, high]`, `value [one seed]`, or `missing`."""
+    if cell is None:
+        return missing
+    if cell["low"] is None:
+        return f"{cell[key]:.4f} [one seed]"
+    return f"{cell[key]:.4f} [{cell['low']:.4f}, {cell['high']:.4f}]"
+
+
 def _poi(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     """P(X > Y) + ½·P(X = Y) over all pairs (the Mann-Whitney U over m·n); vectorised over the
     leading axes for the bootstrap."""

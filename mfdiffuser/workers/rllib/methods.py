@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from mfdiffuser.baselines.baseline_params import Hidden, Layers
 from mfdiffuser.methods.base import Dims, Method, MetricsLog, Policy
 
 if TYPE_CHECKING:
@@ -40,8 +41,8 @@ class Params(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    hidden: int = Field(64, ge=1, le=4096, description="Width of each hidden layer, 1..4096.")
-    layers: int = Field(2, ge=1, le=16, description="Hidden layers (fcnet_hiddens), 1..16.")
+    hidden: Hidden = 64
+    layers: Layers = 2  # RLlib's fcnet_hiddens = [hidden] * layers
     iterations: int = Field(
         100,
         ge=1,
