@@ -45,9 +45,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def denoiser(attention: str = "fused", seed: int = 0) -> JointDenoiser:
+def denoiser(attention: str = "fused", seed: int = 0, open_gates: bool = True) -> JointDenoiser:
+    """A joint denoiser; with `open_gates` its attention gates (zero at initialisation) are set
+    to random weights, as after training, so that the attention reaches the output."""
     torch.manual_seed(seed)
-    return JointDenoiser(D_S + N_A, C, D_S, hidden=16, n_blocks=2, heads=4, attention=attention)  # type: ignore[arg-type]
+    net = JointDenoiser(D_S + N_A, C, D_S, hidden=16, n_blocks=2, heads=4, attention=attention)  # type: ignore[arg-type]
+    if open_gates:
+        for mixer in net.mixers:
+            torch.nn.init.normal_(mixer.gate[1].weight, std=0.5)
+            torch.nn.init.normal_(mixer.gate[1].bias, mean=1.0, std=0.1)
+    return net
 
 
 def inputs(b: int, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,6 +102,22 @@ def test_naive_and_fused_attention_agree() -> None:
         out = fused(x, k, ctx)
         torch.testing.assert_close(naive(x, k, ctx), out, atol=1e-5, rtol=1e-5)
     assert out.abs().max() > 1e-2  # not trivially equal
+
+
+def test_attention_gates_start_closed() -> None:
+    """Untrained, every attention gate is zero (adaLN-Zero): each agent's output does not depend
+    on the other agents, so the untrained joint model is the per-agent denoiser; the gates are
+    a function of the conditioning, so once trained they open per (diffusion step, (t, mu))."""
+    net = denoiser(open_gates=False).eval()
+    x, k, ctx = inputs(2, 7)
+    other = x.clone()
+    other[:, 1:] = -other[:, 1:]
+    with torch.no_grad():
+        torch.testing.assert_close(net(other, k, ctx)[:, 0], net(x, k, ctx)[:, 0])
+        alone = net(x[:, :1], k, ctx)[:, 0]  # the same agent sampled without the others
+        torch.testing.assert_close(alone, net(x, k, ctx)[:, 0])
+        gated = denoiser(open_gates=True).mixers[0].gate(torch.rand(2, 7, 16))
+    assert gated.std() > 0.1  # opened, the gate varies with its conditioning
 
 
 def test_permutation_equivariance_over_agents() -> None:
