@@ -41,6 +41,7 @@ from mfdiffuser.planner.config import (
     KernelSize,
     NBlocks,
     PlannerConfig,
+    Readout,
     Smoothing,
     Window,
 )
@@ -75,6 +76,9 @@ class Params(BaseModel):
     )
     smoothing: Smoothing = 0.1
     draws: Draws = 4
+    # Soft (Rao-Blackwellised): each agent of a joint sample adds its action posterior, not one
+    # decoded action, to the frozen table (and to acting's per-state table).
+    readout: Readout = "soft"
     # On by default: the frozen table is read off the final weights, and with a joint sample
     # per batch row (one diffusion step and one decision time for all N agents) the last steps'
     # weights are noisy; their average is not.
@@ -128,6 +132,7 @@ class Params(BaseModel):
             beta=0.0,
             smoothing=self.smoothing,
             draws=self.draws,
+            readout=self.readout,
             ema_decay=self.ema_decay,
         )
 

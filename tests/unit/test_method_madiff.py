@@ -219,16 +219,23 @@ def test_checkpoint_round_trip_is_bit_exact_and_acts_identically(
 
 
 def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
+    """At seeds 0, 1 and 2, each with its own untrained self (same seed, same readout).
+
+    The bar is on the mean drop over the 3 seeds (>= 30%) with every seed >= 25%, not 30% at
+    every seed: the untrained table is a random function of the initial weights, and its
+    exploitability alone varies from 2.4 to 3.0 across these seeds (the trained tables lie at
+    1.75-2.15), so one seed's ratio carries that lottery; the mean is the stable figure and the
+    per-seed floor still fails any seed that did not learn."""
     game, prior, arrays = crowd
     params = SPEC.params(
         {"window": 1, "diffusion_steps": 10, "hidden": 32, "n_blocks": 1, "heads": 2, "draws": 16}
     )
 
-    def table_exploitability(steps: int) -> float:
-        torch.manual_seed(SEED)
+    def table_exploitability(seed: int, steps: int) -> float:
+        torch.manual_seed(seed)
         method = SPEC.build(params, Dims.of(game))
         if steps:
-            batches = method.batches(arrays, game, seed=SEED)
+            batches = method.batches(arrays, game, seed=seed)
             train_epochs(
                 method,
                 batches,
@@ -238,16 +245,14 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
                 lr=3e-3,
                 on_epoch=lambda *_: None,
             )
-        table = method.policy(game, prior, SEED).expected_table(lambda p: propagate(game, p), SEED)
+        table = method.policy(game, prior, seed).expected_table(lambda p: propagate(game, p), seed)
         return exploitability(game, table)
 
-    untrained, trained = table_exploitability(0), table_exploitability(STEPS)
-    # Seen at 800 steps: untrained 2.78, trained 1.75 (seeds 0, 1: 2.34 -> 1.90, 2.95 -> 1.97);
-    # 1,600 steps did not do better (seeds 0/1/2 on 200 episodes: 1.77, 2.00, 1.88).
-    assert trained < 0.70 * untrained, (untrained, trained)
-
-
-SEED, STEPS = 2, 800
+    pairs = [(table_exploitability(s, 0), table_exploitability(s, 800)) for s in (0, 1, 2)]
+    drops = [1 - trained / untrained for untrained, trained in pairs]
+    # Seen (gated attention, soft readout): 2.64 -> 1.79, 2.91 -> 2.12, 2.61 -> 1.78, i.e.
+    # 32%, 27%, 32%, mean 30.4%. Before the gate (hard readout): 21%, 31%, 35%.
+    assert np.mean(drops) >= 0.30 and min(drops) >= 0.25, pairs
 
 
 def test_shares_the_planners_field_definitions() -> None:
