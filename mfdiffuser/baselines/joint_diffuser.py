@@ -8,7 +8,8 @@ softmax(Q·Kᵀ/√d)·V over the agent axis, O(N²) per layer.
 
 Everything else is MF-Diffuser's own code, so that the comparison isolates the joint-vs-mean-field
 design: the same embeddings and residual temporal blocks (this class is a `MeanFieldDenoiser`
-whose mixer after each block is attention instead of mean-field pooling), and, in
+whose mixer after each block is attention instead of mean-field pooling, its output gated by
+the block's conditioning from zero at initialisation), and, in
 `mfdiffuser.baselines.madiff`, the same `MFDiffuser` noise schedule, in-painting and flat
 sampler with every agent a particle, and its loss with each agent's first action weighted
 (`FirstActionWeighted`). No positional embedding over agents: the network is
