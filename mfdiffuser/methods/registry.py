@@ -70,7 +70,7 @@ _SPECS = [
     ),
     MethodSpec(
         "madiff",
-        1,
+        2,
         "trained",
         "MADiff-style joint diffuser: one denoiser over all N agents' windows with attention "
         "across agents at every block, on MF-Diffuser's schedule, unweighted loss, in-painting "

@@ -3,7 +3,9 @@
 At decision time t: allocate M = min(N, M_max) particles to the agents' states (stratified),
 sample them conditioned on (t, μ_t), and read the empirical distribution of first actions per
 first state as π̂_t(a | s). Every agent samples its action from π̂_t(· | s_i): O(N) for any N.
-States without a particle fall back to the behaviour prior π_b(· | s, t).
+States without a particle fall back to the behaviour prior π_b(· | s, t). With cfg.readout =
+'soft' (Rao-Blackwellised) each particle adds, instead of one count for its decoded first action,
+the posterior over that action its clean estimate gives (`MFDiffuser.plan_action_probs`).
 
 Coarse-to-fine (cfg.stages > 1): the final stage's M_L particles get the stratified
 allocation above (sorted by state index, one per drawn agent). The parents maps of the stage plan
@@ -189,8 +191,30 @@ class FiniteStatePlannerPolicy:
         Flat sampler when cfg.stages == 1, coarse-to-fine otherwise; the draws of one batch
         share the stage plan (counts and parents) and differ in their noise.
         """
+        if self.cfg.readout == "soft":
+            idx, x0, ctx = self._sample_x0(t, mu, alloc_weights, m, generator, n_draws)
+            probs = self.planner.plan_action_probs(x0, ctx)[:, :, 0]  # [B, M, A]
+            return self._tables(idx, probs.double().cpu().numpy(), t)
         idx, _, actions = self._sample_particles(t, mu, alloc_weights, m, generator, n_draws)
         return self._tables(idx, actions[:, :, 0].cpu().numpy(), t)
+
+    def _sample_x0(
+        self,
+        t: int,
+        mu: np.ndarray,
+        alloc_weights: np.ndarray,
+        m: int,
+        generator: torch.Generator,
+        n_draws: int,
+    ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """(first_state_indices[m], x0[B, M, H, D], ctx[B, C])."""
+        idx = self.allocate(alloc_weights, m)  # first_state_indices[m]
+        ctx = torch.as_tensor(np.asarray(self.game.context(t, mu), dtype=np.float32))
+        ctx = ctx.unsqueeze(0).expand(n_draws, -1)  # [B, C]
+        x0 = sample_particles(
+            self.planner, self.cfg, ctx, lambda si: self.game.features(si), idx, generator, t
+        )
+        return idx, x0, ctx
 
     def _sample_particles(
         self,
@@ -202,21 +226,21 @@ class FiniteStatePlannerPolicy:
         n_draws: int,
     ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """(first_state_indices[m], x0[B, M, H, D], planned actions[B, M, H'])."""
-        idx = self.allocate(alloc_weights, m)  # first_state_indices[m]
-        ctx = torch.as_tensor(np.asarray(self.game.context(t, mu), dtype=np.float32))
-        ctx = ctx.unsqueeze(0).expand(n_draws, -1)  # [B, C]
-        x0 = sample_particles(
-            self.planner, self.cfg, ctx, lambda si: self.game.features(si), idx, generator, t
-        )
+        idx, x0, ctx = self._sample_x0(t, mu, alloc_weights, m, generator, n_draws)
         return idx, x0, self.planner.plan_actions(x0, ctx)
 
     def _tables(self, idx: np.ndarray, first_actions: np.ndarray, t: int) -> np.ndarray:
-        """first_actions[B, M] of particles with first states idx[M] -> tables[B, S, A]."""
+        """Particles with first states idx[M] -> tables[B, S, A]: from their decoded first
+        actions[B, M] (one count each), or from their action distributions probs[B, M, A]
+        (the soft readout: each adds its distribution), + cfg.smoothing, normalised."""
         n_s, n_a = self.game.n_states, self.game.n_actions
-        n_draws, m = first_actions.shape
+        n_draws, m = first_actions.shape[:2]
         counts = np.zeros((n_draws, n_s, n_a))
-        draw = np.repeat(np.arange(n_draws), m)
-        np.add.at(counts, (draw, np.tile(idx, n_draws), first_actions.reshape(-1)), 1.0)
+        if first_actions.ndim == 3:  # probs[B, M, A]
+            np.add.at(counts, (slice(None), idx), first_actions)
+        else:
+            draw = np.repeat(np.arange(n_draws), m)
+            np.add.at(counts, (draw, np.tile(idx, n_draws), first_actions.reshape(-1)), 1.0)
         populated = np.bincount(idx, minlength=n_s) > 0  # the same states in every draw
         tables = np.broadcast_to(self.prior[t], (n_draws, n_s, n_a)).copy()
         smoothed = counts[:, populated] + self.cfg.smoothing

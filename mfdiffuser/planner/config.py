@@ -53,6 +53,18 @@ Draws = Annotated[
         ge=1, le=1000, description="Seeded draws averaged into the expected policy table, 1..1000."
     ),
 ]
+Readout = Annotated[
+    Literal["hard", "soft"],
+    Field(
+        description="How the per-state action table reads each particle's first action. "
+        "'hard': its decoded action (argmax of the action channel), one count per particle. "
+        "'soft' (Rao-Blackwellised): the denoiser's clean estimate of the action channel read "
+        "as the posterior over actions it is the mean of, p(a) ∝ max(0, (x̂_0[a] + 1) / 2) "
+        "(softmax of the head's logits with inverse dynamics), so each particle adds a "
+        "distribution: the same table in expectation, with lower variance. Replanning's "
+        "particle assignment (replan_every > 1) always uses the decoded actions."
+    ),
+]
 EmaDecay = Annotated[
     float,
     Field(
@@ -132,6 +144,7 @@ class PlannerConfig(BaseModel):
     # acting
     smoothing: Smoothing = 0.1
     draws: Draws = 4
+    readout: Readout = "hard"
     acting: Literal["finite", "matching", "auto"] = Field(
         "finite",
         description="How agents read actions off particles. 'finite': per-state table of "

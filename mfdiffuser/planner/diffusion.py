@@ -351,6 +351,24 @@ class MFDiffuser:
         ctx = ctx.to(x0.device, torch.float32)[:, None, None, :]
         return inverse(x0[:, :, :-1], x0[:, :, 1:], ctx).argmax(dim=-1)
 
+    def plan_action_probs(self, x0: Tensor, ctx: Tensor) -> Tensor:
+        """The posterior over each particle's planned actions: x0[B, M, H, D] -> probs[B, M, H', A].
+
+        With diffused actions (features 2·onehot − 1) the clean estimate of the action channel
+        is x̂_0 = E[2·onehot(a) − 1 | x_k] = 2·p(a | x_k) − 1, so p = (x̂_0 + 1) / 2, clipped at 0
+        and renormalised (a row clipped to all zeros falls back to its decoded action). With
+        the inverse-dynamics head: the softmax of its logits. argmax of this is `plan_actions`.
+        """
+        inverse = self.sampling_inverse()
+        if inverse is not None:
+            ctx = ctx.to(x0.device, torch.float32)[:, None, None, :]
+            return inverse(x0[:, :, :-1], x0[:, :, 1:], ctx).softmax(dim=-1)
+        feats = x0[..., self.state_dim :]
+        p = ((feats + 1.0) / 2.0).clamp_min(0.0)
+        total = p.sum(dim=-1, keepdim=True)
+        hard = nn.functional.one_hot(decode_actions(feats), feats.shape[-1]).to(p.dtype)
+        return torch.where(total > 1e-6, p / total.clamp_min(1e-6), hard)
+
     def sample(
         self,
         ctx: Tensor,

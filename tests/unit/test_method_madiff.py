@@ -45,9 +45,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-def denoiser(attention: str = "fused", seed: int = 0) -> JointDenoiser:
+def denoiser(attention: str = "fused", seed: int = 0, open_gates: bool = True) -> JointDenoiser:
+    """A joint denoiser; with `open_gates` its attention gates (zero at initialisation) are set
+    to random weights, as after training, so that the attention reaches the output."""
     torch.manual_seed(seed)
-    return JointDenoiser(D_S + N_A, C, D_S, hidden=16, n_blocks=2, heads=4, attention=attention)  # type: ignore[arg-type]
+    net = JointDenoiser(D_S + N_A, C, D_S, hidden=16, n_blocks=2, heads=4, attention=attention)  # type: ignore[arg-type]
+    if open_gates:
+        for mixer in net.mixers:
+            torch.nn.init.normal_(mixer.gate[1].weight, std=0.5)
+            torch.nn.init.normal_(mixer.gate[1].bias, mean=1.0, std=0.1)
+    return net
 
 
 def inputs(b: int, n: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,6 +102,22 @@ def test_naive_and_fused_attention_agree() -> None:
         out = fused(x, k, ctx)
         torch.testing.assert_close(naive(x, k, ctx), out, atol=1e-5, rtol=1e-5)
     assert out.abs().max() > 1e-2  # not trivially equal
+
+
+def test_attention_gates_start_closed() -> None:
+    """Untrained, every attention gate is zero (adaLN-Zero): each agent's output does not depend
+    on the other agents, so the untrained joint model is the per-agent denoiser; the gates are
+    a function of the conditioning, so once trained they open per (diffusion step, (t, mu))."""
+    net = denoiser(open_gates=False).eval()
+    x, k, ctx = inputs(2, 7)
+    other = x.clone()
+    other[:, 1:] = -other[:, 1:]
+    with torch.no_grad():
+        torch.testing.assert_close(net(other, k, ctx)[:, 0], net(x, k, ctx)[:, 0])
+        alone = net(x[:, :1], k, ctx)[:, 0]  # the same agent sampled without the others
+        torch.testing.assert_close(alone, net(x, k, ctx)[:, 0])
+        gated = denoiser(open_gates=True).mixers[0].gate(torch.rand(2, 7, 16))
+    assert gated.std() > 0.1  # opened, the gate varies with its conditioning
 
 
 def test_permutation_equivariance_over_agents() -> None:
@@ -196,16 +219,23 @@ def test_checkpoint_round_trip_is_bit_exact_and_acts_identically(
 
 
 def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
+    """At seeds 0, 1 and 2, each with its own untrained self (same seed, same readout).
+
+    The bar is on the mean drop over the 3 seeds (>= 30%) with every seed >= 25%, not 30% at
+    every seed: the untrained table is a random function of the initial weights, and its
+    exploitability alone varies from 2.4 to 3.0 across these seeds (the trained tables lie at
+    1.75-2.15), so one seed's ratio carries that lottery; the mean is the stable figure and the
+    per-seed floor still fails any seed that did not learn."""
     game, prior, arrays = crowd
     params = SPEC.params(
         {"window": 1, "diffusion_steps": 10, "hidden": 32, "n_blocks": 1, "heads": 2, "draws": 16}
     )
 
-    def table_exploitability(steps: int) -> float:
-        torch.manual_seed(SEED)
+    def table_exploitability(seed: int, steps: int) -> float:
+        torch.manual_seed(seed)
         method = SPEC.build(params, Dims.of(game))
         if steps:
-            batches = method.batches(arrays, game, seed=SEED)
+            batches = method.batches(arrays, game, seed=seed)
             train_epochs(
                 method,
                 batches,
@@ -215,16 +245,14 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
                 lr=3e-3,
                 on_epoch=lambda *_: None,
             )
-        table = method.policy(game, prior, SEED).expected_table(lambda p: propagate(game, p), SEED)
+        table = method.policy(game, prior, seed).expected_table(lambda p: propagate(game, p), seed)
         return exploitability(game, table)
 
-    untrained, trained = table_exploitability(0), table_exploitability(STEPS)
-    # Seen at 800 steps: untrained 2.78, trained 1.75 (seeds 0, 1: 2.34 -> 1.90, 2.95 -> 1.97);
-    # 1,600 steps did not do better (seeds 0/1/2 on 200 episodes: 1.77, 2.00, 1.88).
-    assert trained < 0.70 * untrained, (untrained, trained)
-
-
-SEED, STEPS = 2, 800
+    pairs = [(table_exploitability(s, 0), table_exploitability(s, 800)) for s in (0, 1, 2)]
+    drops = [1 - trained / untrained for untrained, trained in pairs]
+    # Seen (gated attention, soft readout): 2.64 -> 1.79, 2.91 -> 2.12, 2.61 -> 1.78, i.e.
+    # 32%, 27%, 32%, mean 30.4%. Before the gate (hard readout): 21%, 31%, 35%.
+    assert np.mean(drops) >= 0.30 and min(drops) >= 0.25, pairs
 
 
 def test_shares_the_planners_field_definitions() -> None:
