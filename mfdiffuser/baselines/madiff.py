@@ -8,8 +8,8 @@ a training sample holds all N agents of an episode (`WindowSampler` with M = N d
 in random order), and acting samples one joint window for all N agents of the population, then
 reads actions off it by the finite-state rule (per-state table of the agents' first actions).
 The frozen policy table, which has no N of its own, is read from joint samples of
-`table_agents` agents, each agent adding its action posterior (`readout` 'soft', the default
-here; see `mfdiffuser.planner.acting`). The attention after each block is gated by the block's
+`table_agents` agents, each agent adding its decoded action (`readout` 'hard', the default;
+'soft' adds its action posterior, see `mfdiffuser.planner.acting`). The attention after each block is gated by the block's
 conditioning, from zero at initialisation (`joint_diffuser.AgentAttention`); method version 2.
 
 Agent limit (`MAX_AGENTS`): attention costs O(N²) time per layer, and acting samples all N agents
@@ -80,7 +80,7 @@ class Params(BaseModel):
     draws: Draws = 4
     # Soft (Rao-Blackwellised): each agent of a joint sample adds its action posterior, not one
     # decoded action, to the frozen table (and to acting's per-state table).
-    readout: Readout = "soft"
+    readout: Readout = "hard"
     # On by default: the frozen table is read off the final weights, and with a joint sample
     # per batch row (one diffusion step and one decision time for all N agents) the last steps'
     # weights are noisy; their average is not.
