@@ -177,7 +177,8 @@ def _config(
         ([f"benchmark.name={benchmark}"] if benchmark else []) + (extra or []) + (settings or [])
     )
     cfg = load_config(config, items)
-    jobs.check_storage(cfg.runtime.storage)  # tracking: checked where it is resolved
+    # tracking: checked where it is resolved
+    jobs.check_storage(cfg.runtime.storage, cfg.data.path)
     return cfg
 
 
