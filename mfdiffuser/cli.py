@@ -386,7 +386,8 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Annotated[
-        str, typer.Argument(help="Checkpoint directory (printed by `mfd train`).")
+        str,
+        typer.Argument(help="Checkpoint directory or URI, e.g. s3://… (printed by `mfd train`)."),
     ],
     n_agents: Annotated[
         list[int] | None, typer.Option("--n-agents", "-n", help="Population sizes. Repeatable.")
