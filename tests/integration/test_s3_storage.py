@@ -17,7 +17,7 @@ from processes import free_ports
 from s3 import S3Server
 
 from mfdiffuser.data import storage
-from mfdiffuser.data.manifest import read_manifest, shard_file
+from mfdiffuser.data.manifest import read_manifest, shard_file, shard_ranges
 from mfdiffuser.data.verify import verify_dataset
 
 pytestmark = pytest.mark.integration
@@ -111,61 +111,72 @@ def test_bad_s3_storage_exits_2_before_ray(s3_server: S3Server, tmp_path: Path) 
     assert s3_server.keys("bad") == []
 
 
+def _interrupted_generation(store: str) -> tuple[str, str]:
+    """What a generation killed after its first shard leaves on the store: shard 0, written by
+    the code each generation actor runs (here without Ray), and no manifest. (uri, shard 0's
+    sha256)."""
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.platform.config import load_config
+    from mfdiffuser.workers.datagen import dataset_params, dataset_uri, write_shard
+
+    cfg = load_config(None, [*TINY, f"runtime.storage={store}"])
+    uri, _ = dataset_uri(cfg)
+    bench, params = get_benchmark(cfg.benchmark.name), dataset_params(cfg)
+    game = bench.game(params)
+    policies = bench.behaviour(game, cfg.data.quality).policies
+    first = shard_ranges(EPISODES, SHARDS)[0]
+    q, seed = cfg.data.quality, cfg.data.seed
+    info = write_shard(bench, game, params, policies, q, uri, 0, first, N, seed)
+    return uri, info.sha256
+
+
 @pytest.mark.timeout(400)
-def test_run_on_s3_resume_and_evaluate_from_uri(
+def test_run_on_s3_resumes_and_evaluates_from_uri(
     aws: dict[str, str], s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     tmp_path = tmp_path_factory.mktemp("s3")  # short: Ray's socket paths must stay short
-    prefix = "run"
-    store = s3_server.uri(prefix)
+    store = s3_server.uri("run")
+    dataset, sha0 = _interrupted_generation(store)
+    ds_key = dataset.removeprefix(f"s3://{s3_server.bucket}/")
+    files = [shard_file(i) for i in range(SHARDS)]
+    assert s3_server.keys(ds_key) == [f"{ds_key}/{files[0]}"]  # no temp object, no manifest
+    with pytest.raises(FileNotFoundError, match=r"no manifest\.json"):
+        read_manifest(dataset)  # a reader does not trust it
+    client = s3_server.client()
+    kept = client.head_object(Bucket=s3_server.bucket, Key=f"{ds_key}/{files[0]}")
+
+    # `mfd run` resumes the generation, trains and evaluates, all on the store.
     db = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     r = mfd("run", *SETS, "--storage", store, *db, "--json", env=aws, tmp=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
-    dataset, checkpoint = out["dataset"], out["checkpoint"]
-    assert dataset.startswith(f"{store}/datasets/crowd_1d-"), dataset
+    assert out["dataset"] == dataset
+    checkpoint = out["checkpoint"]
     assert checkpoint.startswith(f"{store}/train/"), checkpoint
 
-    # The dataset: shards and the manifest, nothing else (no temp objects, no copies).
-    ds_key = dataset.removeprefix(f"s3://{s3_server.bucket}/")
-    files = [shard_file(i) for i in range(SHARDS)]
+    # The dataset: the shards and the manifest (the commit), nothing else.
     assert s3_server.keys(ds_key) == sorted(f"{ds_key}/{f}" for f in [*files, "manifest.json"])
     manifest = verify_dataset(dataset)  # every shard's sha256 and rows against the manifest
+    assert manifest.shards[0].sha256 == sha0  # the interrupted run's shard, kept as it was
+    again = client.head_object(Bucket=s3_server.bucket, Key=f"{ds_key}/{files[0]}")
+    assert (again["ETag"], again["LastModified"]) == (kept["ETag"], kept["LastModified"])
     assert manifest.rows == EPISODES * N * HORIZON
-    # Every (episode, t, agent) exactly once, read back from the store.
+    # Every (episode, t, agent) exactly once: no gap, no duplicate.
     fs, root = storage.resolve(dataset)
-    rows = np.concatenate(
-        [
-            np.stack([t[c].to_numpy() for c in ("episode", "t", "agent")], axis=1)
-            for f in files
-            if (t := pq.read_table(storage.join(root, f), filesystem=fs))
-        ]
-    )
+    keys = [
+        np.stack([t[c].to_numpy() for c in ("episode", "t", "agent")], axis=1)
+        for f in files
+        if (t := pq.read_table(storage.join(root, f), filesystem=fs))
+    ]
+    rows = np.concatenate(keys)
     assert len(np.unique(rows, axis=0)) == len(rows) == EPISODES * N * HORIZON
 
-    # The checkpoint: meta.json (the commit marker) and the weights on the store.
+    # The checkpoint: meta.json (its commit marker) and the weights, on the store.
     ck_key = checkpoint.removeprefix(f"s3://{s3_server.bucket}/")
     assert {f"{ck_key}/meta.json", f"{ck_key}/weights.pt"} <= set(s3_server.keys(ck_key))
 
-    # An interrupted generation: shard 0 written, shard 1 and the manifest (the commit) not.
-    client = s3_server.client()
-    kept = client.head_object(Bucket=s3_server.bucket, Key=f"{ds_key}/{files[0]}")
-    for key in (f"{ds_key}/manifest.json", f"{ds_key}/{files[1]}"):
-        client.delete_object(Bucket=s3_server.bucket, Key=key)
-    with pytest.raises(FileNotFoundError, match=r"no manifest\.json"):
-        read_manifest(dataset)  # a reader does not trust it
-    r = mfd("generate", "crowd_1d", *SETS, "--storage", store, "--json", env=aws, tmp=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)["dataset"] == dataset
-    resumed = verify_dataset(dataset)
-    assert resumed.shards == manifest.shards  # the same bytes: no gap, no duplicate
-    again = client.head_object(Bucket=s3_server.bucket, Key=f"{ds_key}/{files[0]}")
-    assert (again["ETag"], again["LastModified"]) == (kept["ETag"], kept["LastModified"])
-    assert s3_server.keys(ds_key) == sorted(f"{ds_key}/{f}" for f in [*files, "manifest.json"])
-
-    # The checkpoint evaluated from its URI (downloaded, then the weights-only load).
+    # `mfd evaluate` on the checkpoint's URI: downloaded, loaded weights-only, the same figures.
     r = mfd("evaluate", checkpoint, *db, "--json", env=aws, tmp=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads(r.stdout)
-    print(json.dumps(out)[:1500], json.dumps(ev)[:1500])
-    assert np.isfinite(ev["metrics"]["return/n4"])
+    assert ev["metrics"]["return/n4"] == pytest.approx(out["metrics"]["return/n4"])
