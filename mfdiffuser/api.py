@@ -312,7 +312,7 @@ def train(
 
 
 def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None) -> dict[str, Any]:
-    from mfdiffuser.methods.checkpoint import read_meta
+    from mfdiffuser.methods.checkpoint import is_checkpoint, read_meta
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.runtime import check_fits
@@ -322,7 +322,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     start = time.perf_counter()
     tags = tracking.get_run(uri, run_id).data.tags
     done = tags.get("mfd.checkpoint")
-    meta = read_meta(done) if done and Path(done).is_dir() else {}
+    meta = read_meta(done) if done and is_checkpoint(done) else {}
     if meta.get("epoch") == cfg.train.epochs:
         _notice(f"training of run {run_id} finished before: reusing checkpoint {done}")
         return {"checkpoint": done, "dataset": meta["dataset"], "repaired": None}
@@ -352,10 +352,23 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
                 run_id=run_id,
                 run_name=train_name,
             )
-    tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
+    _log_checkpoint(uri, run_id, checkpoint)
     tracking.log_metrics(uri, run_id, {"train/seconds": time.perf_counter() - start})
     tracking.set_tags(uri, run_id, {"mfd.checkpoint": str(checkpoint)})
     return {"checkpoint": str(checkpoint), "dataset": dataset, "repaired": repaired}
+
+
+def _log_checkpoint(uri: str, run_id: str, checkpoint: str | Path) -> None:
+    """The checkpoint's files as the run's `checkpoint` artifacts (a URI: downloaded first)."""
+    from mfdiffuser.data import storage
+    from mfdiffuser.platform import tracking
+
+    if not storage.is_uri(checkpoint):
+        tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
+        return
+    with tempfile.TemporaryDirectory(prefix="mfd-ckpt-") as tmp:
+        storage.download_dir(str(checkpoint), tmp)
+        tracking.log_artifact(uri, run_id, tmp, "checkpoint")
 
 
 def _behaviour_metrics(behaviour: dict[str, Any]) -> dict[str, float]:
@@ -391,6 +404,7 @@ def evaluate(
     store holds it (its status untouched, the evaluation's own outcome in `mfd.eval.status`),
     else into a new run; with `run_id` into that run, which the caller owns.
     """
+    from mfdiffuser.data import storage
     from mfdiffuser.data.manifest import read_manifest
     from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.methods.checkpoint import load_checkpoint, read_meta
@@ -398,7 +412,12 @@ def evaluate(
     from mfdiffuser.platform.runtime import ray_session
     from mfdiffuser.workers.rollout import evaluate_checkpoint
 
-    if not Path(checkpoint).is_dir():
+    if storage.is_uri(checkpoint):  # no credentials, or an endpoint that does not answer
+        try:
+            storage.check_store(str(checkpoint), "checkpoint")
+        except storage.StorageError as err:
+            raise ConfigError(str(err)) from None
+    elif not Path(checkpoint).is_dir():
         raise ConfigError(f"checkpoint = {str(checkpoint)!r}: no such directory")
     meta = read_meta(checkpoint)
     try:

@@ -177,7 +177,8 @@ def _config(
         ([f"benchmark.name={benchmark}"] if benchmark else []) + (extra or []) + (settings or [])
     )
     cfg = load_config(config, items)
-    jobs.check_storage(cfg.runtime.storage)  # tracking: checked where it is resolved
+    # tracking: checked where it is resolved
+    jobs.check_storage(cfg.runtime.storage, cfg.data.path)
     return cfg
 
 
@@ -385,7 +386,8 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Annotated[
-        str, typer.Argument(help="Checkpoint directory (printed by `mfd train`).")
+        str,
+        typer.Argument(help="Checkpoint directory or URI, e.g. s3://… (printed by `mfd train`)."),
     ],
     n_agents: Annotated[
         list[int] | None, typer.Option("--n-agents", "-n", help="Population sizes. Repeatable.")

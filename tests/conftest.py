@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pytest
+
+# The integration tests' helpers (processes.py, s3.py) import as top-level modules, as pytest
+# puts tests/integration on sys.path for the tests in it; the fixtures here need them too.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+
+if TYPE_CHECKING:
+    from s3 import S3Server
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -58,3 +67,18 @@ def gen_docs() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on 127.0.0.1 (one bucket, `s3_server.bucket`), for the whole session.
+
+    Point a command at it with `s3_server.env` (the standard AWS variables); tests keep their
+    objects under prefixes of their own."""
+    from s3 import start_s3, stop_s3
+
+    server = start_s3(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        stop_s3(server.process)

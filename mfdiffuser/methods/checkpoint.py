@@ -11,6 +11,10 @@ library's own checkpoint beside them: `weights.pt` holds only the behaviour prio
 dispatches on the recorded method's kind to the library's restore (`ExternalTrainer.load`), which
 refuses a checkpoint of another library version. The weights-only rule is the platform's own
 checkpoints'; the library's restore path is the library's.
+
+A checkpoint may live on any URI `mfdiffuser.data.storage` resolves (`s3://bucket/prefix/...`):
+it is written locally and uploaded with `meta.json` last, its commit marker (a directory
+without one is not a checkpoint), and loaded by downloading it to a temporary directory first.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from mfdiffuser.data import storage
 from mfdiffuser.methods.base import Dims, Method
 from mfdiffuser.methods.registry import METHODS
 
@@ -48,8 +53,9 @@ def save_checkpoint(
     prior: np.ndarray,
     meta: dict[str, Any],
     optimizer: torch.optim.Optimizer | None = None,
-) -> Path:
-    """Write atomically: files go to a temporary name and are renamed into place."""
+) -> Path | str:
+    """Write atomically: files go to a temporary name and are renamed into place (a URI: see
+    the module docstring). Returns the directory (a str for a URI)."""
     blob: dict[str, Any] = {"state": _cpu(method.state_dict())}
     if optimizer is not None:
         blob["optimizer"] = optimizer.state_dict()
@@ -63,7 +69,7 @@ def save_external_checkpoint(
     dims: Dims,
     prior: np.ndarray,
     meta: dict[str, Any],
-) -> Path:
+) -> Path | str:
     """The platform's files beside an external method's own checkpoint in `directory`."""
     return _write(directory, name, params, dims, prior, meta, {})
 
@@ -76,7 +82,12 @@ def _write(
     prior: np.ndarray,
     meta: dict[str, Any],
     blob: dict[str, Any],
-) -> Path:
+) -> Path | str:
+    if storage.is_uri(directory):  # written here, then uploaded: meta.json last, as the commit
+        with tempfile.TemporaryDirectory(prefix="mfd-ckpt-") as tmp:
+            _write(tmp, method_name, params, dims, prior, meta, blob)
+            storage.upload_dir(tmp, str(directory), last=META)
+        return str(directory)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     blob = {**blob, "prior": torch.as_tensor(prior, dtype=torch.float64)}
@@ -98,11 +109,17 @@ def _write(
     return d
 
 
+def is_checkpoint(directory: str | Path) -> bool:
+    """Whether `directory` (a path or URI) holds a committed checkpoint (its meta.json)."""
+    fs, path = storage.resolve(directory)
+    return storage.exists(fs, storage.join(path, META))
+
+
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / META
-    if not path.is_file():
+    fs, path = storage.resolve(directory)
+    if not storage.exists(fs, storage.join(path, META)):
         raise FileNotFoundError(f"checkpoint {str(directory)!r}: no {META} (not a checkpoint)")
-    meta: dict[str, Any] = json.loads(path.read_text())
+    meta: dict[str, Any] = json.loads(storage.read_bytes(fs, storage.join(path, META)))
     schema = meta.get("checkpoint_schema")
     if schema != CHECKPOINT_SCHEMA:
         raise ValueError(
@@ -115,9 +132,22 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 def load_checkpoint(
     directory: str | Path, map_location: str = "cpu"
 ) -> tuple[Method, np.ndarray, dict[str, Any], dict[str, Any] | None]:
-    """(method, prior[T, S, A], meta, optimizer_state or None)."""
+    """(method, prior[T, S, A], meta, optimizer_state or None). A URI is downloaded to a
+    temporary directory first (removed after loading)."""
+    if storage.is_uri(directory):
+        read_meta(directory)  # not a (committed) checkpoint: refused before any download
+        with tempfile.TemporaryDirectory(prefix="mfd-ckpt-") as tmp:
+            storage.download_dir(str(directory), tmp)
+            method, prior, meta, opt = _load_local(Path(tmp), map_location, str(directory))
+        return method, prior, meta, opt
+    return _load_local(Path(directory), map_location, str(directory))
+
+
+def _load_local(
+    directory: Path, map_location: str, name: str
+) -> tuple[Method, np.ndarray, dict[str, Any], dict[str, Any] | None]:
     meta = read_meta(directory)
-    where = f"checkpoint {str(directory)!r}"
+    where = f"checkpoint {name!r}"
     recorded = meta.get("method", {})
     spec = METHODS.get(str(recorded.get("name")))
     if spec is None:

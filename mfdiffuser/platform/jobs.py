@@ -48,10 +48,20 @@ def check_tracking_uri(uri: str | None) -> None:
 def check_locations(cfg: ExperimentConfig) -> None:
     """Both checks on a loaded config, before any Ray work (`mfd sweep` connects to Ray first)."""
     check_tracking_uri(cfg.runtime.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    check_storage(cfg.runtime.storage)
+    check_storage(cfg.runtime.storage, cfg.data.path)
 
 
-def check_storage(storage: str) -> None:
+def check_storage(storage: str, data_path: str | None = None) -> None:
+    """Where datasets and checkpoints go (and a user's dataset) can be used: inside a Ray job
+    not a relative path; an s3:// store has credentials and answers (one short probe)."""
+    from mfdiffuser.data.storage import StorageError, check_store
+
+    try:
+        check_store(storage, "runtime.storage")
+        if data_path:
+            check_store(data_path, "data.path")
+    except StorageError as err:
+        raise ConfigError(str(err)) from None
     if in_ray_job() and "://" not in storage and not Path(storage).is_absolute():
         raise ConfigError(
             f"runtime.storage = {storage}: {_LOST.format(what='a relative path')}; pass "

@@ -318,8 +318,9 @@ def train_planner(
     tracking_uri: str | None,
     run_id: str | None,
     run_name: str | None = None,
-) -> Path:
-    """Run the TorchTrainer; returns the local path of the final checkpoint directory."""
+) -> Path | str:
+    """Run the TorchTrainer; returns the final checkpoint directory: a local path, or its URI
+    when `runtime.storage` is one."""
     from mfdiffuser.data import storage
     from mfdiffuser.methods.checkpoint import read_meta
     from mfdiffuser.platform.provenance import code_version
@@ -392,20 +393,26 @@ def train_planner(
         shutil.rmtree(rendezvous, ignore_errors=True)
     if result.error is not None:
         raise result.error
-    epoch = read_meta(result.checkpoint.path)["epoch"] if result.checkpoint is not None else 0
-    if epoch < cfg.train.epochs:
+    # On a URI store the checkpoint's URI (Ray Train returns it only once fully uploaded).
+    done = (
+        storage.as_uri(result.checkpoint.filesystem, result.checkpoint.path)
+        if result.checkpoint is not None
+        else None
+    )
+    epoch = read_meta(done)["epoch"] if done is not None else 0
+    if done is None or epoch < cfg.train.epochs:
         # No error but not every epoch: Ray Train's SIGINT handler aborted the run (Ctrl-C).
         raise KeyboardInterrupt(f"training interrupted after epoch {epoch} of {cfg.train.epochs}")
-    return Path(result.checkpoint.path)
+    return done if storage.is_uri(done) else Path(done)
 
 
-def _local_checkpoint_dir(cfg: ExperimentConfig, run_name: str, leaf: str) -> Path:
-    if "://" in cfg.runtime.storage:
-        raise ConfigError(
-            f"runtime.storage = {cfg.runtime.storage!r}: {cfg.method.name} writes its "
-            "checkpoint to a local directory only so far"
-        )
-    return Path(cfg.runtime.storage).resolve() / "train" / run_name / leaf
+def _checkpoint_dir(cfg: ExperimentConfig, run_name: str, leaf: str) -> str:
+    """Where a checkpoint made outside Ray Train goes: a local path, or a URI (uploaded)."""
+    from mfdiffuser.data import storage
+
+    if storage.is_uri(cfg.runtime.storage):
+        return storage.join(cfg.runtime.storage, "train", run_name, leaf)
+    return str(Path(cfg.runtime.storage).resolve() / "train" / run_name / leaf)
 
 
 LOG_EVERY = 50  # external iterations per MLflow request (x 3 metrics: within its 1000 per batch)
@@ -413,19 +420,23 @@ LOG_EVERY = 50  # external iterations per MLflow request (x 3 metrics: within it
 
 def train_external(
     cfg: ExperimentConfig, dataset: str, run_name: str, *, tracking_uri: str, run_id: str
-) -> Path:
+) -> Path | str:
     """An external method (RLlib's): its library's own loop, here in the driver (or the sweep
     trial), its per-iteration figures logged into the run; its checkpoint beside the platform's
     meta.json and the data's behaviour prior, so evaluation treats it like any other."""
+    from mfdiffuser.data import storage
     from mfdiffuser.data.windows import behaviour_prior, load_episodes
     from mfdiffuser.envs.registry import get_benchmark
     from mfdiffuser.methods.base import Dims
-    from mfdiffuser.methods.checkpoint import save_external_checkpoint
+    from mfdiffuser.methods.checkpoint import META, save_external_checkpoint
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform import tracking
     from mfdiffuser.platform.provenance import code_version
 
-    out = _local_checkpoint_dir(cfg, run_name, "checkpoint_external")
+    target = _checkpoint_dir(cfg, run_name, "checkpoint_external")
+    # The library writes a local directory: on a URI store, a temporary one, uploaded at the end.
+    staging = tempfile.mkdtemp(prefix="mfd-external-") if storage.is_uri(target) else None
+    out = Path(staging or target)
     shutil.rmtree(out, ignore_errors=True)  # an interrupted fit starts again from scratch
     logged_upto = tracking.last_step(tracking_uri, run_id, "train/loss")  # ... logged once
     # An RLlib iteration takes milliseconds, one MLflow request (SQLite: a locked write) far
@@ -460,12 +471,19 @@ def train_external(
         **extras,
     }
     prior = behaviour_prior(arrays, game.n_states, game.n_actions)
-    return save_external_checkpoint(
+    saved = save_external_checkpoint(
         out, cfg.method.name, cfg.method.settings, Dims.of(game), prior, meta
     )
+    if staging is None:
+        return saved
+    try:
+        storage.upload_dir(out, target, last=META)  # meta.json last: the commit marker
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
-def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path:
+def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path | str:
     """A reference method (no data, no Ray Train): solved here, saved as a checkpoint.
 
     The checkpoint holds the dataset's behaviour prior like a trained one, so the evaluation
@@ -477,7 +495,7 @@ def solve_reference(cfg: ExperimentConfig, dataset: str, run_name: str) -> Path:
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform.provenance import code_version
 
-    out = _local_checkpoint_dir(cfg, run_name, "checkpoint_solved")
+    out = _checkpoint_dir(cfg, run_name, "checkpoint_solved")
     game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
     method = get_method(cfg.method.name).build(cfg.method.settings, Dims.of(game))
     assert isinstance(method, ReferenceMethod)
