@@ -12,7 +12,7 @@ import math
 import re
 import reprlib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -203,6 +203,19 @@ class TrainSection(_Section):
     max_failures: int = Field(
         1, ge=0, le=100, description="worker-group restarts from the last checkpoint, 0..100"
     )
+    data_path: Literal["local", "ray_data"] = Field(
+        "local",
+        description="how Train workers read the dataset: local (each loads its shards whole) "
+        "or ray_data (streamed through Ray Data into a buffer of train.buffer_episodes); "
+        "finite-state games only (docs/data.md)",
+    )
+    buffer_episodes: int = Field(
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="ray_data: whole episodes a worker holds at once, 1..1e6; refilled once "
+        "per epoch when its share of the data is larger",
+    )
 
 
 class EvalSection(_Section):
@@ -315,6 +328,16 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"method.params.window = {window} is longer than the benchmark's horizon "
                 f"{horizon}; allowed: 1..{horizon}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _data_path_fits(self) -> ExperimentConfig:
+        if self.train.data_path == "ray_data" and get_benchmark(self.benchmark.name).simulator:
+            raise ValueError(
+                f"train.data_path = 'ray_data': {self.benchmark.name} is a team game (team "
+                "rows, episodes of varying length), which the Ray Data path does not read; "
+                "allowed for it: 'local'"
             )
         return self
 

@@ -44,6 +44,8 @@ FIELDS = {
             "use_gpu",
             "seed",
             "max_failures",
+            "data_path",
+            "buffer_episodes",
         )
     ),
     *(

@@ -110,3 +110,26 @@ def test_report_log_is_the_logger_the_trainer_quiets() -> None:
         assert not logger.isEnabledFor(logging.INFO)
     finally:
         logger.setLevel(level)
+
+
+def test_data_config_internals_the_episode_split_uses() -> None:
+    """`EpisodeSplit.configure` (the ray_data path) reads DataConfig's per-dataset execution
+    options and shard-locality switch, as DataConfig.configure itself does in 2.60."""
+    from ray.train import DataConfig
+
+    config = DataConfig()
+    _pinned(
+        "DataConfig._resolve_execution_options",
+        lambda: _params(config._resolve_execution_options) == ["dataset_name"],
+    )
+    _pinned(
+        "DataConfig._enable_shard_locality",
+        lambda: config._enable_shard_locality is True,
+    )
+    _pinned(
+        "DataConfig.configure",
+        lambda: (
+            _params(DataConfig.configure)[:5]
+            == ["self", "datasets", "world_size", "worker_handles", "worker_node_ids"]
+        ),
+    )
