@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -58,3 +59,19 @@ def gen_docs() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts under a tmp dir),
+    one per test module (it costs ~9 s to start); `.uri`, `.stop()`, `.restart()`."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
