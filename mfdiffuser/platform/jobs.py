@@ -64,7 +64,9 @@ def file_store(uri: str | None) -> bool:
     absolute), `file:` or a plain path, or None (the default ./mlflow.db)."""
     if uri is None:
         return True
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    if uri.startswith(("sqlite:", "file:")):
+        return True
+    return "://" not in uri and not uri.startswith("databricks")  # a path such as ./mlruns
 
 
 def check_store_for_cluster(uri: str | None, alive_nodes: int) -> None:

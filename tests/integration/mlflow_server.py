@@ -8,6 +8,7 @@ own, so `processes.stop_session` ends exactly the processes it started, and noth
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,10 +16,28 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from processes import free_ports, session_pids, stop_session
+from processes import free_ports, session_pids, signal_session, stop_session
 
 MLFLOW = Path(sys.executable).parent / "mlflow"
 START_SECONDS = 120.0  # ~9 s on an idle machine; far more when 2 cores are shared
+
+
+def _alive(sid: int) -> bool:
+    """Whether a process of session `sid` still runs (zombies, already dead, do not count)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        running = []
+        for pid in session_pids(sid):
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rfind(")") + 2] != "Z":
+                running.append(pid)
+        if not running:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 class MlflowServer:
@@ -77,17 +96,27 @@ class MlflowServer:
         self.stop()
         raise RuntimeError(f"mlflow server not healthy in {START_SECONDS:g} s")
 
-    def stop(self) -> None:
-        """SIGTERM the server's session (its uvicorn workers too), SIGKILL what is left."""
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM the server's session (its uvicorn workers too), SIGKILL what is left after
+        15 s; `crash`: SIGKILL at once, as a machine or OOM kill would."""
         if self.proc is None:
             return
-        stop_session(self.proc.pid)
-        self.proc.wait(timeout=10)
+        sid = self.proc.pid
+        signal_session(sid, signal.SIGKILL if crash else signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)  # reaped here: a zombie leader would count as alive
+        except subprocess.TimeoutExpired:
+            pass
+        if self.proc.poll() is None or _alive(sid):
+            stop_session(sid)  # what did not go: SIGTERM again, SIGKILL after 15 s
+            self.proc.wait(timeout=10)
         self.proc = None
         assert not self.healthy(), f"port {self.port} still answers after the stop"
 
-    def restart(self) -> None:
-        self.stop()
+    def restart(self, crash: bool = False, down_seconds: float = 0.0) -> None:
+        """Stop, stay down `down_seconds`, start again on the same port with the same stores."""
+        self.stop(crash)
+        time.sleep(down_seconds)
         self.start()
 
     def pids(self) -> list[int]:

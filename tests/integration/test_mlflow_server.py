@@ -1,0 +1,147 @@
+"""Every command against a real `mlflow server` (http:// tracking URI, proxied artifacts), and a
+sweep that survives the server crashing mid-training: no trial fails, each epoch logged once."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from test_sweep import TINY
+from typer.testing import CliRunner
+
+from mfdiffuser.cli import app
+from mfdiffuser.platform import tracking
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_retried_metric_batch_is_stored_once(mlflow_server: Any) -> None:
+    """What makes MLflow's HTTP retries safe for our writes: the same batch (explicit timestamps)
+    sent twice, as a retry after a lost response sends it, leaves one row per value in the
+    server's SQL store; params and tags of equal value may be sent again."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    uri = mlflow_server.uri
+    client = tracking.client(uri)
+    exp = tracking.ensure_experiment(uri, "retry-check")
+    run_id = client.create_run(exp).info.run_id
+    batch = [Metric("train/loss", 0.5, 1_700_000_000_000, s) for s in (1, 2)]
+    for _ in range(2):
+        client.log_batch(
+            run_id, metrics=batch, params=[Param("a", "1")], tags=[RunTag("mfd.x", "y")]
+        )
+    hist = client.get_metric_history(run_id, "train/loss")
+    assert sorted((m.step, m.value, m.timestamp) for m in hist) == [
+        (1, 0.5, 1_700_000_000_000),
+        (2, 0.5, 1_700_000_000_000),
+    ]
+    # A value logged later at the same step is a new row: only an identical one is dropped.
+    client.log_batch(run_id, metrics=[Metric("train/loss", 0.5, 1_700_000_000_001, 1)])
+    assert len(client.get_metric_history(run_id, "train/loss")) == 3
+    con = sqlite3.connect(f"file:{mlflow_server.db}?mode=ro", uri=True, timeout=10)
+    try:
+        (rows,) = con.execute(
+            "SELECT COUNT(*) FROM metrics WHERE run_uuid = ? AND key = 'train/loss'", (run_id,)
+        ).fetchone()
+    finally:
+        con.close()
+    assert rows == 3
+
+
+def _artifact_files(run: Any, server: Any) -> list[str]:
+    """Files of the run under the server's artifacts destination (mlflow-artifacts:/<exp>/…)."""
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+    folder = server.artifacts / run.info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def _metric_rows(db: Path, key: str) -> int:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return int(con.execute("SELECT COUNT(*) FROM metrics WHERE key = ?", (key,)).fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(600)
+def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
+    ray_local: None, mlflow_server: Any, tmp_path: Path
+) -> None:
+    uri = mlflow_server.uri
+    # `mfd run`: its run, metrics and artifacts (checkpoint, config) all through the server.
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump({"name": "via-server", **TINY, "runtime": {"storage": str(tmp_path / "s")}})
+    )
+    r = CliRunner().invoke(app, ["run", "-c", str(cfg), "--tracking-uri", uri, "--json"])
+    assert r.exit_code == 0, r.output[-3000:]
+    out = json.loads(r.stdout)
+    assert out["tracking_uri"] == uri
+    run = MlflowClient(uri).get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and "return/n20" in run.data.metrics
+    files = _artifact_files(run, mlflow_server)
+    assert any(f.startswith("checkpoint/") for f in files), files
+    assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
+
+    # `mfd sweep`, 2 trials, one at a time; the server is SIGKILLed once the first epoch of
+    # training is logged, stays down a few seconds and comes back on the same port.
+    epochs = 3
+    doc = {
+        "name": "outage",
+        **TINY,
+        "train": {**TINY["train"], "epochs": epochs, "steps_per_epoch": 30},
+        "runtime": {"storage": str(tmp_path / "store")},
+        "sweep": {"grid": {"seed": [0, 1]}, "max_concurrent_trials": 1},
+    }
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(doc))
+    outage: dict[str, float] = {}
+
+    def crash_once() -> None:
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and not _metric_rows(mlflow_server.db, "train/loss"):
+            time.sleep(0.2)
+        outage["down"] = time.monotonic()
+        mlflow_server.restart(crash=True, down_seconds=3)
+        outage["up"] = time.monotonic()
+
+    watcher = threading.Thread(target=crash_once, daemon=True)
+    watcher.start()
+    r = CliRunner().invoke(app, ["sweep", "-c", str(sweep_file), "--tracking-uri", uri, "--json"])
+    watcher.join(timeout=120)
+    assert "up" in outage, "the server was not restarted"
+    assert r.exit_code == 0, r.output[-3000:]
+    result = json.loads(r.stdout)
+    assert (result["trials_finished"], result["trials_failed"]) == (2, 0), result
+    # The outage fell inside the sweep (it was still running when the server came back).
+    assert outage["up"] - outage["down"] >= 3
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("crowd_1d")  # the benchmark's experiment
+    parent = result["parent_run_id"]
+    trials = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert sorted(x.data.tags["mfd.axis.seed"] for x in trials) == ["0", "1"]
+    assert all(x.info.status == "FINISHED" for x in trials), [x.info.status for x in trials]
+    for trial in trials:
+        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), steps  # each epoch exactly once
+        assert len(client.get_metric_history(trial.info.run_id, "return/n20")) == 1
+        assert any(f.startswith("checkpoint/") for f in _artifact_files(trial, mlflow_server))
+
+    r = CliRunner().invoke(
+        app, ["table", "--sweep", result["sweep_id"], "--tracking-uri", uri, "--json"]
+    )
+    assert r.exit_code == 0, r.output[-3000:]
+    table = json.loads(r.stdout)
+    assert table["parent_run_id"] == parent and not table["missing"], table
+    assert sorted(s for x in table["settings"] for m in x["methods"] for s in m["seeds"]) == [0, 1]
