@@ -98,7 +98,7 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     doc = {
         "name": "outage",
         **TINY,
-        "train": {**TINY["train"], "epochs": epochs, "steps_per_epoch": 30},
+        "train": {**TINY["train"], "epochs": epochs, "steps_per_epoch": 60},
         "runtime": {"storage": str(tmp_path / "store")},
         "sweep": {"grid": {"seed": [0, 1]}, "max_concurrent_trials": 1},
     }
@@ -106,13 +106,18 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     sweep_file.write_text(yaml.safe_dump(doc))
     outage: dict[str, float] = {}
 
+    before = _metric_rows(mlflow_server.db, "train/loss")  # the run's, above
+
     def crash_once() -> None:
         deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and not _metric_rows(mlflow_server.db, "train/loss"):
+        while (
+            time.monotonic() < deadline and _metric_rows(mlflow_server.db, "train/loss") == before
+        ):
             time.sleep(0.2)
-        outage["down"] = time.monotonic()
+        outage["epochs_logged"] = _metric_rows(mlflow_server.db, "train/loss") - before
+        outage["down"], outage["down_ms"] = time.monotonic(), time.time() * 1000
         mlflow_server.restart(crash=True, down_seconds=3)
-        outage["up"] = time.monotonic()
+        outage["up"], outage["up_ms"] = time.monotonic(), time.time() * 1000
 
     watcher = threading.Thread(target=crash_once, daemon=True)
     watcher.start()
@@ -122,8 +127,7 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     assert r.exit_code == 0, r.output[-3000:]
     result = json.loads(r.stdout)
     assert (result["trials_finished"], result["trials_failed"]) == (2, 0), result
-    # The outage fell inside the sweep (it was still running when the server came back).
-    assert outage["up"] - outage["down"] >= 3
+    assert outage["epochs_logged"] >= 1 and outage["up"] - outage["down"] >= 3, outage
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("crowd_1d")  # the benchmark's experiment
@@ -132,12 +136,19 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     assert client.get_run(parent).info.status == "FINISHED"
     assert sorted(x.data.tags["mfd.axis.seed"] for x in trials) == ["0", "1"]
     assert all(x.info.status == "FINISHED" for x in trials), [x.info.status for x in trials]
+    during = []  # epochs logged (their metric's timestamp) while the server was down
     for trial in trials:
-        steps = [m.step for m in client.get_metric_history(trial.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, epochs + 1)), steps  # each epoch exactly once
+        hist = client.get_metric_history(trial.info.run_id, "train/loss")
+        steps = sorted(m.step for m in hist)
+        assert steps == list(range(1, epochs + 1)), steps  # each epoch exactly once
+        during += [m.step for m in hist if outage["down_ms"] <= m.timestamp <= outage["up_ms"]]
         assert len(client.get_metric_history(trial.info.run_id, "return/n20")) == 1
         assert any(f.startswith("checkpoint/") for f in _artifact_files(trial, mlflow_server))
 
+    # Training went on after the crash: the first trial's later epochs were logged after it.
+    assert max(m.timestamp for t in trials for m in client.get_metric_history(
+        t.info.run_id, "train/loss")) > outage["down_ms"]  # fmt: skip
+    print(f"outage {outage['up'] - outage['down']:.1f} s; epochs logged during it: {during}")
     r = CliRunner().invoke(
         app, ["table", "--sweep", result["sweep_id"], "--tracking-uri", uri, "--json"]
     )
