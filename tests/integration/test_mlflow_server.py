@@ -80,7 +80,15 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     # `mfd run`: its run, metrics and artifacts (checkpoint, config) all through the server.
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
-        yaml.safe_dump({"name": "via-server", **TINY, "runtime": {"storage": str(tmp_path / "s")}})
+        yaml.safe_dump(
+            {
+                "name": "via-server",
+                **TINY,
+                # A reference method: no Ray Train group to start (the sweep below has two).
+                "method": {"name": "fp"},
+                "runtime": {"storage": str(tmp_path / "s")},
+            }
+        )
     )
     r = CliRunner().invoke(app, ["run", "-c", str(cfg), "--tracking-uri", uri, "--json"])
     assert r.exit_code == 0, r.output[-3000:]
@@ -89,7 +97,7 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     run = MlflowClient(uri).get_run(out["run_id"])
     assert run.info.status == "FINISHED" and "return/n20" in run.data.metrics
     files = _artifact_files(run, mlflow_server)
-    assert any(f.startswith("checkpoint/") for f in files), files
+    assert "config.yaml" in files and any(f.startswith("checkpoint/") for f in files), files
     assert not (tmp_path / "mlartifacts").exists() and not (tmp_path / "mlruns").exists()
 
     # `mfd sweep`, 2 trials, one at a time; the server is SIGKILLed once the first epoch of
@@ -98,7 +106,7 @@ def test_run_sweep_and_table_through_the_server_which_crashes_mid_sweep(
     doc = {
         "name": "outage",
         **TINY,
-        "train": {**TINY["train"], "epochs": epochs, "steps_per_epoch": 60},
+        "train": {**TINY["train"], "epochs": epochs, "steps_per_epoch": 20},
         "runtime": {"storage": str(tmp_path / "store")},
         "sweep": {"grid": {"seed": [0, 1]}, "max_concurrent_trials": 1},
     }
