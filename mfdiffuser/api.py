@@ -315,7 +315,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     from mfdiffuser.methods.checkpoint import is_checkpoint, read_meta
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import check_fits
+    from mfdiffuser.platform.runtime import check_fits, check_tracking_store
     from mfdiffuser.workers.datagen import generate_dataset
     from mfdiffuser.workers.trainer import solve_reference, train_external, train_planner
 
@@ -329,6 +329,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     train_name = tags.get("mfd.train_name") or f"{cfg.name}-{uuid.uuid4().hex[:8]}"
     with _ray(cfg):
         check_fits(cfg)
+        check_tracking_store(uri)
         dataset, manifest, repaired = given or generate_dataset(cfg)
         tracking.set_tags(
             uri, run_id, {"mfd.train_name": train_name, "mfd.dataset_id": manifest.dataset_id}

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -82,3 +82,19 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         stop_s3(server.process)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite store, proxied artifacts under a tmp dir),
+    one per test module (it costs ~9 s to start); `.uri`, `.stop()`, `.restart()`."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow_server")).start()
+    try:
+        yield server
+    finally:
+        server.stop(crash=True)  # SIGTERM takes uvicorn ~25 s; the store is thrown away

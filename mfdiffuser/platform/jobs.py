@@ -67,3 +67,29 @@ def check_storage(storage: str, data_path: str | None = None) -> None:
             f"runtime.storage = {storage}: {_LOST.format(what='a relative path')}; pass "
             "--storage /shared/mfd (absolute, on a filesystem every node sees) or a URI"
         )
+
+
+def file_store(uri: str | None) -> bool:
+    """A tracking store that lives in files of the machine that writes it: SQLite (relative or
+    absolute), `file:` or a plain path, or None (the default ./mlflow.db)."""
+    if uri is None:
+        return True
+    if uri.startswith(("sqlite:", "file:")):
+        return True
+    return "://" not in uri and not uri.startswith("databricks")  # a path such as ./mlruns
+
+
+def check_store_for_cluster(uri: str | None, alive_nodes: int) -> None:
+    """On a Ray cluster of more than one node, trials log from whichever node runs them: a
+    SQLite file (or any file store) would be a different, or a concurrently written, file on
+    each. Refused there, with the fix; fine on one node."""
+    if alive_nodes > 1 and file_store(uri):
+        shown = uri or "None (the default ./mlflow.db)"
+        raise ConfigError(
+            f"runtime.tracking_uri = {shown}: a file-based MLflow store cannot be shared by the "
+            f"{alive_nodes} nodes of this Ray cluster (trials log from every node); allowed: an "
+            "MLflow server's URI: start `mlflow server --backend-store-uri "
+            "sqlite:////srv/mlflow/mlflow.db --serve-artifacts --artifacts-destination "
+            "/srv/mlflow/artifacts --host HOST --port 5000` on one machine and pass "
+            "--tracking-uri http://HOST:5000 (docs/tracking.md)"
+        )

@@ -63,6 +63,18 @@ def local_ray(num_cpus: int | None) -> dict[str, Any]:
     }
 
 
+def alive_nodes() -> int:
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
+def check_tracking_store(uri: str | None) -> None:
+    """Right after the driver connects to Ray, before any trial starts: a file-based MLflow store
+    on a multi-node cluster is refused (`jobs.check_store_for_cluster`)."""
+    from mfdiffuser.platform.jobs import check_store_for_cluster
+
+    check_store_for_cluster(uri, alive_nodes())
+
+
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 

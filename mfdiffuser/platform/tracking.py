@@ -37,6 +37,24 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 if not verbose():  # MLflow's INFO lines (e.g. creating a new store's tables) only with MFD_VERBOSE
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
+# Against an `mlflow server` (http:// URI) every request this process makes (metrics, params,
+# tags, run status, proxied artifact uploads) is retried by MLflow's own HTTP session (urllib3's
+# Retry: refused connections, resets, 408/429/5xx, every method) with exponential backoff:
+# sleeps of 0, 2, 4, 8, 16, 32 s, so a write survives a server outage of about a minute, then
+# fails. Set on import, in the driver and in every Ray worker that logs; the user's own values of
+# these variables win. A retried write is never logged twice: metrics carry explicit timestamps,
+# and MLflow's SQL store drops a row identical in (key, value, timestamp, step) to one it holds
+# (tests/integration/test_mlflow_server.py checks it); params and tags of equal value and a run's
+# status are idempotent writes.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "6",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+for _name, _value in HTTP_RETRY_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
 
 def resolve_tracking_uri(explicit: str | None, workdir: str | Path = ".") -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite store in the working directory."""

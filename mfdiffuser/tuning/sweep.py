@@ -555,7 +555,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import check_fits
+    from mfdiffuser.platform.runtime import check_fits, check_tracking_store
     from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
 
     first = sweep.experiment_config(sweep.trials[0])
@@ -566,6 +566,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
         trial.config["runtime"]["storage"] = storage
         trial.config["runtime"]["tracking_uri"] = uri
     check_fits(first, trial_cpus=sweep.section.trial_cpus)
+    check_tracking_store(uri)
     start = time.perf_counter()
     tracking.ensure_experiment(uri, tracking.experiment_name(first))
     parent = parent_run(sweep, first, uri, resume)

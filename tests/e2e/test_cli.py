@@ -59,13 +59,20 @@ def test_solve_json_contract() -> None:
         (["train", "-s", "benchmark=battle", "-s", "method=fp"], "fp needs a finite state"),
         (["train", "--dataset", "/no/such/dataset"], "/no/such/dataset"),
         (["train", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+        # A tracking server that does not answer: named, before any Ray work, for every command.
+        (["run", "--tracking-uri", "http://127.0.0.1:9"], "'http://127.0.0.1:9' is unreachable"),
+        (
+            ["table", "--sweep", "s1", "--tracking-uri", "http://127.0.0.1:9"],
+            "'http://127.0.0.1:9' is unreachable",
+        ),
         (["evaluate", "/no/such/checkpoint"], "/no/such/checkpoint"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(
     args: list[str], needle: str, tmp_path: Path
 ) -> None:
-    r = mfd(*args, "--storage", str(tmp_path)) if args[0] in ("generate", "train") else mfd(*args)
+    storing = args[0] in ("generate", "train", "run")
+    r = mfd(*args, "--storage", str(tmp_path)) if storing else mfd(*args)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert needle in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
