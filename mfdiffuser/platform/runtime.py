@@ -43,15 +43,29 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         ray.shutdown()
 
 
+# Ports a local Ray takes by default (GCS, dashboard, client server, dashboard agent): a free
+# port picked for the dashboard must not be one of them, or the agent that starts after it
+# fails to bind (seen once: 52365).
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365})
+
+
+def free_port() -> int:
+    """A free TCP port on loopback that none of Ray's default services wants."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in RAY_DEFAULT_PORTS:
+            return port
+
+
 def local_ray(num_cpus: int | None) -> dict[str, Any]:
     """`ray.init` arguments of a fresh Ray on this machine (the tests' session uses them too)."""
     # The dashboard (on loopback only) also serves the State API, which Ray Train's
     # placement-group cleaner polls; without it that actor logs a warning every second.
     # Without an address that actor's State API client takes the newest Ray instance started
     # on this machine (maybe another user's) and warns about it: it is given ours.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     return {
         # "local": always a fresh instance, never an unrelated cluster found on this machine
         "address": "local",
