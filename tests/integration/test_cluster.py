@@ -275,11 +275,11 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     from mfdiffuser.platform import tracking
 
     cluster.ensure_workers(2)
-    epochs = 4
+    epochs = 3
     cfg = _sweep_file(
         tmp_path,
         "fault",
-        {"epochs": epochs, "steps_per_epoch": 20, "max_failures": 2},
+        {"epochs": epochs, "steps_per_epoch": 150, "max_failures": 2},
         mlflow_server,
     )
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -295,19 +295,22 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     try:
 
         def trained_one_epoch() -> Any:
-            exps = [e.experiment_id for e in client.search_experiments()]
-            runs = client.search_runs(
-                exps, filter_string="tags.`mfd.role` = 'trial' and metrics.`train/loss` > -1e30"
-            )
-            runs = [r for r in runs if "fault" in r.info.run_name]
-            for r in runs:
-                node = r.data.tags.get(tracking.TRAIN_NODE_ID)
-                steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
-                if node and steps and max(steps) < epochs:
-                    return r.info.run_id, node
+            # The event: a trial's first checkpoint on disk (Ray Train writes it after epoch 1);
+            # its meta.json names the MLflow run, whose tag names the node training it.
+            for meta in (tmp_path / "store" / "train").glob("*/checkpoint_*/meta.json"):
+                try:
+                    written = json.loads(meta.read_text())
+                except (OSError, ValueError):  # being written
+                    continue
+                if written["epoch"] >= epochs:  # that trial is done training
+                    continue
+                run_id = written["run_id"]
+                node = client.get_run(run_id).data.tags.get(tracking.TRAIN_NODE_ID)
+                if node:
+                    return run_id, node
             return None
 
-        run_id, node = _wait_for("trial at epoch 1", trained_one_epoch, proc, 300)
+        run_id, node = _wait_for("a checkpoint", trained_one_epoch, proc, 300)
         cluster.cluster.remove_node(cluster.worker(node), allow_graceful=False)
         removed_at = time.monotonic() - start
         out, err = proc.communicate(timeout=420)
