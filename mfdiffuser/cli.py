@@ -107,9 +107,16 @@ def _loopback_if_local(address: str | None) -> None:
 
     Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported (the commands import it
     lazily, after this runs); set to 0 it takes the loopback address as its node address, as it
-    does on macOS. Never set when connecting to a cluster: the driver must be reachable there.
+    does on macOS. Not set when connecting to a cluster elsewhere: the driver must be reachable
+    there. A cluster whose address is on loopback (its nodes started with
+    `--node-ip-address=127.0.0.1`) is this machine's: without it Ray would rewrite the address to
+    the machine's outward IP, where that cluster does not listen, and retry forever.
     """
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    address = address or os.environ.get("RAY_ADDRESS")
+    host = (address or "").rsplit(":", 1)[0].removeprefix("ray://").strip("[]")
+    if host in {"127.0.0.1", "localhost", "::1"}:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not address:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Token authentication is Ray's default for a new local instance; asked for explicitly
         # (also read at import) it stays on without the warning Ray prints when it chose it.

@@ -216,6 +216,25 @@ class TrainSection(_Section):
         description="ray_data: whole episodes a worker holds at once, 1..1e6; refilled once "
         "per epoch when its share of the data is larger",
     )
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each Train worker asks for besides its CPUs/GPU, e.g. "
+        "{train_slot: 1} with nodes started with --resources '{\"train_slot\": 1}' (one worker "
+        "per node); names other than CPU, GPU, memory; amounts > 0",
+    )
+
+    @field_validator("resources_per_worker")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name.upper() in {"CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"} or not name:
+                raise ValueError(
+                    f"{name!r}: not a custom resource; allowed: any other name (CPUs: "
+                    "train.cpus_per_worker, GPUs: train.use_gpu)"
+                )
+            if not (0 < amount <= 1_000_000):
+                raise ValueError(f"{name} = {amount}: allowed: (0, 1e6]")
+        return value
 
 
 class EvalSection(_Section):

@@ -116,9 +116,61 @@ def check_fits(cfg: ExperimentConfig, trial_cpus: float | None = None) -> None:
             f"train.use_gpu = True: {train.num_workers} workers need a GPU each, the cluster has "
             f"{gpus:g}; allowed: train.num_workers <= {gpus:g}, or train.use_gpu = null"
         )
+    _check_placement(cfg, own, use_gpu=bool(train.use_gpu) or (train.use_gpu is None and gpus > 0))
     room = cpus - own
     if cfg.eval.actor_cpus > room + 1e-9:
         raise ConfigError(
             f"eval.actor_cpus = {cfg.eval.actor_cpus:g}: the cluster has {room:g} CPUs for a "
             f"rollout actor; allowed: <= {room:.2f}"
+        )
+
+
+def _node_room(trial_cpus: float) -> list[dict[str, float]]:
+    """What each alive node offers a Train worker: its resources, less the sweep trial's own
+    CPUs on the head (where a sweep's trials run)."""
+    rooms = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        room = dict(node.get("Resources", {}))
+        if "node:__internal_head__" in room:
+            room["CPU"] = room.get("CPU", 0.0) - trial_cpus
+        rooms.append(room)
+    return rooms
+
+
+def _check_placement(cfg: ExperimentConfig, trial_cpus: float, *, use_gpu: bool) -> None:
+    """A Train worker runs on one node: the group must fit node by node, not only in total
+    (3 nodes of 2 CPUs have 6 CPUs but no place for a 3-CPU worker)."""
+    train = cfg.train
+    need = {"CPU": train.cpus_per_worker, **train.resources_per_worker}
+    if use_gpu:
+        need["GPU"] = 1.0
+    rooms = _node_room(trial_cpus)
+    for name, amount in train.resources_per_worker.items():
+        if not any(room.get(name, 0.0) > 0 for room in rooms):
+            have = sorted(
+                {k for room in rooms for k in room}
+                - {"CPU", "GPU", "memory", "object_store_memory"}
+            )
+            have = [k for k in have if not k.startswith("node:")]
+            raise ConfigError(
+                f"train.resources_per_worker.{name} = {amount:g}: no node of the cluster has a "
+                f"resource {name!r}; allowed: the nodes' custom resources "
+                f"({', '.join(have) or 'none'}), given by `ray start --resources`"
+            )
+
+    def fits(room: dict[str, float]) -> int:
+        return int(min((room.get(k, 0.0) + 1e-9) // v for k, v in need.items()))
+
+    placed = sum(fits(room) for room in rooms)
+    if placed < train.num_workers:
+        per_node = "; ".join(", ".join(f"{k} {room.get(k, 0.0):g}" for k in need) for room in rooms)
+        largest = max((room.get("CPU", 0.0) for room in rooms), default=0.0)
+        want = ", ".join(f"{k} {v:g}" for k, v in need.items())
+        raise ConfigError(
+            f"train.num_workers ({train.num_workers}) x ({want}) per worker: a worker runs on "
+            f"one node, and the cluster's {len(rooms)} nodes ({per_node}) place {placed}; "
+            f"allowed: train.cpus_per_worker <= {largest:g} (the largest node), fewer workers, "
+            "or more nodes"
         )

@@ -241,6 +241,25 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     client(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
+# Where a run's Train worker group (rank 0) ran: the Ray node id and its address, set each time
+# the group starts; TRAIN_NODES lists every node id it started on, in order (a group restarted
+# after a node loss appends the new one).
+TRAIN_NODE_ID = "mfd.train.node_id"
+TRAIN_NODE_ADDRESS = "mfd.train.node_address"
+TRAIN_NODES = "mfd.train.nodes"
+
+
+def record_train_node(uri: str, run_id: str, node_id: str, address: str) -> None:
+    run = get_run(uri, run_id)
+    before = run.data.tags.get(TRAIN_NODES, "") if run is not None else ""
+    nodes = [n for n in before.split(",") if n] + [node_id]
+    set_tags(
+        uri,
+        run_id,
+        {TRAIN_NODE_ID: node_id, TRAIN_NODE_ADDRESS: address, TRAIN_NODES: ",".join(nodes)},
+    )
+
+
 def set_running(uri: str, run_id: str) -> None:
     client(uri).update_run(run_id, status="RUNNING")
 

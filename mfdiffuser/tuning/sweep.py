@@ -454,6 +454,11 @@ def _concurrency(sweep: Sweep, cfg: ExperimentConfig) -> int:
     return max(1, int((cpus + 1e-9) // max(train, actors)))
 
 
+# Ray gives its head node this resource (1 unit); a tiny share pins a trial there.
+HEAD_RESOURCE = "node:__internal_head__"
+HEAD_SHARE = 0.001
+
+
 def trial_dirname(trial: Any) -> str:
     """Short trial directories (Tune's default spells the whole config into the name)."""
     return f"trial_{trial.trial_id}"
@@ -580,7 +585,16 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
                 datasets[where] = generate_dataset(cfg)[0]
         tracking.log_metrics(uri, parent, {"sweep/datasets": float(len(datasets))})
 
-        trainable = tune.with_resources(run_trial, {"cpu": sweep.section.trial_cpus})
+        # The trial process sits on the head node: Ray Train's controller goes where the trial
+        # runs, and a trial whose own process is lost fails whatever its checkpoints. The head
+        # goes only with the whole cluster; a worker node lost under a Train worker group costs
+        # a restart from its last checkpoint (train.max_failures) on the nodes left.
+        trainable = tune.with_resources(
+            run_trial,
+            tune.PlacementGroupFactory(
+                [{"CPU": sweep.section.trial_cpus, HEAD_RESOURCE: HEAD_SHARE}]
+            ),
+        )
         concurrency = _concurrency(sweep, first)
         if resume and tune.Tuner.can_restore(exp_dir):
             tuner = tune.Tuner.restore(exp_dir, trainable=trainable, resume_errored=True)

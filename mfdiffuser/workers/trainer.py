@@ -134,6 +134,14 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         # A run that was interrupted (or restarted after a failure) may have logged epochs past
         # its last checkpoint, or before any: they are trained again but logged once.
         logged_upto = tracking.last_step(loop_cfg["tracking_uri"], loop_cfg["run_id"], "train/loss")
+    if rank == 0 and loop_cfg.get("run_id"):
+        here = ray.get_runtime_context()
+        tracking.record_train_node(
+            loop_cfg["tracking_uri"],
+            loop_cfg["run_id"],
+            here.get_node_id(),
+            ray.util.get_node_ip_address(),
+        )
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as d:
@@ -529,7 +537,10 @@ def train_planner(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            resources_per_worker={
+                "CPU": cfg.train.cpus_per_worker,
+                **cfg.train.resources_per_worker,
+            },
         ),
         torch_config=LoopbackTorchConfig(store_dir=rendezvous),
         run_config=ray.train.RunConfig(

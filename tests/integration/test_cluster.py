@@ -1,0 +1,342 @@
+"""A real multi-node Ray cluster on loopback (`ray.cluster_utils.Cluster`): a head of 1 CPU and
+two worker nodes of 2 CPUs (and one `train_slot` each), MLflow through a real `mlflow server`.
+
+The cluster is driven only through `mfd` subprocesses with `--address`, the user's path: this
+process never connects to it, so the session's own Ray (`ray_local`, maybe started by earlier
+tests) is untouched, before or after. Token auth as the session's: RAY_AUTH_MODE=token (set by
+tests/conftest.py before Ray's import) and the token file under HOME, which the cluster and the
+`mfd` clients share.
+
+One cluster for the module. Order matters: the placement sweep and the bad-input check first,
+then the faults, which remove a worker node each (the next one re-adds one first).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from processes import free_ports, stop_session
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+WORKER_NODE = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "resources": {"train_slot": 1}}
+
+TINY = {
+    "benchmark": {"name": "crowd_1d", "params": {"size": 6, "horizon": 4}},
+    "data": {"quality": "expert", "n_agents": 20, "episodes": 4, "shards": 2},
+    "method": {
+        "name": "mf_diffuser",
+        "params": {
+            "window": 2,
+            "n_particles": 8,
+            "max_particles": 8,
+            "diffusion_steps": 4,
+            "hidden": 16,
+            "n_blocks": 1,
+        },
+    },
+    "train": {
+        "epochs": 2,
+        "steps_per_epoch": 5,
+        "batch_size": 4,
+        "num_workers": 1,
+        "cpus_per_worker": 1,
+        "max_failures": 0,
+    },
+    "eval": {"n_agents": [20], "episodes": 1, "max_actors": 1, "plan_windows": 2},
+}
+
+
+class LoopbackCluster:
+    def __init__(self, cluster: Any, ray_tmp: str) -> None:
+        self.cluster = cluster
+        self.ray_tmp = ray_tmp
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    def worker(self, node_id: str) -> Any:
+        found = [n for n in self.cluster.worker_nodes if n.node_id == node_id]
+        assert found, f"{node_id} is not a worker node of this cluster"
+        return found[0]
+
+    def worker_ids(self) -> set[str]:
+        return {n.node_id for n in self.cluster.worker_nodes}
+
+    def ensure_workers(self, n: int) -> None:
+        while len(self.cluster.worker_nodes) < n:
+            self.cluster.add_node(**WORKER_NODE)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LoopbackCluster]:
+    from ray.cluster_utils import Cluster
+
+    # Short paths (Ray's sockets live there). RAY_TMPDIR while the head starts and while it
+    # stops: Cluster writes (and deletes) the "current cluster" file for `address="auto"` in
+    # Ray's default temp dir; this keeps it out of the machine's shared /tmp/ray.
+    ray_tmp = tempfile.mkdtemp(prefix="mfdc")
+    os.makedirs(f"{ray_tmp}/ray")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = ray_tmp
+    dash = free_ports(1)[0]
+    try:
+        c = Cluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 1,
+                "node_ip_address": "127.0.0.1",
+                "temp_dir": f"{ray_tmp}/r",
+                "include_dashboard": True,
+                "dashboard_host": "127.0.0.1",
+                "dashboard_port": dash,
+            },
+        )
+    finally:
+        _restore("RAY_TMPDIR", before)
+    try:
+        for _ in range(2):
+            c.add_node(**WORKER_NODE)
+        yield LoopbackCluster(c, ray_tmp)
+    finally:
+        os.environ["RAY_TMPDIR"] = ray_tmp
+        try:
+            c.shutdown()
+        finally:
+            _restore("RAY_TMPDIR", before)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _restore(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts beside it)."""
+    from mfdiffuser.dashboards.ui import server_command
+
+    where = tmp_path_factory.mktemp("mlflow")
+    port = free_ports(1)[0]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        server_command(f"sqlite:///{where / 'mlflow.db'}", port),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=(where / "server.log").open("wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, (where / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer in 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop_session(server.pid)
+        server.wait(timeout=30)
+
+
+def _env() -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "RAY_AUTH_MODE": "token",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _mfd(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "mfd"), *args],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
+
+
+def _sweep_file(tmp_path: Path, name: str, train: dict[str, Any], url: str) -> Path:
+    doc = {
+        "name": name,
+        **TINY,
+        "train": {**TINY["train"], **train},
+        "runtime": {"storage": str(tmp_path / "store"), "tracking_uri": url},
+        "sweep": {"grid": {"seed": [0, 1]}},
+    }
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return p
+
+
+def _trial_runs(url: str, parent: str) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    where = f"tags.`mlflow.parentRunId` = '{parent}'"
+    return list(client.search_runs(exps, filter_string=where, max_results=100))
+
+
+def test_sweep_trials_train_on_different_worker_nodes(
+    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+) -> None:
+    """Two trials, each one Train worker of 1 CPU and 1 `train_slot` (one per worker node): they
+    train on different worker nodes, and each trial's run says on which."""
+    from mfdiffuser.platform import tracking
+
+    cfg = _sweep_file(
+        tmp_path, "placed", {"resources_per_worker": {"train_slot": 1}}, mlflow_server
+    )
+    start = time.monotonic()
+    done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, "--json")
+    wall = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["trials_finished"] == 2 and result["trials_failed"] == 0
+    runs = _trial_runs(mlflow_server, result["parent_run_id"])
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    nodes = [r.data.tags[tracking.TRAIN_NODE_ID] for r in runs]
+    assert set(nodes) <= cluster.worker_ids() and len(set(nodes)) == 2, nodes
+    assert {r.data.tags[tracking.TRAIN_NODE_ADDRESS] for r in runs} == {"127.0.0.1"}
+    print(
+        f"placed sweep: {wall:.1f} s wall ({result['wall_seconds']:.1f} s in run_sweep); "
+        f"trials on {nodes}; load {os.getloadavg()}"
+    )
+
+
+def test_train_group_too_big_for_any_node_exits_2(
+    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+) -> None:
+    """5 CPUs in total, but no node has 3: a 3-CPU Train worker could never be placed. The
+    sweep says so and exits 2 before any trial (no trial run in MLflow)."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = _sweep_file(tmp_path, "toobig", {"cpus_per_worker": 3}, mlflow_server)
+    done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, timeout=90)
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr
+    assert "train.num_workers (1) x (CPU 3) per worker" in err, err
+    assert "place 0" in err and "train.cpus_per_worker <= 2" in err, err
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    names = {r.info.run_name for r in client.search_runs(exps, max_results=1000)}
+    assert not any("toobig" in str(n) for n in names), names
+
+
+def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert proc.poll() is None, f"mfd ended before {what}: {proc.stderr.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.5)
+
+
+def test_worker_node_lost_while_training_resumes_on_the_other(
+    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+) -> None:
+    """The node under a training trial is removed once that trial has logged epoch 1: its Train
+    group restarts from the epoch-1 checkpoint on the other node (both trials' workers fit
+    there), and the sweep ends with one FINISHED run per trial, every epoch logged once."""
+    from mlflow.tracking import MlflowClient
+
+    from mfdiffuser.platform import tracking
+
+    cluster.ensure_workers(2)
+    epochs = 3
+    cfg = _sweep_file(
+        tmp_path,
+        "fault",
+        {"epochs": epochs, "steps_per_epoch": 400, "max_failures": 2},
+        mlflow_server,
+    )
+    client = MlflowClient(tracking_uri=mlflow_server)
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "mfd"), "sweep", "-c", str(cfg), "--address", cluster.address, "--json"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def trained_one_epoch() -> Any:
+            # The event: a trial's first checkpoint on disk (Ray Train writes it after epoch 1);
+            # its meta.json names the MLflow run, whose tag names the node training it.
+            for meta in (tmp_path / "store" / "train").glob("*/checkpoint_*/meta.json"):
+                try:
+                    written = json.loads(meta.read_text())
+                except (OSError, ValueError):  # being written
+                    continue
+                # epoch 2 on disk: epoch 1's checkpoint is reported (the loop reports in order)
+                if written["epoch"] != 2:
+                    continue
+                run_id = written["run_id"]
+                node = client.get_run(run_id).data.tags.get(tracking.TRAIN_NODE_ID)
+                if node:
+                    return run_id, node
+            return None
+
+        run_id, node = _wait_for("a checkpoint", trained_one_epoch, proc, 300)
+        cluster.cluster.remove_node(cluster.worker(node), allow_graceful=False)
+        removed_at = time.monotonic() - start
+        out, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            stop_session(proc.pid)
+    wall = time.monotonic() - start
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out)
+    runs = _trial_runs(mlflow_server, result["parent_run_id"])
+    assert sorted(r.data.tags["mfd.trial_key"] for r in runs) == ["seed=0", "seed=1"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    outcome = {}
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, steps)
+        resumed = [
+            m.value for m in client.get_metric_history(r.info.run_id, "train/resumed_from_epoch")
+        ]
+        nodes = r.data.tags[tracking.TRAIN_NODES].split(",")
+        outcome[r.data.tags["mfd.trial_key"]] = {"resumed": resumed, "nodes": len(nodes)}
+        if r.info.run_id == run_id or node in nodes[:-1]:  # it trained on the removed node
+            assert resumed and all(1 <= v < epochs for v in resumed), resumed
+            assert nodes[-1] != node and nodes[-1] in cluster.worker_ids(), nodes
+    print(
+        f"fault sweep: removed at {removed_at:.1f} s, {wall:.1f} s wall; {outcome}; "
+        f"load {os.getloadavg()}"
+    )
