@@ -46,6 +46,7 @@ FIELDS = {
             "max_failures",
             "data_path",
             "buffer_episodes",
+            "resources_per_worker",
         )
     ),
     *(
@@ -95,6 +96,7 @@ FIELDS = {
             "sampling_steps",
             "ddim_eta",
             "ema_decay",
+            "readout",
         )
     ),
 }
@@ -166,7 +168,7 @@ LEGIT: dict[str, set[str]] = {
     "true": BOOL,
     "null": NULLABLE,
     "[1, 2]": {"eval.n_agents"},
-    "{a: 1}": set(),
+    "{a: 1}": {"train.resources_per_worker"},  # a custom Ray resource
     NESTED: set(),
 }
 
