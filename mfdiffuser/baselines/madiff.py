@@ -9,8 +9,9 @@ in random order), and acting samples one joint window for all N agents of the po
 reads actions off it by the finite-state rule (per-state table of the agents' first actions).
 The frozen policy table, which has no N of its own, is read from joint samples of
 `table_agents` agents, each agent adding its decoded action (`readout` 'hard', the default;
-'soft' adds its action posterior, see `mfdiffuser.planner.acting`). The attention after each block is gated by the block's
-conditioning, from zero at initialisation (`joint_diffuser.AgentAttention`); method version 2.
+'soft' adds its action posterior, see `mfdiffuser.planner.acting`). The attention after each
+block is gated by the block's conditioning, from zero at initialisation
+(`joint_diffuser.AgentAttention`); method version 2.
 
 Agent limit (`MAX_AGENTS`): attention costs O(N²) time per layer, and acting samples all N agents
 jointly at every decision time. Measured with `benchmarks/joint_vs_mf.py` (one planning step of
