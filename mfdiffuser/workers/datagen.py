@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,8 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.exceptions import RayError
-from ray.util import ActorPool
+from ray.exceptions import ActorUnavailableError, RayError
 
 from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import (
@@ -42,10 +44,23 @@ from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, wo
 from mfdiffuser.platform.progress import progress
 from mfdiffuser.platform.provenance import code_version
 
+ACTOR_CPUS = 0.5
+
+
+def pool_size() -> int:
+    """Generation actors for this cluster: as many as its CPUs hold, less one node's worth on a
+    cluster of several nodes. The actors of a lost node are restarted elsewhere, and a restart
+    waits for free CPUs: with every CPU taken by the pool they would wait forever and the
+    generation would never end. So the pool leaves the largest node's CPUs spare (on one node
+    there is nothing to survive and it takes them all)."""
+    cpus = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    spare = max(cpus) if len(cpus) > 1 else 0.0
+    return max(1, int((sum(cpus) - spare) / ACTOR_CPUS))
+
 
 # A restarted actor is rebuilt from the same arguments and its shard task re-run: shards depend
 # only on (seed, episode) and are written atomically, so a retry writes the same bytes once.
-@ray.remote(num_cpus=0.5, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+@ray.remote(num_cpus=ACTOR_CPUS, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 class GeneratorActor:
     """Holds one benchmark instance and its behaviour policies; writes shards on request."""
 
@@ -224,6 +239,56 @@ def existing_dataset(cfg: ExperimentConfig) -> Dataset | None:
     return Dataset(uri, good, None) if good is not None else None
 
 
+def shards_through(
+    actors: list[Any], todo: list[int], submit: Callable[[Any, int], Any]
+) -> Iterator[dict[str, Any]]:
+    """Each shard of `todo` written by one of `actors`, results in completion order.
+
+    A shard whose actor became unreachable (its node was lost: Ray raises ActorUnavailableError
+    and does not retry the call itself, "it may or may not have run") goes back in the queue, at
+    most ACTOR_RESTARTS times, for the next free actor. The unreachable actor gets work again
+    only once it answers a ping (Ray restarts it on a node with free CPUs, `pool_size`); pinged
+    for at most PROBATION_S, then left out. A shard is a pure function of (seed, episodes),
+    written atomically, so running it twice writes the same bytes once. An actor gone for good
+    (restarts spent) ends the generation with its error."""
+    queue, free = deque(todo), list(actors)
+    pending: dict[Any, tuple[Any, int]] = {}
+    pings: dict[Any, tuple[Any, float]] = {}  # ping ref -> (actor, when its probation ends)
+    tries: dict[int, int] = {}
+    while queue or pending:
+        while free and queue:
+            actor, index = free.pop(), queue.popleft()
+            pending[submit(actor, index)] = (actor, index)
+        if not pending and not pings:  # shards left, no actor left to write them
+            raise WorkerError(f"no generation actor answers; {len(queue)} shards not written")
+        (ref,), _ = ray.wait([*pending, *pings], num_returns=1)
+        if ref in pings:
+            actor, until = pings.pop(ref)
+            try:
+                ray.get(ref)
+                free.append(actor)
+            except ActorUnavailableError:
+                if time.monotonic() < until:
+                    time.sleep(0.5)
+                    pings[actor.__ray_ready__.remote()] = (actor, until)
+            continue
+        actor, index = pending.pop(ref)
+        try:
+            info = ray.get(ref)
+        except ActorUnavailableError:
+            tries[index] = tries.get(index, 0) + 1
+            if tries[index] > ACTOR_RESTARTS:
+                raise
+            queue.append(index)
+            pings[actor.__ray_ready__.remote()] = (actor, time.monotonic() + PROBATION_S)
+            continue
+        free.append(actor)
+        yield info
+
+
+PROBATION_S = 120.0
+
+
 def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) -> Dataset:
     """Generate (or verify and reuse) the dataset of `cfg`. Needs Ray to generate.
 
@@ -259,18 +324,18 @@ def generate_dataset(cfg: ExperimentConfig, *, max_actors: int | None = None) ->
     done = dict(kept)
     todo = [i for i in range(len(ranges)) if i not in done]
     if todo:
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        n_actors = max(1, min(len(todo), max_actors or int(cpus / 0.5)))
+        n_actors = max(1, min(len(todo), max_actors or pool_size()))
         actors = [
             GeneratorActor.options(scheduling_strategy="DEFAULT").remote(  # type: ignore[attr-defined]
                 cfg.benchmark.name, params, policies, cfg.data.quality
             )
             for _ in range(n_actors)
         ]
-        pool = ActorPool(actors)
         try:
-            results = pool.map_unordered(
-                lambda a, i: a.write_shard.remote(uri, i, ranges[i], n, cfg.data.seed), todo
+            results = shards_through(
+                actors,
+                todo,
+                lambda a, i: a.write_shard.remote(uri, i, ranges[i], n, cfg.data.seed),
             )
             with progress(f"generate {uri.rsplit('/', 1)[-1]}", len(todo), "shards") as bar:
                 for info in results:

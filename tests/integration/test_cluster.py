@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from processes import free_ports, stop_session
@@ -339,4 +340,80 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     print(
         f"fault sweep: removed at {removed_at:.1f} s, {wall:.1f} s wall; {outcome}; "
         f"load {os.getloadavg()}"
+    )
+
+
+def test_worker_node_lost_during_generation_leaves_a_complete_dataset(
+    cluster: LoopbackCluster, tmp_path: Path
+) -> None:
+    """A worker node holding generation actors is removed once the first shard is on disk: its
+    actors restart on the surviving nodes (the pool leaves one node's CPUs spare for that,
+    `datagen.pool_size`), and the dataset is complete: every (episode, t, agent) once, every
+    shard's checksum as its manifest says."""
+    import pyarrow as pa
+    from ray.util.state import list_actors
+
+    from mfdiffuser.data.verify import read_shard, verify_dataset
+
+    cluster.ensure_workers(2)
+    episodes, shards, agents, horizon = 48, 24, 4000, 10
+    cfg = {
+        "name": "genfault",
+        "benchmark": {"name": "crowd_1d", "params": {"size": 10, "horizon": horizon}},
+        "data": {"quality": "medium", "n_agents": agents, "episodes": episodes, "shards": shards},
+        "runtime": {"storage": str(tmp_path / "store")},
+    }
+    path = tmp_path / "genfault.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [str(BIN / "mfd"), "generate", "-c", str(path), "--address", cluster.address, "--json"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            "a shard",
+            lambda: list((tmp_path / "store").glob("datasets/*/shard-*.parquet")),
+            proc,
+            240,
+        )
+
+        def actors_on_workers() -> Any:
+            alive = list_actors(
+                address=cluster.address,
+                filters=[("class_name", "=", "GeneratorActor"), ("state", "=", "ALIVE")],
+                detail=True,
+            )
+            found = [a.node_id for a in alive if a.node_id in cluster.worker_ids()]
+            return (alive, found) if found else None
+
+        actors, on_workers = _wait_for("an actor on a worker node", actors_on_workers, proc, 60)
+        victim = max(set(on_workers), key=on_workers.count)
+        written = len(list((tmp_path / "store").glob("datasets/*/shard-*.parquet")))
+        cluster.cluster.remove_node(cluster.worker(victim), allow_graceful=False)
+        removed_at = time.monotonic() - start
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            stop_session(proc.pid)
+    assert proc.returncode == 0, err[-3000:]
+    assert written < shards, f"all {shards} shards were written before the node was removed"
+    uri = json.loads(out)["dataset"]
+    manifest = verify_dataset(uri)  # every shard's bytes against its manifest checksum
+    assert manifest.episodes == episodes and len(manifest.shards) == shards
+    table = pa.concat_tables([read_shard(uri, s) for s in manifest.shards])
+    keys = (
+        table["episode"].to_numpy().astype(np.int64) * horizon + table["t"].to_numpy()
+    ) * agents + table["agent"].to_numpy()
+    assert table.num_rows == episodes * horizon * agents
+    assert len(np.unique(keys)) == table.num_rows  # each (episode, t, agent) exactly once
+    assert not list(Path(uri).glob(".*tmp-*")), "a temporary file was left behind"
+    print(
+        f"generation fault: {written} of {shards} shards on disk when the node with "
+        f"{on_workers.count(victim)} of {len(actors)} actors was removed at {removed_at:.1f} s; "
+        f"{time.monotonic() - start:.1f} s wall, {table.num_rows} rows; load {os.getloadavg()}"
     )
