@@ -30,7 +30,7 @@ from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.platform.config import load_config
 from mfdiffuser.platform.runtime import local_ray
 from mfdiffuser.workers.datagen import generate_dataset
-from mfdiffuser.workers.trainer import StreamedShard, streamed_dataset
+from mfdiffuser.workers.ray_data import StreamedShard, streamed_dataset
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

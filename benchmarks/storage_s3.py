@@ -108,31 +108,32 @@ def main() -> None:
             stores = {"local": str(Path(tmp) / "local"), "s3 (moto)": server.uri("bench")}
             print(f"{args.shards} shards of {table.num_rows} rows; load {os.getloadavg()[0]:.2f}")
             print(f"{'store':>10} {'step':>7} {'wall s':>8} {'cpu s':>7} {'MB/s':>7} {'load':>5}")
-            for name, root in stores.items():
-                steps: dict[str, list[tuple[float, float, float]]] = {}
-                for r in range(args.repeat):
+            # Repeats interleaved: store by store within each repeat, so load drifts hit both.
+            steps: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+            size = 0
+            for r in range(args.repeat):
+                for name, root in stores.items():
                     uri = f"{root}/run{r}"
                     load = os.getloadavg()[0]
-                    size = 0
 
                     def do_write(uri: str = uri) -> None:
                         nonlocal size
                         size = write(uri, table, args.shards, args.agents)
 
-                    steps.setdefault("write", []).append((*timed(do_write), load))
-                    steps.setdefault("verify", []).append(
+                    steps.setdefault((name, "write"), []).append((*timed(do_write), load))
+                    steps.setdefault((name, "verify"), []).append(
                         (*timed(lambda u=uri: verify_dataset(u)), load)
                     )
                     m = read_manifest(uri)
-                    steps.setdefault("read", []).append(
+                    steps.setdefault((name, "read"), []).append(
                         (*timed(lambda u=uri, m=m: [read_shard(u, s) for s in m.shards]), load)
                     )
-                for step, runs in steps.items():
-                    wall = statistics.median(w for w, _, _ in runs)
-                    cpu = statistics.median(c for _, c, _ in runs)
-                    load = statistics.median(ld for _, _, ld in runs)
-                    mbs = size / 1e6 / wall
-                    print(f"{name:>10} {step:>7} {wall:8.3f} {cpu:7.3f} {mbs:7.1f} {load:5.2f}")
+            for (name, step), runs in steps.items():
+                wall = statistics.median(w for w, _, _ in runs)
+                cpu = statistics.median(c for _, c, _ in runs)
+                load = statistics.median(ld for _, _, ld in runs)
+                mbs = size / 1e6 / wall
+                print(f"{name:>10} {step:>7} {wall:8.3f} {cpu:7.3f} {mbs:7.1f} {load:5.2f}")
         finally:
             stop_s3(server.process)
 

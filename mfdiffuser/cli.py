@@ -114,10 +114,9 @@ def _loopback_if_local(address: str | None) -> None:
     """
     address = address or os.environ.get("RAY_ADDRESS")
     host = (address or "").rsplit(":", 1)[0].removeprefix("ray://").strip("[]")
-    if host in {"127.0.0.1", "localhost", "::1"}:
+    if not address or host in {"127.0.0.1", "localhost", "::1"}:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not address:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         # Token authentication is Ray's default for a new local instance; asked for explicitly
         # (also read at import) it stays on without the warning Ray prints when it chose it.
         os.environ.setdefault("RAY_AUTH_MODE", "token")

@@ -77,8 +77,13 @@ def local_ray(num_cpus: int | None) -> dict[str, Any]:
     }
 
 
+def alive_node_resources() -> list[dict[str, float]]:
+    """Each alive node's resources (CPU, GPU, custom ones, `node:__internal_head__` on the head)."""
+    return [dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive")]
+
+
 def alive_nodes() -> int:
-    return sum(1 for node in ray.nodes() if node.get("Alive"))
+    return len(alive_node_resources())
 
 
 def check_tracking_store(uri: str | None) -> None:
@@ -128,14 +133,10 @@ def check_fits(cfg: ExperimentConfig, trial_cpus: float | None = None) -> None:
 def _node_room(trial_cpus: float) -> list[dict[str, float]]:
     """What each alive node offers a Train worker: its resources, less the sweep trial's own
     CPUs on the head (where a sweep's trials run)."""
-    rooms = []
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        room = dict(node.get("Resources", {}))
+    rooms = alive_node_resources()
+    for room in rooms:
         if "node:__internal_head__" in room:
             room["CPU"] = room.get("CPU", 0.0) - trial_cpus
-        rooms.append(room)
     return rooms
 
 

@@ -43,6 +43,7 @@ from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, one_line, worker_failure
 from mfdiffuser.platform.progress import progress
 from mfdiffuser.platform.provenance import code_version
+from mfdiffuser.platform.runtime import alive_node_resources
 
 ACTOR_CPUS = 0.5
 
@@ -53,7 +54,7 @@ def pool_size() -> int:
     waits for free CPUs: with every CPU taken by the pool they would wait forever and the
     generation would never end. So the pool leaves the largest node's CPUs spare (on one node
     there is nothing to survive and it takes them all)."""
-    cpus = [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
+    cpus = [float(node.get("CPU", 0.0)) for node in alive_node_resources()]
     spare = max(cpus) if len(cpus) > 1 else 0.0
     return max(1, int((sum(cpus) - spare) / ACTOR_CPUS))
 

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,37 +130,10 @@ def _restore(key: str, value: str | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite behind it, artifacts beside it)."""
-    from mfdiffuser.dashboards.ui import server_command
-
-    where = tmp_path_factory.mktemp("mlflow")
-    port = free_ports(1)[0]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(
-        server_command(f"sqlite:///{where / 'mlflow.db'}", port),
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=(where / "server.log").open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, (where / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer in 90 s"
-            time.sleep(0.5)
-        yield url
-    finally:
-        stop_session(server.pid)
-        server.wait(timeout=30)
+def mlflow_server(mlflow_server: Any) -> str:
+    """The URL of the real `mlflow server` of tests/conftest.py (SQLite behind it, proxied
+    artifacts), one per module."""
+    return str(mlflow_server.uri)
 
 
 def _env() -> dict[str, str]:
@@ -182,6 +154,18 @@ def _mfd(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=timeout,
+        start_new_session=True,
+    )
+
+
+def _mfd_background(*args: str) -> subprocess.Popen[str]:
+    """`mfd ARGS` running while the test acts on the cluster (stopped by PID if left)."""
+    return subprocess.Popen(
+        [str(BIN / "mfd"), *args],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
 
@@ -254,6 +238,19 @@ def test_train_group_too_big_for_any_node_exits_2(
     assert not any("toobig" in str(n) for n in names), names
 
 
+def test_a_sqlite_store_on_the_cluster_exits_2(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    """A SQLite tracking store on a cluster of 3 nodes is refused before any trial, exit 2,
+    with the fix (an MLflow server's URI), and the SQLite file is never created."""
+    db = tmp_path / "mlflow.db"
+    cfg = _sweep_file(tmp_path, "sqlite", {}, f"sqlite:///{db}")
+    done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, timeout=90)
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr
+    assert f"runtime.tracking_uri = sqlite:///{db}" in err, err
+    assert "3 nodes" in err and "--tracking-uri http://" in err, err
+    assert not db.exists()
+
+
 def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -285,14 +282,7 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     )
     client = MlflowClient(tracking_uri=mlflow_server)
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [str(BIN / "mfd"), "sweep", "-c", str(cfg), "--address", cluster.address, "--json"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _mfd_background("sweep", "-c", str(cfg), "--address", cluster.address, "--json")
     try:
 
         def trained_one_epoch() -> Any:
@@ -366,14 +356,7 @@ def test_worker_node_lost_during_generation_leaves_a_complete_dataset(
     path = tmp_path / "genfault.yaml"
     path.write_text(yaml.safe_dump(cfg))
     start = time.monotonic()
-    proc = subprocess.Popen(
-        [str(BIN / "mfd"), "generate", "-c", str(path), "--address", cluster.address, "--json"],
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _mfd_background("generate", "-c", str(path), "--address", cluster.address, "--json")
     try:
         _wait_for(
             "a shard",

@@ -23,7 +23,7 @@ from mfdiffuser.methods.registry import get_method
 from mfdiffuser.planner.diffusion import returns_to_go
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig, load_config
 from mfdiffuser.workers.datagen import generate_dataset
-from mfdiffuser.workers.trainer import StreamedShard, streamed_dataset
+from mfdiffuser.workers.ray_data import StreamedShard, streamed_dataset
 
 pytestmark = pytest.mark.integration
 
