@@ -9,6 +9,7 @@ out["metrics"]["exploitability"]
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -188,7 +189,7 @@ def _solve_simulated(
 def _ray(cfg: ExperimentConfig) -> Iterator[None]:
     from mfdiffuser.platform.runtime import ray_session
 
-    with ray_session(cfg.runtime.address, cfg.runtime.num_cpus):
+    with ray_session(cfg.runtime.address, cfg.runtime.num_cpus, cfg.runtime.forward_env):
         yield
 
 
@@ -213,7 +214,10 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     found = existing_dataset(cfg)  # a reused dataset needs no Ray (its start takes 10-30 s)
     reused = found is not None
     if found is None:
+        from mfdiffuser.platform.runtime import check_storage_on_nodes
+
         with _ray(cfg):
+            check_storage_on_nodes(cfg.runtime.storage)
             found = generate_dataset(cfg)
     uri, manifest, repaired = found
     return {
@@ -315,7 +319,11 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     from mfdiffuser.methods.checkpoint import is_checkpoint, read_meta
     from mfdiffuser.methods.registry import get_method
     from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import check_fits, check_tracking_store
+    from mfdiffuser.platform.runtime import (
+        check_fits,
+        check_storage_on_nodes,
+        check_tracking_store,
+    )
     from mfdiffuser.workers.datagen import generate_dataset
     from mfdiffuser.workers.trainer import solve_reference, train_external, train_planner
 
@@ -330,6 +338,7 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
     with _ray(cfg):
         check_fits(cfg)
         check_tracking_store(uri)
+        check_storage_on_nodes(cfg.runtime.storage, cfg.data.path)
         dataset, manifest, repaired = given or generate_dataset(cfg)
         tracking.set_tags(
             uri, run_id, {"mfd.train_name": train_name, "mfd.dataset_id": manifest.dataset_id}
@@ -410,7 +419,7 @@ def evaluate(
     from mfdiffuser.data.verify import verify_dataset
     from mfdiffuser.methods.checkpoint import load_checkpoint, read_meta
     from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import ray_session
+    from mfdiffuser.platform.runtime import check_storage_on_nodes, ray_session
     from mfdiffuser.workers.rollout import evaluate_checkpoint
 
     if storage.is_uri(checkpoint):  # no credentials, or an endpoint that does not answer
@@ -459,7 +468,11 @@ def evaluate(
     start = time.perf_counter()
     try:
         load_checkpoint(checkpoint)  # refused weights fail here, in one line, not in an actor
-        with ray_session(address):
+        # the checkpoint's names that are set here (provenance, not authority: the probe below
+        # says if a node still cannot reach the checkpoint's store)
+        forward = [n for n in cfg.runtime.forward_env if n in os.environ]
+        with ray_session(address, forward_env=forward):
+            check_storage_on_nodes(str(checkpoint), meta.get("dataset"))
             out = evaluate_checkpoint(
                 checkpoint,
                 ev.n_agents,

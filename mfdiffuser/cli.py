@@ -185,6 +185,7 @@ def _config(
     cfg = load_config(config, items)
     # tracking: checked where it is resolved
     jobs.check_storage(cfg.runtime.storage, cfg.data.path)
+    jobs.forwarded_env(cfg.runtime.forward_env)  # every name set here, before Ray
     return cfg
 
 
@@ -562,7 +563,8 @@ def sweep(
     def go() -> dict[str, Any]:
         from mfdiffuser.platform.runtime import ray_session
 
-        with ray_session(first.runtime.address, first.runtime.num_cpus):
+        rt = first.runtime
+        with ray_session(rt.address, rt.num_cpus, rt.forward_env):
             return run_sweep(spec, resume=resume)
 
     result = _guard(go, as_json)

@@ -65,6 +65,18 @@ def _text(value: str) -> str:
 Text = Annotated[str, AfterValidator(_text)]  # paths, URIs, addresses
 
 
+def _env_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", value):
+        raise ValueError(
+            f"{value[:MAX_SHOWN]!r} is not an environment variable name; allowed: letters, "
+            "digits and _, not starting with a digit"
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 class BenchmarkSection(_Section):
     name: str = Field("crowd_1d", description="registered benchmark name (`mfd benchmarks`)")
     params: dict[str, Any] = Field(default_factory=dict, description="benchmark parameters")
@@ -289,6 +301,30 @@ class RuntimeSection(_Section):
     experiment: SafeName | None = Field(
         None, description="MLflow experiment (a name, see README); None = benchmark name"
     )
+    forward_env: list[EnvName] = Field(
+        default_factory=list,
+        max_length=64,
+        description="names of environment variables whose values here go to every Ray worker "
+        "(e.g. AWS_ACCESS_KEY_ID for s3:// storage on a cluster); names only are logged",
+    )
+
+    @field_validator("forward_env", mode="before")
+    @classmethod
+    def _a_list_of_names(cls, names: Any) -> Any:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                "allowed: a list of environment variable names, e.g. "
+                "[AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY]"
+            )
+        return names
+
+    @field_validator("forward_env")
+    @classmethod
+    def _unique_names(cls, names: list[str]) -> list[str]:
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed twice; allowed: each name once")
+        return names
 
 
 class ExperimentConfig(_Section):

@@ -49,6 +49,7 @@ def check_locations(cfg: ExperimentConfig) -> None:
     """Both checks on a loaded config, before any Ray work (`mfd sweep` connects to Ray first)."""
     check_tracking_uri(cfg.runtime.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     check_storage(cfg.runtime.storage, cfg.data.path)
+    forwarded_env(cfg.runtime.forward_env)  # every name set here
 
 
 def check_storage(storage: str, data_path: str | None = None) -> None:
@@ -93,3 +94,15 @@ def check_store_for_cluster(uri: str | None, alive_nodes: int) -> None:
             "/srv/mlflow/artifacts --host HOST --port 5000` on one machine and pass "
             "--tracking-uri http://HOST:5000 (docs/tracking.md)"
         )
+
+
+def forwarded_env(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """`runtime.forward_env`: each named variable's value in this process, for every Ray worker
+    (Train workers, actors, trials) of the session. A name that is not set here is refused."""
+    missing = [n for n in names if n not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"runtime.forward_env: {', '.join(missing)} not set in this environment; allowed: "
+            "names of variables set where mfd runs (export them first, or drop them from the list)"
+        )
+    return {n: os.environ[n] for n in names}

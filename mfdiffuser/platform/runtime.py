@@ -13,18 +13,26 @@ import ray
 
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
 from mfdiffuser.platform.errors import verbose
+from mfdiffuser.platform.jobs import forwarded_env
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[None]:
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    forward_env: list[str] | tuple[str, ...] = (),
+) -> Iterator[None]:
     """Use an already-running Ray session (tests, notebooks), else connect/start one.
 
     `address` (or RAY_ADDRESS) connects to a cluster; with neither, Ray starts on this machine and
-    is shut down again on exit.
+    is shut down again on exit. `forward_env` names variables whose values here are set in every
+    worker of the session (its runtime environment's `env_vars`); a session already running
+    keeps its own environment.
     """
     if ray.is_initialized():
         yield
         return
+    extra = forwarded_env(forward_env)
     # What the workers print is forwarded (log_to_driver); Ray's own INFO lines on the driver
     # (the start-up banner) only with MFD_VERBOSE, so that an error is the one line a user sees.
     quiet = {"log_to_driver": True, "logging_level": logging.INFO if verbose() else logging.WARNING}
@@ -33,10 +41,12 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         # Ray Train's placement-group cleaner queries the State API of RAY_ADDRESS, else of the
         # newest Ray instance started on its machine (see local_ray): it is given the address.
         named = "://" not in address and address != "auto"  # a GCS address, not a search
-        env = {"env_vars": {"RAY_ADDRESS": address}} if named else None
-        ray.init(address=address, runtime_env=env, **quiet)
+        env_vars = {**extra, **({"RAY_ADDRESS": address} if named else {})}
+        ray.init(address=address, runtime_env={"env_vars": env_vars} if env_vars else None, **quiet)
     else:
-        ray.init(**local_ray(num_cpus), **quiet)
+        local = local_ray(num_cpus)
+        local["runtime_env"]["env_vars"].update(extra)
+        ray.init(**local, **quiet)
     try:
         yield
     finally:
@@ -92,6 +102,65 @@ def check_tracking_store(uri: str | None) -> None:
     from mfdiffuser.platform.jobs import check_store_for_cluster
 
     check_store_for_cluster(uri, alive_nodes())
+
+
+def check_storage_on_nodes(storage: str, data_path: str | None = None) -> None:
+    """On a cluster of more than one node, every node must reach an object store (`s3://`) the
+    way the driver does: one short probe per alive node (a task pinned there, no CPU), before
+    any trial. A node without credentials or endpoint fails here, named, with the fix, instead
+    of a trial failing on it later. One node: the driver's own probe (jobs.check_storage) said."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from mfdiffuser.data.storage import is_uri
+
+    where = [(f, u) for f, u in (("runtime.storage", storage), ("data.path", data_path)) if u]
+    where = [(f, str(u)) for f, u in where if is_uri(str(u)) and not str(u).startswith("file:")]
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if not where or len(nodes) < 2:
+        return
+    probe = ray.remote(num_cpus=0, max_retries=0)(_probe_store)
+    pending = {
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(where): n
+        for n in nodes
+    }
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=120)
+    problems = []
+    for ref, node in pending.items():
+        name = f"node {node['NodeID'][:12]} ({node.get('NodeManagerAddress', '?')})"
+        if ref not in ready:
+            problems.append(f"{name}: the storage probe did not answer in 120 s")
+            continue
+        try:
+            error = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            error = f"the probe failed: {type(err).__name__}: {str(err).splitlines()[0]}"
+        if error:
+            problems.append(f"{name}: {error}")
+    if problems:
+        raise ConfigError(
+            f"{len(problems)} of the {len(nodes)} nodes of this Ray cluster cannot use the "
+            "storage the driver can; give every node the credentials and endpoint (the AWS "
+            "variables set where `ray start` runs), or forward them from here with "
+            "runtime.forward_env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
+            "AWS_ENDPOINT_URL] (docs/storage.md): " + "; ".join(sorted(problems)[:MAX_SHOWN_NODES])
+        )
+
+
+MAX_SHOWN_NODES = 8
+
+
+def _probe_store(where: list[tuple[str, str]]) -> str | None:
+    """On one node: `check_store` of each (field, URI), the first error's one line, or None."""
+    from mfdiffuser.data.storage import StorageError, check_store
+
+    for field, uri in where:
+        try:
+            check_store(uri, field)
+        except StorageError as err:
+            return str(err)
+    return None
 
 
 def cluster_gpus() -> float:

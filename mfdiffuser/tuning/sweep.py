@@ -560,7 +560,11 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from mfdiffuser.platform import tracking
-    from mfdiffuser.platform.runtime import check_fits, check_tracking_store
+    from mfdiffuser.platform.runtime import (
+        check_fits,
+        check_storage_on_nodes,
+        check_tracking_store,
+    )
     from mfdiffuser.workers.datagen import dataset_uri, generate_dataset
 
     first = sweep.experiment_config(sweep.trials[0])
@@ -572,6 +576,7 @@ def run_sweep(sweep: Sweep, *, resume: bool = False) -> dict[str, Any]:
         trial.config["runtime"]["tracking_uri"] = uri
     check_fits(first, trial_cpus=sweep.section.trial_cpus)
     check_tracking_store(uri)
+    check_storage_on_nodes(storage, first.data.path)
     start = time.perf_counter()
     tracking.ensure_experiment(uri, tracking.experiment_name(first))
     parent = parent_run(sweep, first, uri, resume)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -118,6 +119,18 @@ class MlflowServer:
         self.stop(crash)
         time.sleep(down_seconds)
         self.start()
+
+    def metric_rows(self, key: str) -> int:
+        """Rows of metric `key` in the server's store, read from its SQLite file (also while
+        the server is down)."""
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            query = "SELECT COUNT(*) FROM metrics WHERE key = ?"
+            return int(con.execute(query, (key,)).fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+        finally:
+            con.close()
 
     def pids(self) -> list[int]:
         return session_pids(self.proc.pid) if self.proc is not None else []

@@ -1,5 +1,10 @@
 """A real multi-node Ray cluster on loopback (`ray.cluster_utils.Cluster`): a head of 1 CPU and
-two worker nodes of 2 CPUs (and one `train_slot` each), MLflow through a real `mlflow server`.
+two worker nodes of 2 CPUs (and one `train_slot` each), MLflow through a real `mlflow server`,
+storage on `s3://` served by moto's real server.
+
+The nodes start without the AWS variables (as a cluster whose nodes were given no credentials):
+the `mfd` client has them, and forwards them to every worker with `runtime.forward_env`; without
+that, the sweep is refused before any trial, naming the nodes.
 
 The cluster is driven only through `mfd` subprocesses with `--address`, the user's path: this
 process never connects to it, so the session's own Ray (`ray_local`, maybe started by earlier
@@ -85,8 +90,14 @@ class LoopbackCluster:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LoopbackCluster]:
+    from ray._private.authentication.authentication_token_setup import (
+        ensure_token_if_auth_enabled,
+    )
     from ray.cluster_utils import Cluster
 
+    # What ray.init does first in token mode (a fresh HOME has no token: without it the head's
+    # GCS exits; run alone, this module must not depend on an earlier test's ray.init).
+    ensure_token_if_auth_enabled()
     # Short paths (Ray's sockets live there). RAY_TMPDIR while the head starts and while it
     # stops: Cluster writes (and deletes) the "current cluster" file for `address="auto"` in
     # Ray's default temp dir; this keeps it out of the machine's shared /tmp/ray.
@@ -130,27 +141,33 @@ def _restore(key: str, value: str | None) -> None:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(mlflow_server: Any) -> str:
+def mlflow_url(mlflow_server: Any) -> str:
     """The URL of the real `mlflow server` of tests/conftest.py (SQLite behind it, proxied
     artifacts), one per module."""
     return str(mlflow_server.uri)
 
 
-def _env() -> dict[str, str]:
+FORWARD = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL"]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
         "RAY_AUTH_MODE": "token",
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        **(extra or {}),
     }
     env.pop("RAY_ADDRESS", None)
     return env
 
 
-def _mfd(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+def _mfd(
+    *args: str, timeout: float = 420, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "mfd"), *args],
-        env=_env(),
+        env=_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -158,11 +175,11 @@ def _mfd(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _mfd_background(*args: str) -> subprocess.Popen[str]:
+def _mfd_background(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`mfd ARGS` running while the test acts on the cluster (stopped by PID if left)."""
     return subprocess.Popen(
         [str(BIN / "mfd"), *args],
-        env=_env(),
+        env=_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -170,12 +187,18 @@ def _mfd_background(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _sweep_file(tmp_path: Path, name: str, train: dict[str, Any], url: str) -> Path:
+def _sweep_file(
+    tmp_path: Path,
+    name: str,
+    train: dict[str, Any],
+    url: str,
+    runtime: dict[str, Any] | None = None,
+) -> Path:
     doc = {
         "name": name,
         **TINY,
         "train": {**TINY["train"], **train},
-        "runtime": {"storage": str(tmp_path / "store"), "tracking_uri": url},
+        "runtime": {"storage": str(tmp_path / "store"), "tracking_uri": url, **(runtime or {})},
         "sweep": {"grid": {"seed": [0, 1]}},
     }
     p = tmp_path / f"{name}.yaml"
@@ -192,47 +215,113 @@ def _trial_runs(url: str, parent: str) -> list[Any]:
     return list(client.search_runs(exps, filter_string=where, max_results=100))
 
 
-def test_sweep_trials_train_on_different_worker_nodes(
-    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+def test_s3_storage_the_nodes_cannot_reach_is_refused_before_any_trial(
+    cluster: LoopbackCluster, mlflow_url: str, s3_server: Any, tmp_path: Path
 ) -> None:
-    """Two trials, each one Train worker of 1 CPU and 1 `train_slot` (one per worker node): they
-    train on different worker nodes, and each trial's run says on which."""
+    """The client has the AWS variables, the nodes do not (and none are forwarded): one probe
+    per node finds that, and the sweep exits 2 naming the nodes and the fix; nothing is written
+    to the bucket and no trial run exists."""
+    from mlflow.tracking import MlflowClient
+
+    prefix = "cluster-refused"
+    cfg = _sweep_file(tmp_path, "refused", {}, mlflow_url, {"storage": s3_server.uri(prefix)})
+    done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, env=s3_server.env)
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr
+    assert "3 of the 3 nodes of this Ray cluster cannot use the storage" in err, err
+    assert "no S3 credentials" in err and "runtime.forward_env: [AWS_ACCESS_KEY_ID" in err, err
+    assert s3_server.keys(prefix) == []
+    client = MlflowClient(tracking_uri=mlflow_url)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    names = {r.info.run_name for r in client.search_runs(exps, max_results=1000)}
+    assert not any("refused" in str(n) for n in names), names
+
+
+@pytest.mark.timeout(600)
+def test_sweep_on_s3_trains_on_different_nodes_through_an_mlflow_outage(
+    cluster: LoopbackCluster, mlflow_server: Any, mlflow_url: str, s3_server: Any, tmp_path: Path
+) -> None:
+    """Two trials, each one Train worker of 1 CPU and 1 `train_slot` (one per worker node),
+    datasets and checkpoints on s3:// (the AWS variables forwarded to the workers), MLflow
+    through the server, which is SIGKILLed once the first epoch is logged and comes back on
+    the same port 3 s later: both trials finish on different worker nodes, each run says on
+    which, every epoch is logged once, the objects are on the store, and `mfd table` reads the
+    sweep back through the server."""
+    from mlflow.tracking import MlflowClient
+
     from mfdiffuser.platform import tracking
 
+    prefix, epochs = "cluster-placed", 3
     cfg = _sweep_file(
-        tmp_path, "placed", {"resources_per_worker": {"train_slot": 1}}, mlflow_server
+        tmp_path,
+        "placed",
+        {"resources_per_worker": {"train_slot": 1}, "epochs": epochs, "steps_per_epoch": 30},
+        mlflow_url,
+        {"storage": s3_server.uri(prefix), "forward_env": FORWARD},
     )
+    before = mlflow_server.metric_rows("train/loss")
     start = time.monotonic()
-    done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, "--json")
+    proc = _mfd_background(
+        "sweep", "-c", str(cfg), "--address", cluster.address, "--json", env=s3_server.env
+    )
+    try:
+        _wait_for(
+            "an epoch logged", lambda: mlflow_server.metric_rows("train/loss") > before, proc, 300
+        )
+        down_at = time.monotonic() - start
+        mlflow_server.restart(crash=True, down_seconds=3)
+        outage = time.monotonic() - start - down_at
+        out, err = proc.communicate(timeout=420)
+    finally:
+        if proc.poll() is None:
+            stop_session(proc.pid)
     wall = time.monotonic() - start
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out)
     assert result["trials_finished"] == 2 and result["trials_failed"] == 0
-    runs = _trial_runs(mlflow_server, result["parent_run_id"])
+    runs = _trial_runs(mlflow_url, result["parent_run_id"])
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     nodes = [r.data.tags[tracking.TRAIN_NODE_ID] for r in runs]
     assert set(nodes) <= cluster.worker_ids() and len(set(nodes)) == 2, nodes
     assert {r.data.tags[tracking.TRAIN_NODE_ADDRESS] for r in runs} == {"127.0.0.1"}
+    client = MlflowClient(tracking_uri=mlflow_url)
+    for r in runs:  # no metric lost or logged twice across the outage
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
+        assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, steps)
+        assert len(client.get_metric_history(r.info.run_id, "return/n20")) == 1
+        checkpoint = r.data.tags["mfd.checkpoint"]
+        assert checkpoint.startswith(s3_server.uri(prefix, "train")), checkpoint
+        key = checkpoint.removeprefix(f"s3://{s3_server.bucket}/")
+        assert f"{key}/meta.json" in s3_server.keys(key), key
+    keys = s3_server.keys(f"{prefix}/datasets")
+    # one dataset per seed, each committed (its manifest) with its 2 shards
+    assert sum(k.endswith("/manifest.json") for k in keys) == 2, keys
+    assert sum(k.endswith(".parquet") for k in keys) == 4, keys
+    table = _mfd("table", "--sweep", result["sweep_id"], "--tracking-uri", mlflow_url, "--json")
+    assert table.returncode == 0, table.stderr[-3000:]
+    read = json.loads(table.stdout)
+    assert read["parent_run_id"] == result["parent_run_id"] and not read["missing"], read
+    assert sorted(s for x in read["settings"] for m in x["methods"] for s in m["seeds"]) == [0, 1]
     print(
-        f"placed sweep: {wall:.1f} s wall ({result['wall_seconds']:.1f} s in run_sweep); "
-        f"trials on {nodes}; load {os.getloadavg()}"
+        f"s3 sweep: {wall:.1f} s wall ({result['wall_seconds']:.1f} s in run_sweep); trials on "
+        f"{nodes}; server down at {down_at:.1f} s for {outage:.1f} s; load {os.getloadavg()}"
     )
 
 
 def test_train_group_too_big_for_any_node_exits_2(
-    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+    cluster: LoopbackCluster, mlflow_url: str, tmp_path: Path
 ) -> None:
     """5 CPUs in total, but no node has 3: a 3-CPU Train worker could never be placed. The
     sweep says so and exits 2 before any trial (no trial run in MLflow)."""
     from mlflow.tracking import MlflowClient
 
-    cfg = _sweep_file(tmp_path, "toobig", {"cpus_per_worker": 3}, mlflow_server)
+    cfg = _sweep_file(tmp_path, "toobig", {"cpus_per_worker": 3}, mlflow_url)
     done = _mfd("sweep", "-c", str(cfg), "--address", cluster.address, timeout=90)
     assert done.returncode == 2, done.stderr[-3000:]
     err = done.stderr
     assert "train.num_workers (1) x (CPU 3) per worker" in err, err
     assert "place 0" in err and "train.cpus_per_worker <= 2" in err, err
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_url)
     exps = [e.experiment_id for e in client.search_experiments()]
     names = {r.info.run_name for r in client.search_runs(exps, max_results=1000)}
     assert not any("toobig" in str(n) for n in names), names
@@ -263,7 +352,7 @@ def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float
 
 
 def test_worker_node_lost_while_training_resumes_on_the_other(
-    cluster: LoopbackCluster, mlflow_server: str, tmp_path: Path
+    cluster: LoopbackCluster, mlflow_url: str, tmp_path: Path
 ) -> None:
     """The node under a training trial is removed once that trial has logged epoch 1: its Train
     group restarts from the epoch-1 checkpoint on the other node (both trials' workers fit
@@ -278,9 +367,9 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
         tmp_path,
         "fault",
         {"epochs": epochs, "steps_per_epoch": 400, "max_failures": 2},
-        mlflow_server,
+        mlflow_url,
     )
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_url)
     start = time.monotonic()
     proc = _mfd_background("sweep", "-c", str(cfg), "--address", cluster.address, "--json")
     try:
@@ -312,7 +401,7 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     wall = time.monotonic() - start
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out)
-    runs = _trial_runs(mlflow_server, result["parent_run_id"])
+    runs = _trial_runs(mlflow_url, result["parent_run_id"])
     assert sorted(r.data.tags["mfd.trial_key"] for r in runs) == ["seed=0", "seed=1"]
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
     outcome = {}

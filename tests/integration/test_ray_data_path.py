@@ -138,8 +138,10 @@ def test_team_games_are_refused_on_the_ray_data_path() -> None:
 
 @pytest.mark.timeout(240)
 def test_train_through_the_cli_on_the_ray_data_path(data: dict[str, Any]) -> None:
-    """One worker holding a whole CPU plus the Train controller on a 2-CPU Ray: Ray Data's
-    read tasks (0.25 CPU) still run; a deadlock would hit the timeout."""
+    """Two DDP workers of half a CPU each plus the Train controller on a 2-CPU Ray: Ray Data's
+    read tasks (0.25 CPU) still run (a deadlock would hit the timeout), each worker streams
+    whole shards, and the statistics pass checks that the rows summed over both workers are the
+    manifest's (it raises otherwise)."""
     tmp = data["tmp"]
     args = ["train", "--dataset", data["uri"], "--storage", str(tmp / "store"), "--json"]
     args += ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
@@ -147,7 +149,8 @@ def test_train_through_the_cli_on_the_ray_data_path(data: dict[str, Any]) -> Non
         *SETTINGS,
         "train.data_path=ray_data",
         "train.buffer_episodes=4",
-        "train.num_workers=1",
+        "train.num_workers=2",  # 3 shards split whole to 2 workers; rows summed = manifest's
+        "train.cpus_per_worker=0.5",
         "train.epochs=2",
         "train.steps_per_epoch=3",
         "train.batch_size=4",
@@ -159,4 +162,5 @@ def test_train_through_the_cli_on_the_ray_data_path(data: dict[str, Any]) -> Non
     meta = json.loads((Path(out["checkpoint"]) / "meta.json").read_text())
     assert meta["epoch"] == 2
     assert meta["config"]["train"]["data_path"] == "ray_data"
+    assert meta["config"]["train"]["num_workers"] == 2
     assert np.isfinite(meta["metrics"]["train/loss"])

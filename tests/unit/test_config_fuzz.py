@@ -64,7 +64,10 @@ FIELDS = {
         )
     ),
     "method.name",
-    *(f"runtime.{f}" for f in ("address", "num_cpus", "storage", "tracking_uri", "experiment")),
+    *(
+        f"runtime.{f}"
+        for f in ("address", "num_cpus", "storage", "tracking_uri", "experiment", "forward_env")
+    ),
     *(
         f"method.params.{f}"
         for f in (
