@@ -726,8 +726,7 @@ def bind_dataset(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
     given on the command line or stated in the config file about what the data is (`explicit`
     dotted paths: the benchmark, its parameters such as the horizon, N, quality) that
     contradicts the manifest is an error naming both; the defaults, and the file's episodes,
-    shards and seed, are replaced. A manifest whose rows are not episodes x N x the benchmark's
-    horizon is refused.
+    shards and seed, are replaced.
     """
     from mfdiffuser.data.manifest import read_manifest
 
@@ -748,16 +747,6 @@ def bind_dataset(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
             f"data.path = {path!r}: made with {bench['name']} v{bench['version']}, this code "
             f"has v{version}; regenerate the dataset"
         )
-    if manifest.row_schema == "finite":  # every row count is episodes x N x horizon
-        horizon = get_benchmark(bench["name"]).horizon(bench["params"])
-        per_episode = manifest.episodes * int(manifest.spec["n_agents"])
-        if manifest.rows != per_episode * horizon:
-            raise ConfigError(
-                f"data.path = {path!r}: {manifest.rows} rows are not {manifest.episodes} "
-                f"episodes x N = {manifest.spec['n_agents']} x horizon {horizon} (the horizon of "
-                f"{bench['name']} with the dataset's parameters {bench['params']}); the data has "
-                f"horizon {manifest.rows / max(per_episode, 1):g}"
-            )
     fixed = {
         "benchmark.name": bench["name"],
         **{f"benchmark.params.{k}": v for k, v in bench["params"].items()},

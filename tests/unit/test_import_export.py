@@ -225,8 +225,8 @@ def test_a_hand_written_manifest_is_checked_and_printed(rows: pd.DataFrame, tmp_
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     code, out = _mfd("generate", "-s", f"data.path={dataset}", "--storage", str(tmp_path))
     assert code == 0 and "behaviour return unknown, exploitability unknown" in out, out
-    # rows that are not episodes x N x the benchmark's horizon: refused naming both
+    # a spec edited by hand (here the horizon): no longer the spec its id hashes, refused
     manifest["spec"]["benchmark"]["params"]["horizon"] = 8
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     code, out = _mfd("train", "--dataset", str(dataset), "--storage", str(tmp_path))
-    assert code == 2 and "x horizon 8" in out and f"the data has horizon {HORIZON}" in out, out
+    assert code == 2 and "dataset_id mismatch" in out, out
