@@ -852,7 +852,11 @@ def _summary(r: dict[str, Any]) -> str:
             lines.append(f"  {key}: {m[key]:.4f} ± {m[key + '_std']:.4f}")
 
     def beside(key: str) -> str:
-        return f" (behaviour {m[key]:.4f})" if key in m else ""
+        if key in m:
+            return f" (behaviour {m[key]:.4f})"
+        if f"{key}_estimate" in m:  # imported data: the behaviour is unknown
+            return f" (behaviour estimated from the data {m[f'{key}_estimate']:.4f})"
+        return ""
 
     if "return_mf" in m:
         lines.append(
@@ -861,13 +865,15 @@ def _summary(r: dict[str, Any]) -> str:
     lines.append(
         f"  exploitability: planner {m['exploitability']:.4f}{beside('behaviour/exploitability')}"
     )
-    if "subopt/regularisation_gap" in m:
+    est = "" if "subopt/regularisation_gap" in m else "_estimate"
+    if f"subopt/regularisation_gap{est}" in m:
         terms = (
-            f"regularisation gap {m['subopt/regularisation_gap']:+.4f}, "
-            f"distribution shift {m['subopt/distribution_shift']:+.4f}, "
+            f"regularisation gap {m[f'subopt/regularisation_gap{est}']:+.4f}, "
+            f"distribution shift {m[f'subopt/distribution_shift{est}']:+.4f}, "
             f"generative error {m['subopt/generative_error']:+.4f}"
         )
-        lines.append(f"  suboptimality, four terms: {terms}")
+        what = " (the first two estimated: imported data)" if est else ""
+        lines.append(f"  suboptimality, four terms{what}: {terms}")
         for key in sorted(k for k in m if k.startswith("subopt/mf_error/n")):
             n = key.rsplit("/n", 1)[1]
             lines.append(

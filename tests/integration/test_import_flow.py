@@ -87,6 +87,14 @@ def test_import_train_evaluate_on_a_file_the_user_wrote(
     assert m["subopt/generative_error"] == pytest.approx(
         m["subopt/j_beta_data"] - m["subopt/j_hat"]
     )
+    # what `mfd run` prints of these figures says which are estimates
+    from mfdiffuser.cli import _summary
+
+    text = _summary(
+        {**out, "experiment": "crowd_1d", "checkpoint": trained["checkpoint"], "wall_seconds": 0}
+    )
+    assert "four terms (the first two estimated: imported data)" in text, text
+    assert "behaviour estimated from the data" in text, text
     run = MlflowClient(tracking_uri=uri).get_run(out["run_id"])
     assert run.data.tags["mfd.quality"] == "imported"
     assert run.data.tags[BEHAVIOUR_TAG] == "unknown"

@@ -127,8 +127,10 @@ def test_the_estimated_exploitability_is_that_of_the_empirical_policy(
     rows: pd.DataFrame, tmp_path: Path
 ) -> None:
     src = tmp_path / "mine.csv"
-    rows.to_csv(src, index=False)
-    behaviour = _import(src, tmp_path / "store")["behaviour"]
+    rows.assign(note="x").to_csv(src, index=False)
+    made = _import(src, tmp_path / "store")
+    assert made["ignored_columns"] == ["note"]
+    behaviour = made["behaviour"]
     game = get_benchmark("crowd_1d").game({"horizon": HORIZON, "size": SIZE})
     counts = np.zeros((HORIZON, SIZE, 3))
     np.add.at(counts, (rows["t"], rows["state"], rows["action"]), 1.0)
@@ -204,10 +206,16 @@ def test_a_dataset_that_disagrees_with_the_config_fails_before_ray(
         (["-s", "benchmark=sis"], "benchmark.name = 'sis' but the dataset has 'crowd_1d'"),
         (["-s", "quality=expert"], "data.quality = 'expert' but the dataset has 'imported'"),
     ]
+    ray_before = ray.is_initialized()  # another test of the session may have started it
+    db = tmp_path / "mlflow.db"
     for args, message in cases:
-        code, out = _mfd("train", "--dataset", dataset, *args, "--storage", str(tmp_path))
+        code, out = _mfd(
+            "train", "--dataset", dataset, *args, "--storage", str(tmp_path),
+            "--tracking-uri", f"sqlite:///{db}",
+        )  # fmt: skip
         assert code == 2 and message in out, (args, out)
-    assert not ray.is_initialized()
+    # refused before the MLflow run that precedes any Ray work, and no Ray started
+    assert not db.exists() and ray.is_initialized() == ray_before
     # a data file where a dataset is expected: told how to make one
     code, out = _mfd("train", "--dataset", str(src))
     assert code == 2 and f"mfd import {src}" in out, out
