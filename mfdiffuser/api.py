@@ -233,6 +233,78 @@ def generate(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def import_data(path: str | Path, cfg: ExperimentConfig) -> dict[str, Any]:
+    """A user's rows (Parquet, CSV or .npz) into a dataset of the config's benchmark under
+    `<runtime.storage>/datasets/<id>`, in `data.shards` shards (docs/data.md). No Ray: every
+    check (columns, types, ranges against the benchmark, duplicates, complete episodes) runs
+    here, and a problem is an `ImportProblem` naming the column and the rows."""
+    from mfdiffuser.data import storage
+    from mfdiffuser.data.importing import read_rows, validate_rows, write_imported
+    from mfdiffuser.data.verify import file_sha256
+    from mfdiffuser.envs.registry import get_benchmark
+    from mfdiffuser.platform.provenance import code_version
+
+    start = time.perf_counter()
+    bench = get_benchmark(cfg.benchmark.name)
+    if not bench.exact_model or bench.row_schema != "finite":
+        raise ConfigError(
+            f"benchmark.name = {bench.name!r}: mfd import reads finite-state rows of a benchmark "
+            f"with an exact model; {bench.name} has {bench.row_schema} rows and no exact model"
+        )
+    game = bench.game(cfg.benchmark.params)
+    table = read_rows(path)
+    rows = validate_rows(table, game.n_states, game.n_actions, game.horizon, str(path))
+    root = cfg.runtime.storage
+    if "://" not in root:  # absolute: Ray Train workers and rollout actors run elsewhere
+        root = str(Path(root).resolve())
+    fs, local = storage.resolve(str(Path(path).resolve()))
+    source = {
+        "file": Path(path).name,
+        "format": Path(path).suffix.lower().lstrip("."),
+        "sha256": file_sha256(fs, local),
+        "rows": table.num_rows,
+    }
+    uri, manifest, reused = write_imported(
+        rows,
+        game,
+        bench.describe(cfg.benchmark.params),
+        root,
+        cfg.data.shards,
+        source,
+        code_version(),
+    )
+    return {
+        "dataset": uri,
+        "dataset_id": manifest.dataset_id,
+        "reused": reused,
+        "rows": manifest.rows,
+        "episodes": manifest.episodes,
+        "n_agents": manifest.spec["n_agents"],
+        "horizon": game.horizon,
+        "shards": len(manifest.shards),
+        "content_sha256": manifest.spec["content_sha256"],
+        "ignored_columns": rows.ignored,
+        "behaviour": manifest.behaviour,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def export_data(dataset: str, out: str | Path) -> dict[str, Any]:
+    """A dataset (a directory or URI with manifest.json) out to one Parquet/CSV/.npz file and
+    its dataset card beside it (`<stem>.card.md`); the dataset is verified first."""
+    from mfdiffuser.data.exporting import export_dataset
+    from mfdiffuser.platform.provenance import code_version
+
+    out = str(out)
+    if "://" not in out:
+        out = str(Path(out).resolve())
+    if "://" not in dataset and not (Path(dataset) / "manifest.json").is_file():
+        raise ConfigError(
+            f"dataset = {dataset!r}: no dataset there (expected a directory with manifest.json)"
+        )
+    return export_dataset(dataset, out, code_version())
+
+
 def _notice(text: str) -> None:
     """What a command tells the user while it works (stderr: stdout may carry --json)."""
     print(text, file=sys.stderr, flush=True)
@@ -345,8 +417,11 @@ def _train_into(cfg: ExperimentConfig, uri: str, run_id: str, given: Any | None)
         )
         _log_json(uri, run_id, manifest.model_dump(), "dataset", "manifest.json")
         _log_json(uri, run_id, cfg.model_dump(), "", "config.yaml", as_yaml=True)
-        if "behaviour/return" not in _run_metrics(uri, run_id):  # once, also when resumed
-            tracking.log_metrics(uri, run_id, _behaviour_metrics(manifest.behaviour))
+        if "behaviour/data_return" not in _run_metrics(uri, run_id):  # once, also when resumed
+            figures = _behaviour_metrics(manifest.behaviour)
+            tracking.log_metrics(uri, run_id, figures)
+            if tags := _estimate_tags(figures, manifest.behaviour):
+                tracking.set_tags(uri, run_id, tags)
         kind = get_method(cfg.method.name).kind
         if kind == "reference":
             checkpoint = solve_reference(cfg, dataset, train_name)
@@ -383,12 +458,24 @@ def _log_checkpoint(uri: str, run_id: str, checkpoint: str | Path) -> None:
 
 def _behaviour_metrics(behaviour: dict[str, Any]) -> dict[str, float]:
     """The behaviour policy's figures from a manifest (team games have no exploitability)."""
-    keys = {
-        "behaviour/return": "return",
-        "behaviour/exploitability": "exploitability",
-        "behaviour/data_return": "data_mean_return",
+    from mfdiffuser.platform.names import BEHAVIOUR_METRICS
+
+    # imported data: `unknown` where the behaviour is not known, estimates beside
+    return {
+        k: float(behaviour[v])
+        for k, v in BEHAVIOUR_METRICS.items()
+        if isinstance(behaviour.get(v), int | float) and not isinstance(behaviour[v], bool)
     }
-    return {k: float(behaviour[v]) for k, v in keys.items() if behaviour.get(v) is not None}
+
+
+def _estimate_tags(metrics: dict[str, float], behaviour: dict[str, Any]) -> dict[str, str]:
+    """Tags of a run on imported data: the behaviour is unknown, these metrics are estimates."""
+    from mfdiffuser.platform.names import BEHAVIOUR_TAG, ESTIMATE_SUFFIX, ESTIMATES_TAG
+
+    if behaviour.get("source") != "imported":
+        return {}
+    estimates = sorted(k for k in metrics if k.endswith(ESTIMATE_SUFFIX))
+    return {BEHAVIOUR_TAG: "unknown", ESTIMATES_TAG: ",".join(estimates)}
 
 
 def evaluate(
@@ -485,15 +572,19 @@ def evaluate(
                 opponents=opponents,
             )
         metrics = dict(out["metrics"])
+        behaviour: dict[str, Any] = {}
         try:
-            metrics.update(_behaviour_metrics(read_manifest(meta["dataset"]).behaviour))
+            behaviour = read_manifest(meta["dataset"]).behaviour
+            metrics.update(_behaviour_metrics(behaviour))
         except (FileNotFoundError, KeyError, ValueError):
             pass  # the dataset is gone; the policy's own metrics still stand
         metrics["eval/seconds"] = time.perf_counter() - start
         logged = {k: v for k, v in metrics.items() if not k.startswith("behaviour/")}
-        if "behaviour/return" not in _run_metrics(uri, run_id):
+        if "behaviour/data_return" not in _run_metrics(uri, run_id):
             logged = metrics
         tracking.log_metrics(uri, run_id, logged)
+        if tags := _estimate_tags(metrics, behaviour):
+            tracking.set_tags(uri, run_id, tags)
         _log_json(
             uri,
             run_id,

@@ -347,14 +347,107 @@ def generate(
             (f"{r['repaired']}\n" if r["repaired"] else "")
             + f"dataset {r['dataset']}{' (reused)' if r['reused'] else ''}\n  {r['rows']} rows, "
             f"{r['episodes']} episodes, {r['shards']} shards; "
-            f"behaviour return {r['behaviour']['return']:.4f}, "
+            + _behaviour_text(r["behaviour"])
+            + f" ({r['seconds']:.1f} s)"
+        ),
+    )
+
+
+def _figure(value: Any, digits: int = 4) -> str:
+    """A behaviour figure of a manifest: a number, or what the manifest says (`unknown`)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value:.{digits}f}"
+    return "unknown" if value is None else str(value)
+
+
+def _behaviour_text(b: dict[str, Any]) -> str:
+    """The behaviour's figures, whatever a manifest holds (a hand-written one may hold none)."""
+    if "win_rate" in b:
+        return (
+            f"behaviour return {_figure(b.get('return'))}, win rate {_figure(b['win_rate'], 3)}, "
+            f"kill ratio {_figure(b.get('kill_ratio'), 3)}"
+        )
+    text = (
+        f"behaviour return {_figure(b.get('return'))}, "
+        f"exploitability {_figure(b.get('exploitability'))}"
+    )
+    if "exploitability_estimate" in b:
+        text += (
+            f"; data return {_figure(b.get('data_mean_return'))}, estimated from the (t, s, a) "
+            f"counts: return {_figure(b.get('return_estimate'))}, exploitability "
+            f"{_figure(b['exploitability_estimate'])}"
+        )
+    return text
+
+
+@app.command("import")
+def import_data(
+    file: Annotated[
+        Path, typer.Argument(help="Rows to import: .parquet, .csv or .npz (docs/data.md).")
+    ],
+    benchmark: Annotated[
+        str | None, typer.Argument(help="Benchmark the rows were played on (default: config's).")
+    ] = None,
+    config: ConfigPath = None,
+    settings: Settings = None,
+    shards: Annotated[
+        int | None, typer.Option(help="Parquet shards to split it into (data.shards).")
+    ] = None,
+    storage: Storage = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Turn your offline rows into a dataset (quality `imported`), validated against the
+    benchmark first: columns, types, state/action/t ranges, one row per (episode, t, agent),
+    every episode complete with one N. No Ray. A problem exits with status 2 naming the
+    column and the rows. Train on it with `mfd train --dataset <the printed directory>`."""
+    from mfdiffuser import api
+
+    extra = _runtime(None, None, storage)
+    if shards is not None:
+        extra.append(f"data.shards={shards}")
+    cfg = _guard(lambda: _config(config, settings, benchmark=benchmark, extra=extra))
+    result = _guard(lambda: api.import_data(file, cfg), as_json)
+    _emit(
+        result,
+        as_json,
+        lambda r: (
+            f"dataset {r['dataset']}{' (reused: the same rows)' if r['reused'] else ''}\n"
+            f"  {r['rows']} rows: {r['episodes']} episodes, N = {r['n_agents']}, horizon "
+            f"{r['horizon']}, {r['shards']} shards; quality imported; rows sha256 "
+            f"{r['content_sha256'][:16]}…\n  "
+            + _behaviour_text(r["behaviour"])
             + (
-                f"exploitability {r['behaviour']['exploitability']:.4f}"
-                if r["behaviour"].get("exploitability") is not None
-                else f"win rate {r['behaviour']['win_rate']:.3f}, kill ratio "
-                f"{r['behaviour']['kill_ratio']:.3f}"
+                f"\n  ignored columns: {', '.join(r['ignored_columns'])}"
+                if r["ignored_columns"]
+                else ""
             )
             + f" ({r['seconds']:.1f} s)"
+        ),
+    )
+
+
+@app.command("export")
+def export_data(
+    dataset: Annotated[str, typer.Argument(help="Dataset directory or URI (with manifest.json).")],
+    out: Annotated[
+        str, typer.Argument(help="File to write: .parquet, .csv or .npz (the card goes beside).")
+    ],
+    as_json: JsonOut = False,
+) -> None:
+    """Write a dataset out to one plain Parquet/CSV/.npz file, sorted by (episode, t, agent),
+    with a dataset card beside it (<stem>.card.md: benchmark, version, quality, N, episodes,
+    behaviour return and exploitability, checksums). The dataset is verified first."""
+    from mfdiffuser import api
+
+    result = _guard(lambda: api.export_data(dataset, out), as_json)
+    _emit(
+        result,
+        as_json,
+        lambda r: (
+            f"{r['file']}: {r['rows']} rows of {r['benchmark']['name']} v"
+            f"{r['benchmark']['version']}, quality {r['quality']}, N = {r['n_agents']}, "
+            f"{r['episodes']} episodes\n  card {r['card']}\n  rows sha256 "
+            f"{r['checksums']['content_sha256']}"
         ),
     )
 
@@ -761,7 +854,11 @@ def _summary(r: dict[str, Any]) -> str:
             lines.append(f"  {key}: {m[key]:.4f} ± {m[key + '_std']:.4f}")
 
     def beside(key: str) -> str:
-        return f" (behaviour {m[key]:.4f})" if key in m else ""
+        if key in m:
+            return f" (behaviour {m[key]:.4f})"
+        if f"{key}_estimate" in m:  # imported data: the behaviour is unknown
+            return f" (behaviour estimated from the data {m[f'{key}_estimate']:.4f})"
+        return ""
 
     if "return_mf" in m:
         lines.append(
@@ -770,13 +867,15 @@ def _summary(r: dict[str, Any]) -> str:
     lines.append(
         f"  exploitability: planner {m['exploitability']:.4f}{beside('behaviour/exploitability')}"
     )
-    if "subopt/regularisation_gap" in m:
+    est = "" if "subopt/regularisation_gap" in m else "_estimate"
+    if f"subopt/regularisation_gap{est}" in m:
         terms = (
-            f"regularisation gap {m['subopt/regularisation_gap']:+.4f}, "
-            f"distribution shift {m['subopt/distribution_shift']:+.4f}, "
+            f"regularisation gap {m[f'subopt/regularisation_gap{est}']:+.4f}, "
+            f"distribution shift {m[f'subopt/distribution_shift{est}']:+.4f}, "
             f"generative error {m['subopt/generative_error']:+.4f}"
         )
-        lines.append(f"  suboptimality, four terms: {terms}")
+        what = " (the first two estimated: imported data)" if est else ""
+        lines.append(f"  suboptimality, four terms{what}: {terms}")
         for key in sorted(k for k in m if k.startswith("subopt/mf_error/n")):
             n = key.rsplit("/n", 1)[1]
             lines.append(

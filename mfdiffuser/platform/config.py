@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from mfdiffuser.data.importing import FORMATS as IMPORT_FORMATS
+from mfdiffuser.data.importing import IMPORTED
 from mfdiffuser.envs.behaviour import QUALITIES
 from mfdiffuser.envs.registry import BENCHMARKS, did_you_mean, get_benchmark, unknown_benchmark
 from mfdiffuser.methods.registry import METHODS, get_method, unknown_method
@@ -154,7 +156,11 @@ class MethodSection(_Section):
 
 
 class DataSection(_Section):
-    quality: str = Field("expert", description=f"behaviour data quality: {', '.join(QUALITIES)}")
+    quality: str = Field(
+        "expert",
+        description=f"behaviour data quality: {', '.join(QUALITIES)}; {IMPORTED} only for a "
+        "dataset made by `mfd import` (data.path)",
+    )
     n_agents: int = Field(
         100, ge=1, le=MAX_AGENTS, description=f"agents per episode (N), 1..{MAX_AGENTS:.0e}"
     )
@@ -174,8 +180,8 @@ class DataSection(_Section):
     @field_validator("quality")
     @classmethod
     def _quality(cls, q: str) -> str:
-        if q not in QUALITIES:
-            raise ValueError(f"allowed: {', '.join(QUALITIES)}")
+        if q not in (*QUALITIES, IMPORTED):
+            raise ValueError(f"allowed: {', '.join(QUALITIES)} ({IMPORTED}: imported data only)")
         return q
 
     @field_validator("path")
@@ -183,10 +189,24 @@ class DataSection(_Section):
     def _path_exists(cls, path: str | None) -> str | None:
         if path is None or "://" in path:
             return path
+        if Path(path).is_file() and Path(path).suffix.lower() in IMPORT_FORMATS:
+            raise ValueError(
+                "a data file, not a dataset; make one from it with `mfd import "
+                f"{path} <benchmark>` and pass the directory it prints"
+            )
         if not (Path(path) / "manifest.json").is_file():
             raise ValueError("no dataset there (expected a directory with manifest.json)")
         # Absolute: Ray Train workers and rollout actors run in other working directories.
         return str(Path(path).resolve())
+
+    @model_validator(mode="after")
+    def _imported_needs_path(self) -> DataSection:
+        if self.quality == IMPORTED and self.path is None:
+            raise ValueError(
+                f"quality = {IMPORTED!r}: allowed only with data.path, a dataset made by "
+                f"`mfd import` (generated data: {', '.join(QUALITIES)})"
+            )
+        return self
 
 
 class TrainSection(_Section):
@@ -684,11 +704,13 @@ def load_config(
 ) -> ExperimentConfig:
     """YAML file (optional) + `key=value` overrides -> validated config, or ConfigError."""
     data: dict[str, Any] = dict(base or {})
+    in_file: set[str] = set()  # what the data is, as the config file states it
     if path is not None:
         loaded = read_yaml_file(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"--config = {_shown(str(path))}: must hold a mapping of sections")
         data = _deep_merge(data, loaded)
+        in_file = _data_identity_keys(loaded)
     items = [parse_override(item) for item in overrides or []]
     # Bare keys are the final benchmark's parameters, wherever `-s benchmark=…` stands.
     names = [str(v) for k, v in items if k in ("benchmark", "benchmark.name")]
@@ -710,7 +732,19 @@ def load_config(
         node[parts[-1]] = value
         explicit[".".join(parts)] = value
     cfg = _validate(data)
-    return bind_dataset(cfg, set(explicit)) if cfg.data.path else cfg
+    return bind_dataset(cfg, set(explicit) | in_file) if cfg.data.path else cfg
+
+
+def _data_identity_keys(loaded: dict[str, Any]) -> set[str]:
+    """The dotted keys of a config file that say what the data is (benchmark, its parameters,
+    N, quality): a dataset given with it must agree with them. How much data (episodes,
+    shards, seed) is the dataset's own: those a file states are replaced."""
+    bench = loaded.get("benchmark") if isinstance(loaded.get("benchmark"), dict) else {}
+    data = loaded.get("data") if isinstance(loaded.get("data"), dict) else {}
+    params = bench.get("params") if isinstance(bench.get("params"), dict) else {}
+    keys = {"benchmark.name"} if "name" in bench else set()
+    keys |= {f"benchmark.params.{k}" for k in params}
+    return keys | {f"data.{k}" for k in ("n_agents", "quality") if k in data}
 
 
 def _dotted(cfg: ExperimentConfig, path: str) -> Any:
@@ -725,8 +759,10 @@ def bind_dataset(cfg: ExperimentConfig, explicit: set[str]) -> ExperimentConfig:
 
     The benchmark, its parameters and the data section (quality, N, episodes, shards, seed) are
     the manifest's, so that every record of the run describes the data actually used. A value
-    given on the command line (`explicit` dotted paths) that contradicts the manifest is an error
-    naming both; the config file's values and the defaults are replaced.
+    given on the command line or stated in the config file about what the data is (`explicit`
+    dotted paths: the benchmark, its parameters such as the horizon, N, quality) that
+    contradicts the manifest is an error naming both; the defaults, and the file's episodes,
+    shards and seed, are replaced.
     """
     from mfdiffuser.data.manifest import read_manifest
 

@@ -43,3 +43,30 @@ def derived_name(base: str, detail: str) -> str:
         digest = hashlib.sha256(raw.encode()).hexdigest()[:12]
         name = f"{name[: MAX_LENGTH - len(digest) - 1].rstrip('-.')}-{digest}"
     return check_name(name)
+
+
+# MLflow names of the figures of imported data, whose behaviour policy is unknown (docs/data.md,
+# docs/metrics.md): a figure that rests on the behaviour estimated from the data's (t, s, a)
+# counts carries ESTIMATE_SUFFIX, and the run's tags say which and why.
+ESTIMATE_SUFFIX = "_estimate"
+BEHAVIOUR_TAG = "mfd.behaviour"  # "unknown" for imported data (absent: the behaviour is known)
+ESTIMATES_TAG = "mfd.estimates"  # the run's metric names that are estimates, comma-separated
+# The decomposition's figures that use the true behaviour π_b (through π_β*).
+RESTS_ON_BEHAVIOUR = (
+    "subopt/j_beta_star",
+    "subopt/regularisation_gap",
+    "subopt/distribution_shift",
+)
+# Manifest behaviour keys -> metric names (behaviour/return and /exploitability when known).
+BEHAVIOUR_METRICS = {
+    "behaviour/return": "return",
+    "behaviour/exploitability": "exploitability",
+    "behaviour/data_return": "data_mean_return",
+    "behaviour/return" + ESTIMATE_SUFFIX: "return_estimate",
+    "behaviour/exploitability" + ESTIMATE_SUFFIX: "exploitability_estimate",
+}
+
+
+def estimate_key(key: str) -> str:
+    """The MLflow name of `key` when it rests on an estimated behaviour."""
+    return key + ESTIMATE_SUFFIX

@@ -21,6 +21,7 @@ from ray.exceptions import RayError
 from mfdiffuser.platform import tracking
 from mfdiffuser.platform.config import ExperimentConfig
 from mfdiffuser.platform.errors import ACTOR_RESTARTS, WorkerError, worker_failure
+from mfdiffuser.platform.names import RESTS_ON_BEHAVIOUR, estimate_key
 from mfdiffuser.platform.progress import progress
 
 
@@ -84,7 +85,8 @@ class RolloutActor:
         """Exact decomposition values (J^∞ of π_ref, π_β*, π_β^D, π̂) and plan quality."""
         from mfdiffuser.data.advantages import fit_tabular_advantage
         from mfdiffuser.data.generate import generate_shard
-        from mfdiffuser.data.windows import episodes_from_table, load_episodes
+        from mfdiffuser.data.importing import IMPORTED
+        from mfdiffuser.data.windows import behaviour_prior, episodes_from_table, load_episodes
         from mfdiffuser.envs import policy_value
         from mfdiffuser.envs.behaviour import occupancy_mixture
         from mfdiffuser.evaluation.decomposition import exact_terms
@@ -94,25 +96,36 @@ class RolloutActor:
         beta, weight_clip = self.method.tilt
         arrays, _ = load_episodes(self.meta["dataset"])
         advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
-        made = self.spec.behaviour(game, cfg.data.quality)
+        # Imported data: the behaviour is unknown; the empirical policy of the data's (t, s, a)
+        # counts stands in for π_b, and what rests on it is named an estimate.
+        imported = cfg.data.quality == IMPORTED
+        made = None if imported else self.spec.behaviour(game, cfg.data.quality)
+        if made is None:
+            pi_b = behaviour_prior(arrays, game.n_states, game.n_actions)
+        else:
+            pi_b = occupancy_mixture(game, made.policies)
         if self.spec.reference_value is not None:
             j_ref = float(self.spec.reference_value(game))
         else:
             expert = made if cfg.data.quality == "expert" else self.spec.behaviour(game, "expert")
+            assert expert is not None
             j_ref = policy_value(game, expert.policies[0])
         values = exact_terms(
             game,
             j_ref=j_ref,
-            behaviour=occupancy_mixture(game, made.policies),
+            behaviour=pi_b,
             prior=self.prior,
             advantage=advantage,
             table=np.asarray(table, dtype=np.float64),
             beta=beta,
             weight_clip=weight_clip,
         )
-        out: dict[str, Any] = {"values": values, "metrics": {}}
+        out: dict[str, Any] = {"values": values, "metrics": {}, "estimated": imported}
         window = getattr(self.method.params, "window", None)
-        if cfg.eval.plan_windows > 0 and self.method.generative and window is not None:
+        # plan quality compares plans with fresh episodes of the behaviour: none when unknown
+        held_out = made is not None and cfg.eval.plan_windows > 0
+        if held_out and self.method.generative and window is not None:
+            assert made is not None
             import torch
 
             # Held-out episodes: the behaviour policies again, from a seed the dataset never used.
@@ -256,7 +269,11 @@ def evaluate_checkpoint(
             j_hat=v["j_hat"],
             episode_returns=per_n,
         )
-        metrics.update(dec.metrics())
+        terms = dec.metrics()
+        if diag.get("estimated"):  # imported data: π_β* rests on the estimated behaviour
+            for key in RESTS_ON_BEHAVIOUR:
+                terms[estimate_key(key)] = terms.pop(key)
+        metrics.update(terms)
         metrics.update(diag["metrics"])
     return {
         "metrics": metrics,
