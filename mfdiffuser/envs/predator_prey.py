@@ -37,7 +37,7 @@ and OpenSpiel's multi-population NashConv (the SUM of the per-population gains) 
 Horizon: `horizon` decision epochs t = 0..H-1, each with a reward; OpenSpiel's horizon H is the
 same game: with the defaults, the uniform policy's per-population gains sum to 36.968383925226,
 OpenSpiel 2.0.2's NashConv on python_mfg_predator_prey to every printed digit
-(benchmarks/vs_libraries.py checks it).
+(benchmarks/run.py checks it).
 """
 
 from __future__ import annotations

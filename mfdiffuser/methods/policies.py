@@ -8,7 +8,7 @@ import numpy as np
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, sample_actions
 from mfdiffuser.methods.base import Policy
-from mfdiffuser.planner.acting import draw_from_rows
+from mfdiffuser.planner.acting import draw_from_table
 
 RowsFn = Callable[[int, np.ndarray], np.ndarray]  # (t, μ[S]) -> π_t(· | s, μ)[S, A]
 
@@ -41,7 +41,7 @@ class ConditionalPolicy(Policy):
     def act(self, t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         states = np.asarray(states, dtype=np.int64)
         mu = np.bincount(states, minlength=self.game.n_states) / states.shape[0]
-        return draw_from_rows(self.rows(t, mu)[states], rng)
+        return draw_from_table(self.rows(t, mu), states, rng)
 
     def expected_table(
         self, propagate_fn: Callable[[np.ndarray], np.ndarray], seed: int

@@ -46,6 +46,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mfdiffuser.envs.finite import sample_actions
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 
@@ -126,15 +127,16 @@ def stage_assignment(
     return out[::-1]
 
 
-def draw_from_rows(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One action per agent from its own distribution rows[N, A] (inverse CDF, one uniform each).
+def draw_from_table(table: np.ndarray, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per agent from its state's row of table[S, A]: actions[N], O(N).
 
-    The finite-state rule's per-agent draw, shared by acting, replanning and the fallback, so the
-    three consume the random stream identically (r = 1 replanning equals `act` exactly).
+    The finite-state rule's per-agent readout, shared by acting, replanning, the fallback and the
+    baselines' policies, so all of them consume the random stream identically (r = 1 replanning
+    equals `act` exactly). It is the simulators' `sample_actions`: one float32 uniform per agent
+    against per-state float32 CDF thresholds, gathered one action column at a time, instead of
+    gathering a float64 row [N, A] per agent and summing it (4x the memory traffic at N = 10^6).
     """
-    cdf = np.cumsum(rows, axis=1)  # [N, A]
-    u: np.ndarray = rng.random((rows.shape[0], 1))  # u[N, 1]
-    return np.minimum((u >= cdf).sum(axis=1), rows.shape[1] - 1)
+    return sample_actions(table, np.asarray(states, dtype=np.int64), rng)
 
 
 def nearest_states(game: FiniteGame, features: np.ndarray) -> np.ndarray:
@@ -273,7 +275,7 @@ class FiniteStatePlannerPolicy:
         mu = counts.astype(np.float64) / n
         # Allocate from the integer counts, so that with m = N every agent's state is exact.
         table = self._draw_tables(t, mu, counts, self._n_particles(n), generator, 1)[0]
-        return draw_from_rows(table[states], rng)
+        return draw_from_table(table, states, rng)
 
     def expected_table(
         self, propagate_fn: Callable[[np.ndarray], np.ndarray], seed: int
@@ -322,7 +324,7 @@ class FiniteStatePlannerPolicy:
         )
         planned_np = planned[0].cpu().numpy()  # [M, H']
         table = self._tables(idx, planned_np[None, :, 0], t)[0]
-        actions = draw_from_rows(table[states], rng)
+        actions = draw_from_table(table, states, rng)
         # Each agent joins a particle with its state and its drawn first action (uniformly).
         key_p = idx * self.game.n_actions + planned_np[:, 0]
         key_a = states * self.game.n_actions + actions
@@ -342,7 +344,7 @@ class FiniteStatePlannerPolicy:
         a = plan.assign
         ok = (a >= 0) & (k < plan.actions.shape[1])
         ok[ok] = plan.states[a[ok], k] == states[ok]
-        fallback = draw_from_rows(self.prior[min(t, self.game.horizon - 1)][states], rng)
+        fallback = draw_from_table(self.prior[min(t, self.game.horizon - 1)], states, rng)
         return np.where(
             ok, plan.actions[np.maximum(a, 0), min(k, plan.actions.shape[1] - 1)], fallback
         )

@@ -144,3 +144,37 @@ def test_expected_table(trained: MFDiffuser) -> None:
             else:
                 assert np.array_equal(table[t, s], _prior()[t, s])
     assert np.array_equal(table, policy.expected_table(GAME.propagate, seed=0))
+
+
+# ------------------------------------------------------------------ the O(N) readout
+
+
+def test_fast_readout_draws_each_agent_from_its_states_row() -> None:
+    """policy.act at a large N: every agent's action follows its own state's row of the table
+    the planner drew (Pearson chi-square per state), and a seed fixes the output."""
+    torch.manual_seed(3)
+    policy = _policy(MFDiffuser.from_spec(CFG, GAME.feature_dim, A, GAME.context_dim))
+    n = 300_000
+    states = np.random.default_rng(4).integers(0, S, size=n)
+    counts_s = np.bincount(states, minlength=S)
+    # the table act draws from: the same particle set (same generator seed, same allocation)
+    gen = torch.Generator().manual_seed(5)
+    table = policy._draw_tables(0, counts_s / n, counts_s, CFG.max_particles, gen, 1)[0]
+    actions = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(5))
+    assert actions.shape == (n,) and actions.dtype == np.int64
+    counts = np.zeros((S, A))
+    np.add.at(counts, (states, actions), 1)
+    assert np.all(counts[table == 0] == 0)
+    expected = counts_s[:, None] * table
+    cell = expected >= 5
+    chi2 = np.sum((counts[cell] - expected[cell]) ** 2 / expected[cell])
+    dof = int(cell.sum() - S)
+    assert dof >= S  # the rows are mixed, not point masses: the test has power
+    assert chi2 < dof + 6 * np.sqrt(2 * dof)  # about a 1e-4 false-alarm rate
+    # a row shifted to another state would fail: the rows differ by far more than the noise
+    wrong = counts_s[:, None] * np.roll(table, 1, axis=0)
+    assert np.sum((counts[cell] - wrong[cell]) ** 2 / np.maximum(wrong[cell], 1)) > 10 * chi2
+    again = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(5))
+    np.testing.assert_array_equal(actions, again)
+    other = policy.act(0, states, np.random.default_rng(7), torch.Generator().manual_seed(5))
+    assert np.any(actions != other)

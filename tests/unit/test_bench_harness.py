@@ -1,0 +1,82 @@
+"""benchmarks/run.py --quick, as a user runs it, with the peers the dev extra installs (MFGLib).
+
+Structure and agreement only: no timing is asserted (timings depend on the machine's load)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mfdiffuser.envs import exploitability
+from mfdiffuser.envs.crowd_2d import make_crowd_2d
+
+ROOT = Path(__file__).resolve().parents[2]
+FIELDS = {
+    "measure",
+    "unit",
+    "ours",
+    "theirs",
+    "peer",
+    "ratio_cpu",
+    "ratio_wall",
+    "limit",
+    "fraction",
+    "agreement",
+    "note",
+}
+
+
+def _quick() -> dict:
+    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_quick_harness_table_and_agreement() -> None:
+    out = _quick()
+    assert out["quick"] is True and out["repeats"] == 3 and out["torch_threads"] == 1
+    assert len(out["load_before"]) == 3 and len(out["load_after"]) == 3
+    rows = out["rows"]
+    for row in rows:
+        assert set(row) == FIELDS, row["measure"]
+        assert math.isfinite(row["ours"]) and row["ours"] > 0, row["measure"]
+    # every peer of the bench extra that is not importable is named as skipped
+    for group, module in (("openspiel", "pyspiel"), ("battle", "magent2")):
+        if importlib.util.find_spec(module) is None:
+            assert any(s.startswith(group) for s in out["skipped"]), out["skipped"]
+
+    mfglib = [r for r in rows if r["peer"].startswith("MFGLib")]
+    assert len(mfglib) == 1
+    row = mfglib[0]
+    assert row["theirs"] > 0 and row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
+    assert math.isclose(row["ratio_cpu"], row["theirs"] / row["ours"], rel_tol=1e-9)
+    # the timed game is the one whose values agree: MFGLib's exploitability equals ours
+    agree = row["agreement"]
+    assert agree["abs_diff"] < 1e-9
+    # and "ours" is the exploitability of the policy the harness names (seed 0 Dirichlet rows)
+    game = make_crowd_2d(size=10, horizon=10)
+    pol = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), (10, game.n_states))
+    assert math.isclose(agree["ours"], exploitability(game, pol), rel_tol=1e-12)
+    assert agree["ours"] > 0.1  # a random policy is far from the equilibrium
+
+    (sim,) = [r for r in rows if r["measure"].startswith("crowd_1d simulator")]
+    assert sim["limit"] > 0 and math.isclose(sim["fraction"], sim["ours"] / sim["limit"])
+
+    planning = [r for r in rows if r["measure"].startswith("planning step")]
+    assert len(planning) == 1 and planning[0]["ratio_cpu"] > 0
