@@ -117,7 +117,9 @@ def validate_rows(
 ) -> Imported:
     """Check the rows against a benchmark of `n_states`, `n_actions` and `horizon` decision
     epochs; ImportProblem listing every problem found (a column at a time, then the episodes)."""
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    # a user's file checked for the columns it must have (not a row schema detected from them)
+    present = set(table.column_names)
+    missing = [c for c in COLUMNS if c not in present]
     if missing:
         raise ImportProblem(
             f"{where}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
