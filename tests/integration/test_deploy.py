@@ -249,3 +249,63 @@ def _wait(check: Any, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 def _log(ray_tmp: str) -> str:
     return "\n".join(p.read_text()[-2000:] for p in Path(ray_tmp).glob("*.log"))
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_the_mlflow_service_runs_its_compose_command_with_artifacts_on_s3(
+    s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compose file's own `mlflow server` command, run here: the backend store swapped for
+    SQLite (no PostgreSQL on these machines), MinIO for moto's S3 server, port 5000 for a free
+    one (the --allowed-hosts entries follow it); everything else verbatim. The service's health
+    check passes, a run logs through it, and its artifact lands in the bucket."""
+    from mlflow.tracking import MlflowClient
+    from mlflow_server import MLFLOW, MlflowServer
+
+    service = COMPOSE["services"]["mlflow"]
+    (port,) = free_ports(1)
+    prefix = "compose-mlflow"
+    swap = {
+        "--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--artifacts-destination": s3_server.uri(prefix),
+        "--host": "127.0.0.1",
+        "--port": str(port),
+    }
+    args, given = list(service["command"]), service["command"]
+    for i, arg in enumerate(given[:-1]):
+        if arg in swap:
+            args[i + 1] = swap[arg]
+        if arg == "--allowed-hosts":
+            args[i + 1] = given[i + 1].replace(":5000", f":{port}")
+    assert args[0] == "server" and "--serve-artifacts" in args
+    assert service["build"]["dockerfile"].endswith("mlflow.Dockerfile")
+    assert 'ENTRYPOINT ["mlflow"]' in (DOCKER / "mlflow.Dockerfile").read_text()
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", s3_server.endpoint)  # as the service sets it
+
+    class ComposeMlflow(MlflowServer):
+        def command(self) -> list[str]:
+            return [str(MLFLOW), *args]
+
+    server = ComposeMlflow(tmp_path / "server", port=port).start()
+    try:
+        probe = [
+            a.replace("localhost:5000", f"localhost:{port}")
+            for a in service["healthcheck"]["test"][1:]
+        ]
+        assert probe[0] == "python"
+        health = subprocess.run([sys.executable, *probe[1:]], capture_output=True, timeout=30)
+        assert health.returncode == 0, health.stderr
+        client = MlflowClient(tracking_uri=server.uri)
+        experiment = client.create_experiment("compose")
+        run = client.create_run(experiment).info.run_id
+        client.log_metric(run, "score", 0.25, step=3)
+        client.log_text(run, "through the service", "notes/card.md")
+        client.set_terminated(run)
+        assert [(m.value, m.step) for m in client.get_metric_history(run, "score")] == [(0.25, 3)]
+        keys = s3_server.keys(prefix)
+        assert any(k.endswith(f"{run}/artifacts/notes/card.md") for k in keys), keys
+    finally:
+        server.stop(crash=True)
