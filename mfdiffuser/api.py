@@ -61,16 +61,22 @@ QUICKSTART_CONFIG = Path(__file__).resolve().parent / "presets" / "quickstart.ya
 
 
 def list_benchmarks() -> list[dict[str, Any]]:
-    return [{**spec.describe(), "description": spec.description} for spec in BENCHMARKS.values()]
+    """Every registered benchmark (built-in, then plugins'): its name, version, family and
+    default parameters, what it is, and where it came from (`origin`)."""
+    return [
+        {**spec.describe(), "description": spec.description, "origin": BENCHMARKS.origin(name)}
+        for name, spec in BENCHMARKS.items()
+    ]
 
 
 def list_methods() -> list[dict[str, Any]]:
     """Every registered method: name, version, kind, description, the parameters it pins (a
-    named variant), its agent limit, and each parameter's default and description."""
+    named variant), its agent limit, each parameter's default and description, and where it
+    came from (`origin`: built-in, or the plugin package and entry point)."""
     from mfdiffuser.methods.registry import METHODS
 
     out = []
-    for spec in METHODS.values():
+    for name, spec in METHODS.items():
         model = spec.params_model
         defaults = spec.params().model_dump()
         out.append(
@@ -79,6 +85,7 @@ def list_methods() -> list[dict[str, Any]]:
                 "description": spec.description,
                 "fixed": dict(spec.fixed),
                 "max_agents": spec.max_agents,
+                "origin": METHODS.origin(name),
                 "parameters": {
                     name: {"default": defaults[name], "description": info.description or ""}
                     for name, info in model.model_fields.items()

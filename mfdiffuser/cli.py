@@ -21,6 +21,7 @@ import typer
 from mfdiffuser import __version__
 from mfdiffuser.api import ALGORITHMS
 from mfdiffuser.envs.behaviour import QUALITIES
+from mfdiffuser.plugins import BUILT_IN
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -208,7 +209,8 @@ def _param_text(key: str, value: Any) -> str:
 
 @app.command()
 def benchmarks(as_json: JsonOut = False) -> None:
-    """List the registered benchmarks with their versions and default parameters."""
+    """List the registered benchmarks with their versions and default parameters (and, for a
+    plugin's, the package and entry point it came from)."""
     from mfdiffuser.api import list_benchmarks
 
     items = list_benchmarks()
@@ -223,11 +225,14 @@ def benchmarks(as_json: JsonOut = False) -> None:
             for k, v in b["params"].items()
         )
         typer.echo(f"{b['name']} v{b['version']} [{b['family']}]  {params}\n    {b['description']}")
+        if b["origin"] != BUILT_IN:
+            typer.echo(f"    from: {b['origin']}")
 
 
 @app.command()
 def methods(as_json: JsonOut = False) -> None:
-    """List the registered methods: kind, version, what a variant pins, and every parameter."""
+    """List the registered methods: kind, version, what a variant pins, every parameter (and,
+    for a plugin's, the package and entry point it came from)."""
     from mfdiffuser.api import list_methods
 
     items = list_methods()
@@ -240,6 +245,8 @@ def methods(as_json: JsonOut = False) -> None:
         typer.echo(f"{m['name']} v{m['version']} [{m['kind']}{limit}]  {m['description']}")
         if pinned:
             typer.echo(f"    pins: {pinned}")
+        if m["origin"] != BUILT_IN:
+            typer.echo(f"    from: {m['origin']}")
         typer.echo(
             "    parameters: "
             + ", ".join(f"{k}={p['default']}" for k, p in m["parameters"].items())

@@ -151,6 +151,8 @@ def render_parameters() -> str:
     out += ["## Methods", "", "`method.params` of each registered method (`-s method=NAME`).", ""]
     shown: dict[type[BaseModel], str] = {}  # a parameter model listed once, under its first method
     for m in list_methods():
+        if m["origin"] != "built-in":  # the docs describe the package, not what is installed
+            continue
         spec = METHODS[m["name"]]
         out += [f"### `{m['name']}` parameters", ""]
         head = f"Kind: {m['kind']}, version {m['version']}."
@@ -167,7 +169,7 @@ def render_parameters() -> str:
         out += [head, "", *_model_table(model, frozenset(spec.fixed)), ""]
 
     out += ["## Benchmarks", "", "`benchmark.params` of each registered benchmark.", ""]
-    for spec in BENCHMARKS.values():
+    for spec in BENCHMARKS.builtin().values():
         out += [
             f"### `{spec.name}` parameters",
             "",

@@ -34,6 +34,7 @@ from mfdiffuser.envs.stage_games import (
     welfare_optimum,
 )
 from mfdiffuser.envs.team import TeamLayout, team_outcomes, team_summary
+from mfdiffuser.plugins import Registry
 
 Populations = Literal["one", "several", "teams"]
 StateSpace = Literal["finite", "continuous"]
@@ -51,7 +52,8 @@ class Simulator:
     - `generate_shard(p, quality, episodes, seed)`: (rows in the spec's row schema, outcomes);
     - `outcomes(rows, n)`: the same outcomes recomputed from rows (a resumed shard);
     - `summary(outcomes, quality)`: the behaviour's figures of a dataset from its summed outcomes;
-    - `stats(p, quality, episodes)`: the simulated figures of a scripted policy (`mfd solve`);
+    - `stats(p, quality, episodes)`: the simulated figures of a scripted policy (`mfd solve`):
+      `return`, `return_std`, `win_rate`, `draw_rate`, `kill_ratio`, `episodes`;
     - `layout(p)`: the `TeamLayout` the window reader and the team adapter are built from;
     - `make_sim(p)`: a fresh simulator (`mfdiffuser.evaluation.team` plays it);
     - `scripted`: the named opponents, each (sim, agents, rng) -> actions of those agents.
@@ -165,118 +167,120 @@ def _crowd_2d_sim(game: Any, n: int) -> Crowd2DSim:
     return Crowd2DSim(game, n)
 
 
-BENCHMARKS: dict[str, BenchmarkSpec] = {
-    spec.name: spec
-    for spec in (
-        BenchmarkSpec(
-            name="left_right",
-            version=1,
-            family="stage",
-            description="left-right stage game (MFGLib 0.3.0, T=1): 2/3 go left at equilibrium",
-            params_model=LeftRightParams,
-            make_game=lambda p: LeftRight(),
-            make_sim=_finite_sim,
+_BUILT_IN = (
+    BenchmarkSpec(
+        name="left_right",
+        version=1,
+        family="stage",
+        description="left-right stage game (MFGLib 0.3.0, T=1): 2/3 go left at equilibrium",
+        params_model=LeftRightParams,
+        make_game=lambda p: LeftRight(),
+        make_sim=_finite_sim,
+    ),
+    BenchmarkSpec(
+        name="rock_paper_scissors",
+        version=1,
+        family="stage",
+        description="generalised Shapley rock-paper-scissors (MFGLib 0.3.0, T=1)",
+        params_model=RockPaperScissorsParams,
+        make_game=lambda p: RockPaperScissors(),
+        make_sim=_finite_sim,
+    ),
+    BenchmarkSpec(
+        name="gaussian_squeeze",
+        version=1,
+        family="stage",
+        description="cooperative Gaussian squeeze (after Yang et al. 2018): welfare gap",
+        params_model=GaussianSqueezeParams,
+        make_game=lambda p: GaussianSqueeze(**p.model_dump()),
+        make_sim=_finite_sim,
+        expert=lambda g: expert_policy(g),  # type: ignore[arg-type]
+        cooperative=True,
+        reference_value=lambda g: welfare_optimum(g)[1],  # type: ignore[arg-type]
+    ),
+    BenchmarkSpec(
+        name="crowd_1d",
+        version=1,
+        family="sequential",
+        description="1-D crowd modelling on a torus (OpenSpiel's crowd_modelling, exact values)",
+        params_model=Crowd1DParams,
+        make_game=lambda p: Crowd1D(**p.model_dump()),
+        make_sim=lambda game, n: Crowd1DSim(game, n),
+    ),
+    BenchmarkSpec(
+        name="crowd_2d",
+        version=1,
+        family="sequential",
+        description="2-D crowd modelling on a torus with optional ASCII walls "
+        "(OpenSpiel's crowd_modelling_2d, exact values)",
+        params_model=Crowd2DParams,
+        make_game=lambda p: make_crowd_2d(**p.model_dump()),
+        make_sim=_crowd_2d_sim,
+    ),
+    BenchmarkSpec(
+        name="four_rooms",
+        version=1,
+        family="sequential",
+        description="crowd_2d on OpenSpiel's 13x13 four-rooms map, horizon 40, all mass at "
+        "(1, 1), reward -log mu only",
+        params_model=FourRoomsParams,
+        make_game=lambda p: make_crowd_2d(**p.model_dump()),
+        make_sim=_crowd_2d_sim,
+    ),
+    BenchmarkSpec(
+        name="sis",
+        version=1,
+        family="sequential",
+        description="SIS epidemic (MFGLib 0.3.0 susceptible_infected, T=50: horizon 51)",
+        params_model=SISParams,
+        make_game=lambda p: SIS(**p.model_dump()),
+        make_sim=_finite_sim,
+        # plain fictitious play oscillates here (exploitability 0.78 after 100 iterations,
+        # 0.66 after 1000); damped fictitious play gets to ~1e-6 in 400
+        expert_solver=SolverSetting(algorithm="damped_fp", iterations=500, step_exponent=0.4),
+    ),
+    BenchmarkSpec(
+        name="predator_prey",
+        version=1,
+        family="team",
+        description="three populations on a 5x5 grid after OpenSpiel's predator_prey, exact "
+        "model over (population, cell); exploitability = mean of per-population gains",
+        params_model=PredatorPreyParams,
+        make_game=lambda p: make_predator_prey(**p.model_dump()),
+        make_sim=lambda game, n: PredatorPreySim(game, n),
+        populations="several",
+    ),
+    BenchmarkSpec(
+        name="battle",
+        version=1,
+        family="team",
+        description="two-team grid combat after MAgent's battle (0.04·map² agents per team; "
+        "n_agents = agents per team); no exact model: return, win rate, kill ratio",
+        params_model=battle.BattleParams,
+        make_game=_no_game,
+        make_sim=lambda p, n: battle.BattleSim(p.with_team_size(n)),
+        episode_length=lambda p: p.max_steps,
+        populations="teams",
+        state_space="continuous",
+        row_schema="team",
+        simulator=Simulator(
+            with_agents=lambda p, n: p.with_team_size(n),
+            generate_shard=battle.generate_shard,
+            outcomes=team_outcomes,
+            summary=lambda out, q: team_summary(out, battle.behaviour_info(q)),
+            stats=battle.battle_stats,
+            layout=battle.layout,
+            make_sim=battle.BattleSim,
+            scripted=battle.POLICIES,
         ),
-        BenchmarkSpec(
-            name="rock_paper_scissors",
-            version=1,
-            family="stage",
-            description="generalised Shapley rock-paper-scissors (MFGLib 0.3.0, T=1)",
-            params_model=RockPaperScissorsParams,
-            make_game=lambda p: RockPaperScissors(),
-            make_sim=_finite_sim,
-        ),
-        BenchmarkSpec(
-            name="gaussian_squeeze",
-            version=1,
-            family="stage",
-            description="cooperative Gaussian squeeze (after Yang et al. 2018): welfare gap",
-            params_model=GaussianSqueezeParams,
-            make_game=lambda p: GaussianSqueeze(**p.model_dump()),
-            make_sim=_finite_sim,
-            expert=lambda g: expert_policy(g),  # type: ignore[arg-type]
-            cooperative=True,
-            reference_value=lambda g: welfare_optimum(g)[1],  # type: ignore[arg-type]
-        ),
-        BenchmarkSpec(
-            name="crowd_1d",
-            version=1,
-            family="sequential",
-            description="1-D crowd modelling on a torus "
-            "(OpenSpiel's crowd_modelling, exact values)",
-            params_model=Crowd1DParams,
-            make_game=lambda p: Crowd1D(**p.model_dump()),
-            make_sim=lambda game, n: Crowd1DSim(game, n),
-        ),
-        BenchmarkSpec(
-            name="crowd_2d",
-            version=1,
-            family="sequential",
-            description="2-D crowd modelling on a torus with optional ASCII walls "
-            "(OpenSpiel's crowd_modelling_2d, exact values)",
-            params_model=Crowd2DParams,
-            make_game=lambda p: make_crowd_2d(**p.model_dump()),
-            make_sim=_crowd_2d_sim,
-        ),
-        BenchmarkSpec(
-            name="four_rooms",
-            version=1,
-            family="sequential",
-            description="crowd_2d on OpenSpiel's 13x13 four-rooms map, horizon 40, all mass at "
-            "(1, 1), reward -log mu only",
-            params_model=FourRoomsParams,
-            make_game=lambda p: make_crowd_2d(**p.model_dump()),
-            make_sim=_crowd_2d_sim,
-        ),
-        BenchmarkSpec(
-            name="sis",
-            version=1,
-            family="sequential",
-            description="SIS epidemic (MFGLib 0.3.0 susceptible_infected, T=50: horizon 51)",
-            params_model=SISParams,
-            make_game=lambda p: SIS(**p.model_dump()),
-            make_sim=_finite_sim,
-            # plain fictitious play oscillates here (exploitability 0.78 after 100 iterations,
-            # 0.66 after 1000); damped fictitious play gets to ~1e-6 in 400
-            expert_solver=SolverSetting(algorithm="damped_fp", iterations=500, step_exponent=0.4),
-        ),
-        BenchmarkSpec(
-            name="predator_prey",
-            version=1,
-            family="team",
-            description="three populations on a 5x5 grid after OpenSpiel's predator_prey, exact "
-            "model over (population, cell); exploitability = mean of per-population gains",
-            params_model=PredatorPreyParams,
-            make_game=lambda p: make_predator_prey(**p.model_dump()),
-            make_sim=lambda game, n: PredatorPreySim(game, n),
-            populations="several",
-        ),
-        BenchmarkSpec(
-            name="battle",
-            version=1,
-            family="team",
-            description="two-team grid combat after MAgent's battle (0.04·map² agents per team; "
-            "n_agents = agents per team); no exact model: return, win rate, kill ratio",
-            params_model=battle.BattleParams,
-            make_game=_no_game,
-            make_sim=lambda p, n: battle.BattleSim(p.with_team_size(n)),
-            episode_length=lambda p: p.max_steps,
-            populations="teams",
-            state_space="continuous",
-            row_schema="team",
-            simulator=Simulator(
-                with_agents=lambda p, n: p.with_team_size(n),
-                generate_shard=battle.generate_shard,
-                outcomes=team_outcomes,
-                summary=lambda out, q: team_summary(out, battle.behaviour_info(q)),
-                stats=battle.battle_stats,
-                layout=battle.layout,
-                make_sim=battle.BattleSim,
-                scripted=battle.POLICIES,
-            ),
-        ),
-    )
-}
+    ),
+)
+
+# The built-in benchmarks, then the plugins' (entry points `mfdiffuser.benchmarks`, read on first
+# use in each process: see mfdiffuser.plugins).
+BENCHMARKS: Registry[BenchmarkSpec] = Registry(
+    "benchmark", "mfdiffuser.benchmarks", BenchmarkSpec, _BUILT_IN
+)
 
 
 def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from mfdiffuser.baselines.madiff import MAX_AGENTS as MADIFF_MAX_AGENTS
 from mfdiffuser.envs.registry import did_you_mean
 from mfdiffuser.methods.base import MethodSpec
+from mfdiffuser.plugins import Registry
 
 _MF = "mfdiffuser.methods.mf_diffuser"
 _RLLIB = "mfdiffuser.workers.rllib.methods"  # with the Ray code: it runs RLlib
@@ -154,7 +155,9 @@ _SPECS = [
     ),
 ]
 
-METHODS: dict[str, MethodSpec] = {s.name: s for s in _SPECS}
+# The built-in methods, then the plugins' (entry points `mfdiffuser.methods`, read on first use
+# in each process: see mfdiffuser.plugins).
+METHODS: Registry[MethodSpec] = Registry("method", "mfdiffuser.methods", MethodSpec, _SPECS)
 
 
 def unknown_method(name: str) -> str:

@@ -14,6 +14,7 @@ import ray
 from mfdiffuser.platform.config import ConfigError, ExperimentConfig
 from mfdiffuser.platform.errors import verbose
 from mfdiffuser.platform.jobs import forwarded_env
+from mfdiffuser.plugins import plugin_env
 
 
 @contextlib.contextmanager
@@ -27,12 +28,14 @@ def ray_session(
     `address` (or RAY_ADDRESS) connects to a cluster; with neither, Ray starts on this machine and
     is shut down again on exit. `forward_env` names variables whose values here are set in every
     worker of the session (its runtime environment's `env_vars`); a session already running
-    keeps its own environment.
+    keeps its own environment. MFD_PLUGIN_PATH, when set, is always forwarded
+    (`mfdiffuser.plugins`).
     """
     if ray.is_initialized():
         yield
         return
-    extra = forwarded_env(forward_env)
+    # the plugin directories too (MFD_PLUGIN_PATH), so the workers' registries are the driver's
+    extra = {**plugin_env(), **forwarded_env(forward_env)}
     # What the workers print is forwarded (log_to_driver); Ray's own INFO lines on the driver
     # (the start-up banner) only with MFD_VERBOSE, so that an error is the one line a user sees.
     quiet = {"log_to_driver": True, "logging_level": logging.INFO if verbose() else logging.WARNING}
