@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import EVAL, PLANNER, TRAIN
+from tiny import sets as tiny_sets
 from typer.testing import CliRunner
 
 from mfdiffuser.cli import app
@@ -21,23 +23,7 @@ from mfdiffuser.platform.config import load_config
 pytestmark = pytest.mark.integration
 
 N, EPISODES = 4, 2
-TINY = [
-    f"n_agents={N}",
-    f"data.episodes={EPISODES}",
-    "data.shards=1",
-    "train.epochs=1",
-    "train.steps_per_epoch=3",
-    "train.batch_size=2",
-    "planner.diffusion_steps=2",
-    "planner.stages=1",
-    "planner.n_particles=4",
-    "planner.max_particles=4",
-    "planner.hidden=16",
-    "planner.n_blocks=1",
-    "eval.episodes=1",
-    "eval.plan_windows=1",
-    "eval.held_out_episodes=1",
-]
+TINY = [f"n_agents={N}", f"data.episodes={EPISODES}", "data.shards=1", *TRAIN, *PLANNER, *EVAL]
 # One worker everywhere but predator_prey (three populations), which keeps DDP over 2 ranks;
 # crowd_1d's 2-rank DDP is tested in test_ray_flow.py.
 WORKERS = {"predator_prey": 2}
@@ -65,7 +51,7 @@ def test_generate_train_evaluate(
 ) -> None:
     spec = get_benchmark(name)
     settings = [*TINY, *PARAMS.get(name, []), f"train.num_workers={WORKERS.get(name, 1)}"]
-    sets = [x for s in settings for x in ("-s", s)]
+    sets = tiny_sets(settings)
     # A relative store, as a user types it: the Ray workers run in other working directories.
     monkeypatch.chdir(tmp_path)
     where = ["--storage", "store"]

@@ -12,6 +12,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from tiny import PLANNER, TRAIN
+from tiny import sets as tiny_sets
 from typer.testing import CliRunner
 
 from mfdiffuser.cli import app
@@ -22,18 +24,7 @@ from mfdiffuser.platform.names import BEHAVIOUR_TAG, ESTIMATES_TAG, RESTS_ON_BEH
 pytestmark = pytest.mark.integration
 
 N, EPISODES, HORIZON = 4, 3, 6
-TINY = [
-    "train.epochs=1",
-    "train.steps_per_epoch=3",
-    "train.batch_size=2",
-    "train.num_workers=1",
-    "planner.diffusion_steps=2",
-    "planner.stages=1",
-    "planner.n_particles=4",
-    "planner.max_particles=4",
-    "planner.hidden=16",
-    "planner.n_blocks=1",
-]
+TINY = [*TRAIN, "train.num_workers=1", *PLANNER]
 
 
 def _mfd(*args: str) -> dict:
@@ -65,7 +56,7 @@ def test_import_train_evaluate_on_a_file_the_user_wrote(
     dataset = made[0]["dataset"]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [x for s in TINY for x in ("-s", s)]
+    sets = tiny_sets(TINY)
     trained = _mfd("train", "--dataset", dataset, *sets, *store, "--tracking-uri", uri)
     out = _mfd(
         "evaluate", trained["checkpoint"], "-n", "8", "--episodes", "1", "--tracking-uri", uri

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import EVAL, PLANNER, TRAIN
+from tiny import sets as tiny_sets
 
 from mfdiffuser.plugins import PLUGIN_PATH_ENV
 
@@ -25,19 +27,10 @@ TINY = [
     f"n_agents={N}",
     "data.episodes=2",
     "data.shards=1",
-    "train.epochs=1",
-    "train.steps_per_epoch=3",
-    "train.batch_size=2",
+    *TRAIN,
     "train.num_workers=1",
-    "planner.diffusion_steps=2",
-    "planner.stages=1",
-    "planner.n_particles=4",
-    "planner.max_particles=4",
-    "planner.hidden=16",
-    "planner.n_blocks=1",
-    "eval.episodes=1",
-    "eval.plan_windows=1",
-    "eval.held_out_episodes=1",
+    *PLANNER,
+    *EVAL,
     f"eval.n_agents=[{N}]",
 ]
 
@@ -108,8 +101,7 @@ def test_the_plugins_team_game_goes_through_generate_train_evaluate_in_ray(
     """`mfd run` (generate -> train -> evaluate) starts its own Ray: its dataset actors, Train
     worker and evaluation tasks know the plugin's benchmark only through MFD_PLUGIN_PATH, which
     `mfd` hands them in the runtime environment."""
-    sets = [x for s in ["benchmark.name=skirmish", *TINY, "benchmark.params.max_steps=8"]
-            for x in ("-s", s)]  # fmt: skip
+    sets = tiny_sets(["benchmark.name=skirmish", *TINY, "benchmark.params.max_steps=8"])
     tracking = ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     done = _mfd(["run", *sets, "--storage", "store", *tracking, "--json"], plugin_site, tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from processes import free_ports
 from s3 import S3Server
+from tiny import EVAL, PLANNER, TRAIN, sets
 
 from mfdiffuser.data import storage
 from mfdiffuser.data.manifest import read_manifest, shard_file, shard_ranges
@@ -28,21 +29,12 @@ TINY = [
     f"data.episodes={EPISODES}",
     f"data.shards={SHARDS}",
     f"benchmark.params.horizon={HORIZON}",
-    "train.epochs=1",
-    "train.steps_per_epoch=3",
-    "train.batch_size=2",
-    "planner.diffusion_steps=2",
-    "planner.stages=1",
-    "planner.n_particles=4",
-    "planner.max_particles=4",
-    "planner.hidden=16",
-    "planner.n_blocks=1",
+    *TRAIN,
+    *PLANNER,
     "eval.n_agents=[4]",
-    "eval.episodes=1",
-    "eval.plan_windows=1",
-    "eval.held_out_episodes=1",
+    *EVAL,
 ]
-SETS = [x for s in TINY for x in ("-s", s)]
+SETS = sets(TINY)
 AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
 
 
