@@ -15,78 +15,23 @@ shared). moto keeps objects in its own process's memory, so this measures the S3
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import os
 import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
-from mfdiffuser.data import storage
-from mfdiffuser.data.generate import generate_shard
-from mfdiffuser.data.manifest import (
-    Manifest,
-    ShardInfo,
-    dataset_id,
-    dataset_spec,
-    read_manifest,
-    shard_file,
-    shard_ranges,
-    write_manifest,
-)
-from mfdiffuser.data.schema import SCHEMA_VERSION
+from mfdiffuser.data.manifest import read_manifest
 from mfdiffuser.data.verify import read_shard, verify_dataset
-from mfdiffuser.envs.registry import get_benchmark
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import crowd_rows, repeated_dataset, timed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integration"))
 from s3 import start_s3, stop_s3
 
 EPISODES_PER_SHARD = 10
-
-
-def write(uri: str, table, n_shards: int, n_agents: int) -> int:  # type: ignore[no-untyped-def]
-    spec = get_benchmark("crowd_1d")
-    episodes = n_shards * EPISODES_PER_SHARD
-    ds_spec = dataset_spec(spec.describe({}), "random", n_agents, episodes, n_shards, seed=0)
-    fs, root = storage.resolve(uri)
-    storage.makedirs(fs, root)
-    shards, size = [], 0
-    for i, rng in enumerate(shard_ranges(episodes, n_shards)):
-        data = storage.write_table_atomic(fs, storage.join(root, shard_file(i)), table)
-        size += len(data)
-        shards.append(
-            ShardInfo(
-                index=i,
-                file=shard_file(i),
-                episodes=list(rng),
-                rows=table.num_rows,
-                sha256=hashlib.sha256(data).hexdigest(),
-                mean_return=0.0,
-            )
-        )
-    write_manifest(
-        uri,
-        Manifest(
-            schema_version=SCHEMA_VERSION,
-            dataset_id=dataset_id(ds_spec),
-            spec=ds_spec,
-            shards=shards,
-            rows=table.num_rows * n_shards,
-            episodes=episodes,
-            behaviour={"return": 0.0, "exploitability": None},
-            code_version="benchmark",
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        ),
-    )
-    return size
-
-
-def timed(fn) -> tuple[float, float]:  # type: ignore[no-untyped-def]
-    wall0, cpu0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall0, time.process_time() - cpu0
 
 
 def main() -> None:
@@ -95,12 +40,7 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    spec = get_benchmark("crowd_1d")
-    game = spec.game({})
-    policies = spec.behaviour(game, "random").policies
-    table, _ = generate_shard(
-        lambda: spec.make_sim(game, args.agents), policies, range(EPISODES_PER_SHARD), seed=0
-    )
+    table = crowd_rows(args.agents, EPISODES_PER_SHARD)
     with tempfile.TemporaryDirectory(prefix="mfd-s3bench-") as tmp:
         server = start_s3(Path(tmp))
         os.environ.update(server.env)
@@ -113,14 +53,14 @@ def main() -> None:
             size = 0
             for r in range(args.repeat):
                 for name, root in stores.items():
-                    uri = f"{root}/run{r}"
+                    made: list[tuple[str, int]] = []
                     load = os.getloadavg()[0]
-
-                    def do_write(uri: str = uri) -> None:
-                        nonlocal size
-                        size = write(uri, table, args.shards, args.agents)
-
+                    write = partial(repeated_dataset, f"{root}/run{r}", table, args.shards)
+                    do_write = partial(
+                        lambda w, m: m.append(w(args.agents, EPISODES_PER_SHARD)), write, made
+                    )
                     steps.setdefault((name, "write"), []).append((*timed(do_write), load))
+                    uri, size = made[0]
                     steps.setdefault((name, "verify"), []).append(
                         (*timed(lambda u=uri: verify_dataset(u)), load)
                     )

@@ -22,77 +22,33 @@ test pass/fail.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import hashlib
 import io
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from mfdiffuser.data.generate import generate_shard
-from mfdiffuser.data.manifest import (
-    Manifest,
-    ShardInfo,
-    dataset_id,
-    dataset_spec,
-    read_manifest,
-    shard_file,
-    shard_ranges,
-    write_manifest,
-)
-from mfdiffuser.data.schema import SCHEMA_VERSION
+from mfdiffuser.data.manifest import read_manifest
 from mfdiffuser.data.verify import read_shard, verify_dataset
-from mfdiffuser.envs.registry import get_benchmark
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from synthetic import crowd_rows, repeated_dataset
 
 N_AGENTS, EPISODES_PER_SHARD = 20_000, 10
 
 
 def build(root: Path, size_gb: float) -> Path:
-    spec = get_benchmark("crowd_1d")
-    game = spec.game({})
-    policies = spec.behaviour(game, "random").policies
-    table, _ = generate_shard(
-        lambda: spec.make_sim(game, N_AGENTS), policies, range(EPISODES_PER_SHARD), seed=0
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    data = buf.getvalue()
-    n_shards = max(1, round(size_gb * 1e9 / len(data)))
-    episodes = n_shards * EPISODES_PER_SHARD
-    ds_spec = dataset_spec(spec.describe({}), "random", N_AGENTS, episodes, n_shards, seed=0)
-    uri = root / dataset_id(ds_spec)
-    uri.mkdir(parents=True)
-    sha = hashlib.sha256(data).hexdigest()
-    shards = []
-    for i, rng in enumerate(shard_ranges(episodes, n_shards)):
-        (uri / shard_file(i)).write_bytes(data)
-        shards.append(
-            ShardInfo(
-                index=i,
-                file=shard_file(i),
-                episodes=list(rng),
-                rows=table.num_rows,
-                sha256=sha,
-                mean_return=0.0,
-            )
-        )
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION,
-        dataset_id=uri.name,
-        spec=ds_spec,
-        shards=shards,
-        rows=table.num_rows * n_shards,
-        episodes=episodes,
-        behaviour={"return": 0.0, "exploitability": None},
-        code_version="benchmark",
-        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    )
-    write_manifest(str(uri), manifest)
-    return uri
+    """About `size_gb` of shards: one shard's rows (2M rows, zstd) as many times as it takes."""
+    table = crowd_rows(N_AGENTS, EPISODES_PER_SHARD)
+    one = io.BytesIO()
+    pq.write_table(table, one, compression="zstd")
+    n_shards = max(1, round(size_gb * 1e9 / one.tell()))
+    uri, _ = repeated_dataset(str(root), table, n_shards, N_AGENTS, EPISODES_PER_SHARD)
+    return Path(uri)
 
 
 def main() -> None:
