@@ -440,17 +440,18 @@ class MFGLibGame(FiniteMeanFieldGame):
         if t >= self.horizon - 1:
             return states.copy()
         flat = states * self.n_actions + np.asarray(actions, dtype=np.int64)
-        u = rng.random(flat.shape[0])
+        u: FloatArray = np.asarray(rng.random(flat.shape[0]), dtype=np.float64)
         p = self.transition_matrix(t, mu)
         out = np.empty(flat.shape[0], dtype=np.int64)
         order = np.argsort(flat, kind="stable")
         pairs, starts = np.unique(flat[order], return_index=True)
         ends = np.append(starts[1:], flat.shape[0])
         for pair, lo, hi in zip(pairs, starts, ends, strict=True):
-            cdf = np.cumsum(np.maximum(p[pair], 0.0))
+            cdf: FloatArray = np.cumsum(np.maximum(p[pair], 0.0))
             cdf /= cdf[-1]
             idx = order[lo:hi]
-            out[idx] = np.minimum(np.searchsorted(cdf, u[idx], side="right"), self.n_states - 1)
+            drawn = np.searchsorted(cdf, np.asarray(u[idx]), side="right")
+            out[idx] = np.minimum(drawn, self.n_states - 1)
         return out
 
 

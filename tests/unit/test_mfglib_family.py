@@ -9,7 +9,12 @@ state-action distribution L_t (the non-uniform policy is what tells the two cont
 from __future__ import annotations
 
 import inspect
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +223,51 @@ def test_sampled_transitions_follow_the_dense_rows() -> None:
     np.testing.assert_allclose(freq, game.transition_matrix(1, mu)[1 * 3 + 2], atol=5e-3)
     last = game.sample_next(game.horizon - 1, mu, states, actions, np.random.default_rng(0))
     np.testing.assert_array_equal(last, states)  # no move after MFGLib's last epoch T
+
+
+def test_mfd_solve_through_the_config() -> None:
+    from typer.testing import CliRunner
+
+    from mfdiffuser.cli import app
+
+    runner = CliRunner()
+    args = ["solve", "mfglib", "-s", "benchmark.params.env=random_linear", "-s", "n=4", "--json"]
+    done = runner.invoke(app, args)
+    assert done.exit_code == 0, done.output[-2000:]
+    out = json.loads(done.stdout)
+    assert out["benchmark"]["name"] == "mfglib" and out["benchmark"]["params"]["n"] == 4
+    with torch.random.fork_rng(devices=[]):
+        env = Environment.random_linear(n=4)
+    pi = np.full((env.T + 1, 4, 4), 0.25)
+    assert out["exploitability"] == pytest.approx(mfglib_exploitability(env, pi), abs=TOLERANCE)
+    refused = runner.invoke(app, ["solve", "mfglib", "-s", "env=beach_bar", "-s", "seed=1"])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1, refused.output[-2000:]
+    assert "seed = 1: not a parameter of MFGLib's beach_bar; allowed: env, T, n, bar_loc" in (
+        refused.stderr
+    )
+
+
+def test_without_mfglib_the_family_says_how_to_install_it() -> None:
+    # A fresh interpreter in which `import mfglib` fails (None in sys.modules: Python's own way
+    # of marking a module unavailable); the registry still loads and lists the family.
+    code = (
+        "import sys; sys.modules['mfglib'] = None\n"
+        "from mfdiffuser.envs.registry import get_benchmark\n"
+        "spec = get_benchmark('mfglib')\n"
+        "assert spec.params({'env': 'beach_bar'}).n == 4\n"
+        "try:\n"
+        "    spec.game({'env': 'beach_bar'})\n"
+        "except ImportError as err:\n"
+        "    print(err)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
+    assert "pip install mfglib==0.3.0" in done.stdout, done.stdout + done.stderr
