@@ -176,6 +176,59 @@ def rows_mfglib(sizes: list[int], repeats: int) -> list[Row]:
     return out
 
 
+def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
+    """The `mfglib` family: each MFGLib environment at its default sizes, our exact
+    exploitability (the adapter calling MFGLib's own reward/prob) against exploitability_score.
+    Our per-epoch tensors are cleared untimed before every call, so both sides evaluate MFGLib's
+    callables afresh. Agreement: uniform and a seeded random policy."""
+    import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
+    from mfglib.env import Environment
+    from mfglib.scoring import exploitability_score
+
+    from mfdiffuser.envs import exploitability, uniform_policy
+    from mfdiffuser.envs.registry import get_benchmark
+
+    einsum = "opt_einsum" if have("opt_einsum") else "torch.einsum without opt_einsum"
+    spec = get_benchmark("mfglib")
+    out = []
+    for name in names:
+        game = spec.game({"env": name})
+        with torch.random.fork_rng(devices=[]):
+            env = getattr(Environment, name)()
+        shape = (game.horizon, game.n_states)
+        rand = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
+        agreement: dict[str, float] = {}
+        for label, pol in (("uniform", uniform_policy(game)), ("random", rand)):
+            pi = torch.tensor(pol).reshape(env.T + 1, *env.S, *env.A)
+            ours, theirs = exploitability(game, pol), float(exploitability_score(env, pi))
+            agreement |= {f"{label}_ours": ours, f"{label}_theirs": theirs}
+            agreement[f"{label}_abs_diff"] = abs(ours - theirs)
+        pi = torch.tensor(rand).reshape(env.T + 1, *env.S, *env.A)
+        t = interleaved(
+            {
+                "ours": lambda g=game, p=rand: exploitability(g, p),
+                "theirs": lambda e=env, p=pi: exploitability_score(e, p),
+            },
+            repeats,
+            prepare={"ours": game.clear_cache},
+        )
+        kind = "L_t" if game.state_action_mean_field else "mu_t"
+        out.append(
+            Row(
+                measure=f"mfglib family: exact exploitability, {name} (S={game.n_states}, "
+                f"A={game.n_actions}, H={game.horizon}, {kind}), random policy",
+                unit="ms per call",
+                ours=t["ours"].cpu * 1e3,
+                theirs=t["theirs"].cpu * 1e3,
+                peer=f"MFGLib 0.3.0 exploitability_score ({einsum})",
+                ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
+                ratio_wall=t["theirs"].wall / t["ours"].wall,
+                agreement=agreement,
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------- NashConv vs OpenSpiel
 
 
@@ -574,7 +627,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"skipped: {', '.join(result['skipped']) or 'none'}")
 
 
-GROUPS = ("mfglib", "openspiel", "battle", "simulator", "planning")
+GROUPS = ("mfglib", "mfglib_envs", "openspiel", "battle", "simulator", "planning")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -589,7 +642,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"load_before": load(), "quick": args.quick, "repeats": reps}
     rows: list[Row] = []
     skipped: list[str] = []
-    peers = {"mfglib": "mfglib", "openspiel": "pyspiel", "battle": "magent2"}
+    peers = {
+        "mfglib": "mfglib",
+        "mfglib_envs": "mfglib",
+        "openspiel": "pyspiel",
+        "battle": "magent2",
+    }
     for group in args.only:
         mod = peers.get(group)
         if mod is not None and not have(mod):
@@ -602,6 +660,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows += rows_mfglib([10] if args.quick else [20, 40], reps)
             finally:
                 torch.set_default_dtype(torch.float32)
+        elif group == "mfglib_envs":
+            from mfdiffuser.envs.mfglib_env import ENV_NAMES
+
+            names = ["beach_bar", "random_linear", "left_right"] if args.quick else ENV_NAMES
+            torch.set_default_dtype(torch.float64)  # MFGLib's side in float64, as ours
+            try:
+                rows += rows_mfglib_envs(list(names), reps)
+            finally:
+                torch.set_default_dtype(torch.float32)
         elif group == "openspiel":
             rows += rows_openspiel(reps)
         elif group == "battle":
@@ -611,7 +678,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif group == "planning":
             sizes = [10**3, 10**4] if args.quick else [10**3, 10**5, 10**6]
             rows += rows_planning(sizes, reps)
-    if "mfglib" in args.only and have("mfglib") and not have("opt_einsum"):
+    uses_mfglib = {"mfglib", "mfglib_envs"} & set(args.only)
+    if uses_mfglib and have("mfglib") and not have("opt_einsum"):
         skipped.append("opt_einsum (not importable: MFGLib timed with plain torch.einsum)")
     result["rows"] = [asdict(r) for r in rows]
     result["skipped"] = skipped

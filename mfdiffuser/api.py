@@ -28,9 +28,9 @@ from mfdiffuser.envs import (
     damped_fictitious_play,
     exploitability,
     fictitious_play,
+    mean_field_flow,
     online_mirror_descent,
     policy_value,
-    propagate,
     uniform_policy,
 )
 from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
@@ -151,8 +151,7 @@ def solve(
             out["learning_rate"] = learning_rate
         out["exploitability_curve"] = [float(x) for x in result.exploitability_curve]
         policy = result.policy
-    flow = propagate(game, policy)
-    _, br_value = best_response(game, flow)
+    _, br_value = best_response(game, mean_field_flow(game, policy))
     out["value"] = float(policy_value(game, policy))
     out["best_response_value"] = float(br_value)
     out["exploitability"] = float(exploitability(game, policy))

@@ -48,14 +48,34 @@ def window_returns(
     game: Any, mu: np.ndarray, t0: np.ndarray, states: np.ndarray, actions: np.ndarray
 ) -> np.ndarray:
     """Each particle's return in its window: states, actions[B, M, H] (steps past the episode
-    end excluded), mu[B, H, S] the mean field at t0 + h -> returns[B, M]."""
+    end excluded), mu[B, H, S] the mean field at t0 + h -> returns[B, M].
+
+    A state-action mean-field game's rewards take L[S, A]; the windows hold only the episode's
+    state histogram mu, so L is estimated as mu(s)·π̂(a | s), π̂ the particles' own action
+    frequencies in state s at that step (uniform in a state no particle is in)."""
     b, m, h = states.shape
     out = np.zeros((b, m))
+    lifted = getattr(game, "state_action_mean_field", False)
     for i in range(b):
         for j in range(min(h, game.horizon - int(t0[i]))):
-            reward = game.reward(int(t0[i]) + j, mu[i, j])  # [S, A]
+            field = _state_action_estimate(game, mu[i, j], states[i, :, j], actions[i, :, j])
+            reward = game.reward(int(t0[i]) + j, field if lifted else mu[i, j])  # [S, A]
             out[i] += reward[states[i, :, j], actions[i, :, j]]
     return out
+
+
+def _state_action_estimate(
+    game: Any, mu: np.ndarray, states: np.ndarray, actions: np.ndarray
+) -> np.ndarray | None:
+    """L̂[S, A] = mu(s)·π̂(a | s) from particles' states[M] and actions[M] (None for a game whose
+    rewards take mu only)."""
+    if not getattr(game, "state_action_mean_field", False):
+        return None
+    n_s, n_a = game.n_states, game.n_actions
+    counts = np.bincount(states * n_a + actions, minlength=n_s * n_a).reshape(n_s, n_a)
+    seen = counts.sum(axis=1, keepdims=True)
+    pi_hat = np.where(seen > 0, counts / np.maximum(seen, 1), 1.0 / n_a)
+    return np.asarray(mu, dtype=np.float64)[:, None] * pi_hat
 
 
 class _WithValues:

@@ -13,6 +13,17 @@ Axis order, used everywhere in this package:
 
 Time convention: at epoch t an agent in state s takes action a, receives r_t(s, a, mu_t) and then
 moves; there is no reward after the last epoch (t = T-1).
+
+State-action mean fields: a game whose rewards and dynamics depend on the state-action
+distribution L_t(s, a) = mu_t(s) pi_t(a | s) (MFGLib's contract), not only on mu_t, sets the class
+attribute `state_action_mean_field = True`. Its `reward`, `push`, `pull` and `sample_next` then
+receive L_t[S, A] where the others receive mu_t[S], and every function below that takes a
+population flow takes it in the game's own form, the MEAN-FIELD FLOW:
+    mf_flow[T, S]     mu_t(s)           (state_action_mean_field = False, the default)
+    mf_flow[T, S, A]  L_t(s, a)         (state_action_mean_field = True)
+`mean_field_flow(game, policy)` gives it for a policy; `propagate` always gives the state flow
+flow[T, S] (what a planner's context and the data hold). A [T, S] flow handed to an L_t game is
+refused with a ValueError (it cannot be right: the actions of the population are unknown).
 """
 
 from __future__ import annotations
@@ -37,14 +48,19 @@ class FiniteMeanFieldGame(ABC):
     n_actions: int
     horizon: int  # number of decision epochs t = 0..horizon-1
     mu0: FloatArray  # mu0[S]
+    # True: reward/push/pull/sample_next take the state-action distribution L_t[S, A] (see the
+    # module docstring); False: the state distribution mu_t[S].
+    state_action_mean_field: bool = False
 
     @abstractmethod
     def reward(self, t: int, mu: FloatArray) -> FloatArray:
-        """Expected reward r_t(s, a, mu) at epoch t: [S, A], given the population mu[S]."""
+        """Expected reward r_t(s, a, mu) at epoch t: [S, A], given the population mu[S]
+        (L_t[S, A] for a state-action mean-field game)."""
 
     @abstractmethod
     def push(self, t: int, mu: FloatArray, mass: FloatArray) -> FloatArray:
-        """Next-state distribution [S] of mass[S, A] under the epoch-t dynamics (population mu)."""
+        """Next-state distribution [S] of mass[S, A] under the epoch-t dynamics (population mu,
+        or L_t[S, A] for a state-action mean-field game)."""
 
     @abstractmethod
     def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
@@ -58,7 +74,8 @@ class FiniteMeanFieldGame(ABC):
         actions: IntArray,
         rng: np.random.Generator,
     ) -> IntArray:
-        """One next state per agent under the epoch-t dynamics (population mu): next_states[N].
+        """One next state per agent under the epoch-t dynamics (population mu, or L_t[S, A] for a
+        state-action mean-field game): next_states[N].
 
         Generic default for small games (S * A * S <= 10**6): builds the rows
         P[s, a, :] = push(t, mu, unit mass at (s, a)) and samples by inverse CDF with one uniform
@@ -131,7 +148,22 @@ def _check_policy(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:
 
 
 def _check_flow(game: FiniteMeanFieldGame, flow: FloatArray) -> FloatArray:
+    """A population flow in the game's form: mu[T, S], or L[T, S, A] for an L_t game."""
     flow = np.asarray(flow, dtype=np.float64)
+    if game.state_action_mean_field:
+        expected: tuple[int, ...] = (game.horizon, game.n_states, game.n_actions)
+        if flow.shape != expected:
+            got = (
+                "a state flow mu[T, S]: its actions are unknown, so the rewards and dynamics "
+                "cannot be evaluated; pass mean_field_flow(game, policy)"
+                if flow.shape == expected[:2]
+                else f"shape {flow.shape}"
+            )
+            raise ValueError(
+                f"flow: {type(game).__name__} is a state-action mean-field game "
+                f"(state_action_mean_field = True): expected L_t[T, S, A] = {expected}, got {got}"
+            )
+        return flow
     expected = (game.horizon, game.n_states)
     if flow.shape != expected:
         raise ValueError(f"flow: expected shape [T, S] = {expected}, got {flow.shape}")
@@ -143,27 +175,48 @@ def uniform_policy(game: FiniteMeanFieldGame) -> FloatArray:
     return np.full((game.horizon, game.n_states, game.n_actions), 1.0 / game.n_actions)
 
 
+def _state_flow(game: FiniteMeanFieldGame, policy: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(state flow mu[T, S], mean-field flow in the game's form) of a validated policy."""
+    out = np.empty((game.horizon, game.n_states))
+    out[0] = game.mu0
+    lifted = game.state_action_mean_field
+    for t in range(game.horizon - 1):
+        mass = out[t][:, None] * policy[t]  # L_t[S, A]
+        out[t + 1] = game.push(t, mass if lifted else out[t], mass)
+    return out, (out[..., None] * policy if lifted else out)
+
+
+def mean_field_flow(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:
+    """The policy's own population flow in the form the game's rewards and dynamics take:
+    mu[T, S], or L[T, S, A] with L_t(s, a) = mu_t(s) pi_t(a | s) for a state-action mean-field
+    game. This is what `q_values`, `best_response` and `propagate(flow=...)` take."""
+    return _state_flow(game, _check_policy(game, policy))[1]
+
+
 def propagate(
     game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray | None = None
 ) -> FloatArray:
     """State distribution flow[T, S] of an agent following `policy`, starting from mu0.
 
     Without `flow` the population is the agent's own distribution (the mean-field flow of the
-    policy). With a population `flow[T, S]`, dynamics at epoch t are those induced by flow[t]:
-    the distribution of one agent (e.g. a best responder) inside a fixed population.
+    policy). With a population `flow` (in the game's form, see `mean_field_flow`), dynamics at
+    epoch t are those induced by flow[t]: the distribution of one agent (e.g. a best responder)
+    inside a fixed population.
     """
     policy = _check_policy(game, policy)
-    population = None if flow is None else _check_flow(game, flow)
+    if flow is None:
+        return _state_flow(game, policy)[0]
+    population = _check_flow(game, flow)
     out = np.empty((game.horizon, game.n_states))
     out[0] = game.mu0
     for t in range(game.horizon - 1):
-        mu_t = out[t] if population is None else population[t]
-        out[t + 1] = game.push(t, mu_t, out[t][:, None] * policy[t])
+        out[t + 1] = game.push(t, population[t], out[t][:, None] * policy[t])
     return out
 
 
 def q_values(game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray) -> FloatArray:
-    """Q[T, S, A] of `policy` against the fixed population flow[T, S] (backward recursion)."""
+    """Q[T, S, A] of `policy` against the fixed population flow (backward recursion); the flow
+    in the game's form (`mean_field_flow`: mu[T, S], or L[T, S, A] for an L_t game)."""
     policy = _check_policy(game, policy)
     flow = _check_flow(game, flow)
     q = np.empty((game.horizon, game.n_states, game.n_actions))
@@ -181,15 +234,17 @@ def _value_from_q(game: FiniteMeanFieldGame, policy: FloatArray, q: FloatArray) 
 def policy_value(
     game: FiniteMeanFieldGame, policy: FloatArray, flow: FloatArray | None = None
 ) -> float:
-    """Expected return sum_s mu0(s) V_0(s) of `policy` against `flow` (default: its own flow)."""
+    """Expected return sum_s mu0(s) V_0(s) of `policy` against the population `flow` (in the
+    game's form, see `mean_field_flow`; default: the policy's own flow)."""
     policy = _check_policy(game, policy)
     if flow is None:
-        flow = propagate(game, policy)
+        flow = mean_field_flow(game, policy)
     return _value_from_q(game, policy, q_values(game, policy, flow))
 
 
 def best_response(game: FiniteMeanFieldGame, flow: FloatArray) -> tuple[FloatArray, float]:
-    """Deterministic best response policy[T, S, A] to flow[T, S] and its value.
+    """Deterministic best response policy[T, S, A] to a population flow and its value; the flow
+    in the game's form (`mean_field_flow`: mu[T, S], or L[T, S, A] for an L_t game).
 
     Ties (up to a relative 1e-12) go to the lowest action index.
     """
@@ -211,7 +266,7 @@ def best_response(game: FiniteMeanFieldGame, flow: FloatArray) -> tuple[FloatArr
 def exploitability(game: FiniteMeanFieldGame, policy: FloatArray) -> float:
     """Best-response value against the policy's own flow minus the policy's value (>= 0)."""
     policy = _check_policy(game, policy)
-    flow = propagate(game, policy)
+    flow = mean_field_flow(game, policy)
     _, br_value = best_response(game, flow)
     return br_value - policy_value(game, policy, flow)
 

@@ -19,6 +19,7 @@ from mfdiffuser.envs.behaviour import Behaviour, make_behaviour
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DParams, Crowd1DSim
 from mfdiffuser.envs.crowd_2d import Crowd2DParams, Crowd2DSim, FourRoomsParams, make_crowd_2d
 from mfdiffuser.envs.finite import FiniteMeanFieldGame
+from mfdiffuser.envs.mfglib_env import MFGLibParams, make_mfglib_game
 from mfdiffuser.envs.predator_prey import PredatorPreyParams, PredatorPreySim, make_predator_prey
 from mfdiffuser.envs.simulate import FiniteGameSim
 from mfdiffuser.envs.sis import SIS, SISParams
@@ -273,6 +274,17 @@ _BUILT_IN = (
             make_sim=battle.BattleSim,
             scripted=battle.POLICIES,
         ),
+    ),
+    BenchmarkSpec(
+        name="mfglib",
+        version=1,
+        family="mfglib",
+        description="any MFGLib 0.3.0 environment (params.env; optional: pip install "
+        "mfglib==0.3.0), exact model from its dense float64 transitions, MFGLib's T: "
+        "horizon T+1",
+        params_model=MFGLibParams,
+        make_game=make_mfglib_game,  # type: ignore[arg-type]
+        make_sim=_finite_sim,
     ),
 )
 

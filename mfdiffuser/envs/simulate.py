@@ -3,6 +3,9 @@
 Same interface as Crowd1DSim: reset(seed) -> states[N], t, step(actions) -> (next_states[N],
 rewards[N], done), mean_field(). The mean field fed to the game is the empirical histogram of the
 agents' states at epoch t; per-agent transitions come from `game.sample_next` (O(N), batched).
+For a state-action mean-field game (`game.state_action_mean_field`) it is the empirical
+state-action distribution L_N[S, A] of the agents' (state, action) pairs at epoch t, taken after
+every agent has chosen its action: `state_action_distribution(actions)`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ class FiniteGameSim:
     """N-agent simulator of a FiniteMeanFieldGame: batched numpy, seeded.
 
     At epoch t each agent in state s taking action a receives game.reward(t, mu_N)[s, a] with
-    mu_N the empirical state distribution, then moves by game.sample_next(t, mu_N, ...). So an
+    mu_N the empirical state distribution (the empirical L_N[S, A] for a state-action mean-field
+    game), then moves by game.sample_next(t, mu_N, ...). So an
     agent's summed rewards are an unbiased sample of its return as N grows.
     """
 
@@ -68,9 +72,19 @@ class FiniteGameSim:
         self.t += 1
         return self.states.copy(), rewards, self.t >= self.game.horizon
 
+    def state_action_distribution(self, actions: npt.ArrayLike) -> FloatArray:
+        """Empirical L_N[S, A]: the fraction of agents in state s taking action a (actions[N])."""
+        n_s, n_a = self.game.n_states, self.game.n_actions
+        flat = self.states * n_a + np.asarray(actions, dtype=np.int64)
+        counts = np.bincount(flat, minlength=n_s * n_a)
+        return (counts / self.n_agents).reshape(n_s, n_a)
+
     def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
         """(rewards[N] received at epoch t, next_states[N]) for validated actions[N]."""
-        mu = self.mean_field()
+        if self.game.state_action_mean_field:
+            mu = self.state_action_distribution(actions)
+        else:
+            mu = self.mean_field()
         rewards = self.game.reward(self.t, mu)[self.states, actions]
         return rewards, self.game.sample_next(self.t, mu, self.states, actions, self.rng)
 

@@ -2,6 +2,11 @@
 
 Both return the policy reached and, per iteration, its exploitability and its value against its
 own flow, so a dataset can record how far its behaviour policy is from equilibrium.
+
+State-action mean-field games (`state_action_mean_field = True`) are solved directly: best
+responses are taken against the iterate's L_t flow (`mean_field_flow`), and the averages below
+weight policies by state distributions as for any game (an average of state-action
+distributions d(s) pi(a | s) is what they compute).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numpy as np
 from mfdiffuser.envs.finite import (
     FiniteMeanFieldGame,
     FloatArray,
+    _state_flow,
     best_response,
     propagate,
     q_values,
@@ -30,15 +36,25 @@ class SolveResult:
     values: list[float] = field(default_factory=list)  # value of the iterate against its own flow
 
 
-def _evaluate(
-    game: FiniteMeanFieldGame, policy: FloatArray
-) -> tuple[FloatArray, FloatArray, float, float]:
-    """flow[T, S] and Q[T, S, A] of a policy against its own flow, its value and exploitability."""
-    flow = propagate(game, policy)
-    q = q_values(game, policy, flow)
+@dataclass(frozen=True)
+class _Evaluation:
+    """A policy against its own flow: state flow mu[T, S], the population flow in the game's form
+    (mu[T, S], or L[T, S, A] for a state-action mean-field game), Q[T, S, A], value and
+    exploitability."""
+
+    flow: FloatArray
+    population: FloatArray
+    q: FloatArray
+    value: float
+    exploitability: float
+
+
+def _evaluate(game: FiniteMeanFieldGame, policy: FloatArray) -> _Evaluation:
+    flow, population = _state_flow(game, policy)
+    q = q_values(game, policy, population)
     value = float(game.mu0 @ np.einsum("sa,sa->s", policy[0], q[0]))
-    _, br_value = best_response(game, flow)
-    return flow, q, value, br_value - value
+    _, br_value = best_response(game, population)
+    return _Evaluation(flow, population, q, value, br_value - value)
 
 
 def _check_iterations(iterations: int) -> None:
@@ -58,25 +74,25 @@ def fictitious_play(game: FiniteMeanFieldGame, iterations: int) -> SolveResult:
     """
     _check_iterations(iterations)
     uniform = uniform_policy(game)
-    d0 = propagate(game, uniform)  # d_j,t(s): [T, S]
+    d0, population = _state_flow(game, uniform)  # d_j,t(s): [T, S]
     weighted = d0[:, :, None] * uniform  # sum_j d_j,t(s) br_j,t(a | s): [T, S, A]
     weight = d0.copy()  # sum_j d_j,t(s): [T, S]
     avg = uniform
-    flow = d0
     curve: list[float] = []
     values: list[float] = []
     for _ in range(iterations):
-        br, _ = best_response(game, flow)
-        d = propagate(game, br, flow=flow)
+        br, _ = best_response(game, population)
+        d = propagate(game, br, flow=population)
         weighted += d[:, :, None] * br
         weight += d
         reached = weight > 0
         avg = np.where(
             reached[:, :, None], weighted / np.where(reached, weight, 1.0)[:, :, None], uniform
         )
-        flow, _, value, expl = _evaluate(game, avg)
-        curve.append(expl)
-        values.append(value)
+        ev = _evaluate(game, avg)
+        population = ev.population
+        curve.append(ev.exploitability)
+        values.append(ev.value)
     return SolveResult(policy=avg, exploitability_curve=curve, values=values)
 
 
@@ -99,22 +115,23 @@ def damped_fictitious_play(
     if not 0.0 < step_exponent <= 1.0:
         raise ValueError(f"step_exponent: must lie in (0, 1], got {step_exponent}")
     policy = uniform_policy(game)
-    flow = propagate(game, policy)
+    flow, population = _state_flow(game, policy)
     curve: list[float] = []
     values: list[float] = []
     for k in range(1, iterations + 1):
         a = (k + 1.0) ** -step_exponent
-        br, _ = best_response(game, flow)
-        d_br = propagate(game, br, flow=flow)
+        br, _ = best_response(game, population)
+        d_br = propagate(game, br, flow=population)
         num = (1.0 - a) * flow[:, :, None] * policy + a * d_br[:, :, None] * br
         den = (1.0 - a) * flow + a * d_br
         reached = den > 0
         policy = np.where(
             reached[:, :, None], num / np.where(reached, den, 1.0)[:, :, None], policy
         )
-        flow, _, value, expl = _evaluate(game, policy)
-        curve.append(expl)
-        values.append(value)
+        ev = _evaluate(game, policy)
+        flow, population = ev.flow, ev.population
+        curve.append(ev.exploitability)
+        values.append(ev.value)
     return SolveResult(policy=policy, exploitability_curve=curve, values=values)
 
 
@@ -135,15 +152,16 @@ def online_mirror_descent(
     _check_iterations(iterations)
     y = np.zeros((game.horizon, game.n_states, game.n_actions))  # y[T, S, A]
     policy = _softmax(y)
-    _, q, _, _ = _evaluate(game, policy)
+    q = _evaluate(game, policy).q
     curve: list[float] = []
     values: list[float] = []
     for _ in range(iterations):
         y += learning_rate * q
         policy = _softmax(y)
-        _, q, value, expl = _evaluate(game, policy)
-        curve.append(expl)
-        values.append(value)
+        ev = _evaluate(game, policy)
+        q = ev.q
+        curve.append(ev.exploitability)
+        values.append(ev.value)
     return SolveResult(policy=policy, exploitability_curve=curve, values=values)
 
 

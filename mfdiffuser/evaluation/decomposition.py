@@ -27,13 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from mfdiffuser.data.advantages import TabularAdvantage, expected_log_normaliser, tilted_policy
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, policy_value, propagate, q_values
+from mfdiffuser.envs.finite import (
+    FiniteMeanFieldGame,
+    mean_field_flow,
+    policy_value,
+    propagate,
+    q_values,
+)
 
 
 def true_advantage(game: FiniteMeanFieldGame, policy: np.ndarray) -> np.ndarray:
-    """A^π[T, S, A] = Q^π − V^π against π's own exact flow (exact dynamic programming)."""
-    flow = propagate(game, policy)
-    q = q_values(game, policy, flow)
+    """A^π[T, S, A] = Q^π − V^π against π's own exact flow (exact dynamic programming; the flow
+    in the game's form: L_t for a state-action mean-field game)."""
+    q = q_values(game, policy, mean_field_flow(game, policy))
     return q - (policy * q).sum(axis=-1, keepdims=True)
 
 

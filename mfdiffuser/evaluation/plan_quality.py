@@ -49,7 +49,8 @@ def transition_probabilities(
 ) -> np.ndarray:
     """P(s_{k+1} | s_k, a_k, μ_k) of every planned transition: probs[M, H-1].
 
-    states[M, H], actions[M, H] (decoded); μ_k is the particles' own state histogram at step k.
+    states[M, H], actions[M, H] (decoded); μ_k is the particles' own state histogram at step k
+    (their (state, action) histogram L_k[S, A] for a state-action mean-field game).
     Windows that run past the horizon are scored only up to it (the rest is NaN).
     """
     m, h = states.shape
@@ -58,7 +59,12 @@ def transition_probabilities(
         t = t0 + k
         if t >= game.horizon - 1:
             break
-        mu = np.bincount(states[:, k], minlength=game.n_states) / m
+        if getattr(game, "state_action_mean_field", False):
+            flat = states[:, k] * game.n_actions + actions[:, k]
+            counts = np.bincount(flat, minlength=game.n_states * game.n_actions)
+            mu = (counts / m).reshape(game.n_states, game.n_actions)
+        else:
+            mu = np.bincount(states[:, k], minlength=game.n_states) / m
         for s, a in {(int(s), int(a)) for s, a in zip(states[:, k], actions[:, k], strict=True)}:
             mass = np.zeros((game.n_states, game.n_actions))
             mass[s, a] = 1.0

@@ -28,7 +28,13 @@ TINY = [f"n_agents={N}", f"data.episodes={EPISODES}", "data.shards=1", *TRAIN, *
 # crowd_1d's 2-rank DDP is tested in test_ray_flow.py.
 WORKERS = {"predator_prey": 2}
 # Long default episodes, shortened for time (the length still comes from the registry).
-PARAMS = {"battle": ["max_steps=12"], "sis": ["horizon=6"], "four_rooms": ["horizon=6"]}
+# mfglib: a state-action mean-field environment (L_t), the contract's harder case.
+PARAMS = {
+    "battle": ["max_steps=12"],
+    "sis": ["horizon=6"],
+    "four_rooms": ["horizon=6"],
+    "mfglib": ["env=random_linear"],
+}
 
 
 @pytest.fixture(scope="module")

@@ -61,8 +61,20 @@ def test_quick_harness_table_and_agreement() -> None:
         if importlib.util.find_spec(module) is None:
             assert any(s.startswith(group) for s in out["skipped"]), out["skipped"]
 
-    mfglib = [r for r in rows if r["peer"].startswith("MFGLib")]
+    mfglib = [r for r in rows if r["peer"].startswith("MFGLib") and "crowd_2d" in r["measure"]]
     assert len(mfglib) == 1
+    # the mfglib family (--quick: beach_bar, random_linear, left_right), uniform and random
+    family = [r for r in rows if r["measure"].startswith("mfglib family")]
+    assert [r["measure"].split(", ")[1].split(" ")[0] for r in family] == [
+        "beach_bar",
+        "random_linear",
+        "left_right",
+    ]
+    for r in family:
+        assert r["theirs"] > 0 and r["peer"].startswith("MFGLib 0.3.0")
+        for label in ("uniform", "random"):
+            assert r["agreement"][f"{label}_abs_diff"] < 1e-10, r["measure"]
+    assert "L_t" in family[1]["measure"] and "mu_t" in family[0]["measure"]
     row = mfglib[0]
     assert row["theirs"] > 0 and row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
     assert math.isclose(row["ratio_cpu"], row["theirs"] / row["ours"], rel_tol=1e-9)
