@@ -69,6 +69,24 @@ class Timing:
     wall: float  # median wall seconds per call
 
 
+def peer_row(
+    measure: str, peer: str, t: dict[str, Timing], ours: float, theirs: float, **extra: Any
+) -> Row:
+    """A row timing one call of ours against one of the peer's (`t["ours"]`, `t["theirs"]`, in
+    ms), with the two values the calls computed side by side (`agreement`, unless given)."""
+    extra.setdefault("agreement", {"ours": ours, "theirs": theirs, "abs_diff": abs(ours - theirs)})
+    return Row(
+        measure=measure,
+        unit="ms per call",
+        ours=t["ours"].cpu * 1e3,
+        theirs=t["theirs"].cpu * 1e3,
+        peer=peer,
+        ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
+        ratio_wall=t["theirs"].wall / t["ours"].wall,
+        **extra,
+    )
+
+
 def interleaved(
     sides: dict[str, Callable[[], object]],
     repeats: int,
@@ -162,15 +180,12 @@ def rows_mfglib(sizes: list[int], repeats: int) -> list[Row]:
             repeats,
         )
         out.append(
-            Row(
-                measure=f"exact exploitability, crowd_2d {size}x{size} H=10, random policy",
-                unit="ms per call",
-                ours=t["ours"].cpu * 1e3,
-                theirs=t["theirs"].cpu * 1e3,
-                peer=f"MFGLib 0.3.0 exploitability_score ({einsum})",
-                ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
-                ratio_wall=t["theirs"].wall / t["ours"].wall,
-                agreement={"ours": ours, "theirs": theirs, "abs_diff": abs(ours - theirs)},
+            peer_row(
+                f"exact exploitability, crowd_2d {size}x{size} H=10, random policy",
+                f"MFGLib 0.3.0 exploitability_score ({einsum})",
+                t,
+                ours,
+                theirs,
             )
         )
     return out
@@ -214,15 +229,13 @@ def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
         )
         kind = "L_t" if game.state_action_mean_field else "mu_t"
         out.append(
-            Row(
-                measure=f"mfglib family: exact exploitability, {name} (S={game.n_states}, "
+            peer_row(
+                f"mfglib family: exact exploitability, {name} (S={game.n_states}, "
                 f"A={game.n_actions}, H={game.horizon}, {kind}), random policy",
-                unit="ms per call",
-                ours=t["ours"].cpu * 1e3,
-                theirs=t["theirs"].cpu * 1e3,
-                peer=f"MFGLib 0.3.0 exploitability_score ({einsum})",
-                ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
-                ratio_wall=t["theirs"].wall / t["ours"].wall,
+                f"MFGLib 0.3.0 exploitability_score ({einsum})",
+                t,
+                ours,
+                theirs,
                 agreement=agreement,
             )
         )
@@ -265,16 +278,12 @@ def rows_openspiel(repeats: int) -> list[Row]:
     ours, theirs = exploitability(game, pol), theirs_crowd()
     t = interleaved({"ours": lambda: exploitability(game, pol), "theirs": theirs_crowd}, repeats)
     out = [
-        Row(
-            measure="exact exploitability, crowd_2d 10x10 H=10 (no move cost, start (3,3)), "
-            "uniform",
-            unit="ms per call",
-            ours=t["ours"].cpu * 1e3,
-            theirs=t["theirs"].cpu * 1e3,
-            peer="OpenSpiel 2.0.2 NashConv",
-            ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
-            ratio_wall=t["theirs"].wall / t["ours"].wall,
-            agreement={"ours": ours, "theirs": theirs, "abs_diff": abs(ours - theirs)},
+        peer_row(
+            "exact exploitability, crowd_2d 10x10 H=10 (no move cost, start (3,3)), uniform",
+            "OpenSpiel 2.0.2 NashConv",
+            t,
+            ours,
+            theirs,
         )
     ]
     # With the movement cost the values differ by design (docs/benchmarks.md): shown, not timed.
@@ -298,15 +307,8 @@ def rows_openspiel(repeats: int) -> list[Row]:
     ours, theirs = ours_pp(), theirs_pp()
     t = interleaved({"ours": ours_pp, "theirs": theirs_pp}, repeats)
     out.append(
-        Row(
-            measure="NashConv, predator_prey 5x5 H=10, uniform",
-            unit="ms per call",
-            ours=t["ours"].cpu * 1e3,
-            theirs=t["theirs"].cpu * 1e3,
-            peer="OpenSpiel 2.0.2 NashConv",
-            ratio_cpu=t["theirs"].cpu / t["ours"].cpu,
-            ratio_wall=t["theirs"].wall / t["ours"].wall,
-            agreement={"ours": ours, "theirs": theirs, "abs_diff": abs(ours - theirs)},
+        peer_row(
+            "NashConv, predator_prey 5x5 H=10, uniform", "OpenSpiel 2.0.2 NashConv", t, ours, theirs
         )
     )
     return out

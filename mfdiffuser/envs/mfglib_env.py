@@ -153,7 +153,9 @@ def _import_mfglib() -> tuple[Any, Any]:
 
 
 @contextmanager
-def _float64(torch: Any) -> Iterator[None]:
+def torch_float64(torch: Any) -> Iterator[None]:
+    """torch's default dtype float64 inside, the caller's again after (MFGLib builds its tensors
+    in the default dtype)."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -315,7 +317,7 @@ def make_environment(name: str, **kwargs: Any) -> Any:
         raise ValueError(
             f"env = {name!r}: not an MFGLib environment; allowed: {', '.join(ENV_NAMES)}"
         )
-    with torch.random.fork_rng(devices=[]), _float64(torch):
+    with torch.random.fork_rng(devices=[]), torch_float64(torch):
         try:
             return getattr(environment, name)(**kwargs)
         except (ValueError, TypeError) as err:
@@ -389,7 +391,7 @@ class MFGLibGame(FiniteMeanFieldGame):
             self._cache.move_to_end(key)
             return hit[1]
         torch = self._torch
-        with _float64(torch), torch.no_grad():
+        with torch_float64(torch), torch.no_grad():
             big_l = self._field(mf)
             if kind == "reward":
                 out = self.env.reward(t, big_l).to(torch.float64)

@@ -16,6 +16,7 @@ from mfglib.env import Environment
 from mfglib.scoring import exploitability_score
 
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, exploitability, uniform_policy
+from mfdiffuser.envs.mfglib_env import torch_float64
 from mfdiffuser.envs.sis import SIS
 from mfdiffuser.envs.solvers import fictitious_play, online_mirror_descent
 from mfdiffuser.envs.stage_games import LeftRight, RockPaperScissors
@@ -31,12 +32,8 @@ PAIRS: dict[str, tuple[Callable[[], FiniteMeanFieldGame], Callable[[], Environme
 
 @pytest.fixture(autouse=True)
 def float64_torch() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_float64(torch):
         yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def mfglib_exploitability(env: Environment, policy: np.ndarray) -> float:

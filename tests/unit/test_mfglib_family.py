@@ -37,6 +37,7 @@ from mfdiffuser.envs.mfglib_env import (
     MFGLibGame,
     MFGLibParams,
     make_environment,
+    torch_float64,
 )
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.envs.simulate import FiniteGameSim
@@ -49,12 +50,8 @@ SPEC = get_benchmark("mfglib")
 
 @pytest.fixture(autouse=True)
 def float64_torch() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
+    with torch_float64(torch):
         yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def theirs(name: str) -> Environment:
@@ -175,20 +172,11 @@ def test_building_leaves_torchs_rng_and_default_dtype_alone() -> None:
     assert torch.equal(torch.random.get_rng_state(), state)
     assert game.reward(0, np.full((5, 5), 1 / 25)).dtype == np.float64
     # the same seed gives the same game (MFGLib's draws, in float64)
-    with torch.random.fork_rng(devices=[]), _float64():
+    with torch.random.fork_rng(devices=[]), torch_float64(torch):
         ref = Environment.random_linear(seed=3)
     l_t = np.full((5, 5), 1 / 25)
     np.testing.assert_array_equal(game.reward(1, l_t), ref.reward(1, torch.tensor(l_t)).numpy())
     assert make_environment("random_linear", seed=3).T == 3
-
-
-class _float64:
-    def __enter__(self) -> None:
-        self.previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-
-    def __exit__(self, *args: object) -> None:
-        torch.set_default_dtype(self.previous)
 
 
 def test_simulator_and_solvers_on_a_state_action_environment() -> None:
