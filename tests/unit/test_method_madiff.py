@@ -219,13 +219,14 @@ def test_checkpoint_round_trip_is_bit_exact_and_acts_identically(
 
 
 def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
-    """At seeds 0, 1 and 2, each with its own untrained self (same seed, same readout).
+    """At seeds 0, 1 and 2, each with its own untrained self (same seed, same readout), the
+    frozen table's exploitability is at least 30% below the untrained one's (issue 10's bar).
 
-    Issue 10 asks for a 30% drop at every seed; this is not met yet, and the test pins what is:
-    every seed >= 25% and the mean >= 28%. Seen with the gated attention and the default hard
-    readout: 2.385 -> 1.744, 3.049 -> 2.119, 2.524 -> 1.744 (27%, 31%, 31%, mean 29.4%). The soft
-    readout reaches a 30.4% mean, but by raising the untrained figure; its trained tables are
-    slightly worse (1.787, 2.122, 1.781), so it is not the default."""
+    The budget: 1,000 steps of batch 64. Measured (hard readout, one thread): 2.385 -> 1.515,
+    3.049 -> 1.891, 2.524 -> 1.650 (36.5%, 38.0%, 34.6%). With 800 steps of batch 16 the drops
+    were 27%, 31%, 31%: the joint model's windows hold all 30 agents, so a batch of 16 windows is
+    a noisy gradient; batch 32 gave 29.6%, 34.0%, 32.7%, batch 64 at 800 steps 36.3%, 35.3%,
+    30.4%."""
     game, prior, arrays = crowd
     params = SPEC.params(
         {"window": 1, "diffusion_steps": 10, "hidden": 32, "n_blocks": 1, "heads": 2, "draws": 16}
@@ -241,17 +242,16 @@ def test_learns_on_crowd_1d_medium_data(crowd: tuple) -> None:
                 batches,
                 epochs=1,
                 steps_per_epoch=steps,
-                batch_size=16,
+                batch_size=64,
                 lr=3e-3,
                 on_epoch=lambda *_: None,
             )
         table = method.policy(game, prior, seed).expected_table(lambda p: propagate(game, p), seed)
         return exploitability(game, table)
 
-    pairs = [(table_exploitability(s, 0), table_exploitability(s, 800)) for s in (0, 1, 2)]
+    pairs = [(table_exploitability(s, 0), table_exploitability(s, 1000)) for s in (0, 1, 2)]
     drops = [1 - trained / untrained for untrained, trained in pairs]
-    # Before the gate (hard readout): 21%, 31%, 35%.
-    assert np.mean(drops) >= 0.28 and min(drops) >= 0.25, pairs
+    assert min(drops) >= 0.30, pairs
 
 
 def test_shares_the_planners_field_definitions() -> None:
