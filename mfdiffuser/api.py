@@ -37,6 +37,7 @@ from mfdiffuser.envs.registry import BENCHMARKS, get_benchmark
 from mfdiffuser.platform.config import (
     ConfigError,
     ExperimentConfig,
+    check_local_data_path,
     load_config,
     validation_lines,
 )
@@ -371,6 +372,7 @@ def train(
     from mfdiffuser.workers.datagen import Dataset
 
     check_method(cfg)
+    check_local_data_path(cfg)
     # A user's dataset is verified (and refused if it fails) before any run or Ray work.
     given = Dataset(cfg.data.path, verify_dataset(cfg.data.path), None) if cfg.data.path else None
     uri = tracking_uri or _tracking(cfg)
@@ -717,6 +719,7 @@ def run_experiment(
     from mfdiffuser.platform import tracking
 
     check_method(cfg)  # as `train` does, but before this run or its Ray start
+    check_local_data_path(cfg)
     uri = _tracking(cfg, workdir)
     start = time.perf_counter()
     previous = tracking.find_unfinished_run(uri, cfg, role="run")

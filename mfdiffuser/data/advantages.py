@@ -88,6 +88,27 @@ def fit_tabular_advantage(arrays: EpisodeArrays, n_states: int, n_actions: int) 
     return advantage_from_sums(*advantage_sums(arrays, n_states, n_actions))
 
 
+def dataset_statistics(
+    uri: str, n_states: int, n_actions: int
+) -> tuple[TabularAdvantage, np.ndarray]:
+    """The tabular advantage and the behaviour prior π_b(a | s, t) [T, S, A] of a whole
+    finite-state dataset, read one shard at a time (a shard holds whole episodes): the sums and
+    counts over all its episodes, so memory is one shard's, whatever the dataset's size. Each
+    shard's bytes are checked against the manifest as it is read."""
+    from mfdiffuser.data.manifest import read_manifest
+    from mfdiffuser.data.windows import load_episodes, normalise_counts
+
+    sums: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    for i in range(len(read_manifest(uri).shards)):
+        arrays, _ = load_episodes(uri, [i])
+        s, c = advantage_sums(arrays, n_states, n_actions)
+        sums, counts = (s, c) if sums is None or counts is None else (sums + s, counts + c)
+    if sums is None or counts is None:
+        raise ValueError(f"dataset {uri!r}: no shards")
+    return advantage_from_sums(sums, counts), normalise_counts(counts)
+
+
 def _advantage_table(adv: TabularAdvantage | npt.ArrayLike) -> np.ndarray:
     if isinstance(adv, TabularAdvantage):
         return adv.table

@@ -38,9 +38,12 @@ from mfdiffuser.platform.names import SafeName
 MAX_CPUS = 1024  # per Train worker, per rollout actor, and Ray Train workers / actors per run
 MAX_AGENTS = 10_000_000  # N of a dataset or of an evaluation
 MAX_SEED = 2**32 - 1  # numpy and torch both take it
-# Agent-steps (episodes x N x horizon) of a dataset and of an evaluation: 2e8 rows of
-# (state, action, reward) are a few GB in memory while a shard or a rollout is written.
+# Agent-steps (episodes x N x horizon) of a dataset shard, of an evaluation and of a Train
+# worker's share on the `local` data path: 2e8 rows of (state, action, reward) are a few GB in
+# one process's memory. A whole dataset may be larger (generated shard by shard, streamed to
+# training by `train.data_path = ray_data`), up to 1e10 rows (about 20 GB of Parquet).
 MAX_AGENT_STEPS = 200_000_000
+MAX_DATASET_AGENT_STEPS = 10_000_000_000
 MAX_YAML_BYTES = 1_000_000  # a config file or one -s value
 MAX_DEPTH = 16  # nesting of YAML collections (a config needs at most 5: a matrix parameter)
 MAX_SHOWN = 80  # characters of a value shown in an error message
@@ -169,7 +172,8 @@ class DataSection(_Section):
         ge=1,
         le=1_000_000,
         description=f"episodes in the dataset, 1..1e6; episodes x N x horizon <= "
-        f"{MAX_AGENT_STEPS:.0e} agent-steps",
+        f"{MAX_DATASET_AGENT_STEPS:.0e} agent-steps, and <= {MAX_AGENT_STEPS:.0e} per shard (and "
+        "per Train worker on train.data_path=local)",
     )
     shards: int = Field(
         4, ge=1, le=10_000, description="Parquet shards (units of parallel generation), 1..10000"
@@ -421,10 +425,17 @@ class ExperimentConfig(_Section):
         d, e, t, p = self.data, self.eval, self.train, self.method.params
         horizon = self.benchmark.horizon
         steps = d.episodes * d.n_agents * horizon
-        if steps > MAX_AGENT_STEPS:
+        if steps > MAX_DATASET_AGENT_STEPS:
             raise ValueError(
                 f"data.episodes x data.n_agents x horizon = {d.episodes} x {d.n_agents} x "
-                f"{horizon} = {steps:.3g} agent-steps; allowed: <= {MAX_AGENT_STEPS:.0e}"
+                f"{horizon} = {steps:.3g} agent-steps; allowed: <= {MAX_DATASET_AGENT_STEPS:.0e}"
+            )
+        per_shard = -(-d.episodes // d.shards) * d.n_agents * horizon
+        if per_shard > MAX_AGENT_STEPS:  # a shard is made and written in one process
+            raise ValueError(
+                f"data.episodes x data.n_agents x horizon = {d.episodes} x {d.n_agents} x "
+                f"{horizon} in data.shards = {d.shards}: {per_shard:.3g} agent-steps per shard; "
+                f"allowed: <= {MAX_AGENT_STEPS:.0e} per shard (more data.shards)"
             )
         steps = sum(e.n_agents) * e.episodes * e.seeds * horizon
         if steps > MAX_AGENT_STEPS:
@@ -814,3 +825,17 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         )
     return out
+
+
+def check_local_data_path(cfg: ExperimentConfig) -> None:
+    """`train.data_path = 'local'` loads each Train worker's share of the dataset whole: a share
+    over `MAX_AGENT_STEPS` is refused before any Ray work (ConfigError), with the fix."""
+    t, d = cfg.train, cfg.data
+    share = d.episodes * d.n_agents * cfg.benchmark.horizon / t.num_workers
+    if t.data_path == "local" and share > MAX_AGENT_STEPS:
+        raise ConfigError(
+            f"train.data_path = 'local': each of train.num_workers = {t.num_workers} Train "
+            f"workers would load {share:.3g} agent-steps of the dataset into memory at once; "
+            f"allowed: <= {MAX_AGENT_STEPS:.0e} per worker, or train.data_path=ray_data (streamed "
+            "through a buffer of train.buffer_episodes, for data larger than a node's memory)"
+        )

@@ -83,10 +83,10 @@ class RolloutActor:
 
     def diagnostics(self, table: list[list[list[float]]], seed: int) -> dict[str, Any]:
         """Exact decomposition values (J^∞ of π_ref, π_β*, π_β^D, π̂) and plan quality."""
-        from mfdiffuser.data.advantages import fit_tabular_advantage
+        from mfdiffuser.data.advantages import dataset_statistics
         from mfdiffuser.data.generate import generate_shard
         from mfdiffuser.data.importing import IMPORTED
-        from mfdiffuser.data.windows import behaviour_prior, episodes_from_table, load_episodes
+        from mfdiffuser.data.windows import episodes_from_table
         from mfdiffuser.envs import policy_value
         from mfdiffuser.envs.behaviour import occupancy_mixture
         from mfdiffuser.evaluation.decomposition import exact_terms
@@ -94,14 +94,16 @@ class RolloutActor:
 
         game, cfg = self.game, self.cfg
         beta, weight_clip = self.method.tilt
-        arrays, _ = load_episodes(self.meta["dataset"])
-        advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
+        # shard by shard: a dataset larger than this actor's memory is scored too
+        advantage, data_prior = dataset_statistics(
+            self.meta["dataset"], game.n_states, game.n_actions
+        )
         # Imported data: the behaviour is unknown; the empirical policy of the data's (t, s, a)
         # counts stands in for π_b, and what rests on it is named an estimate.
         imported = cfg.data.quality == IMPORTED
         made = None if imported else self.spec.behaviour(game, cfg.data.quality)
         if made is None:
-            pi_b = behaviour_prior(arrays, game.n_states, game.n_actions)
+            pi_b = data_prior
         else:
             pi_b = occupancy_mixture(game, made.policies)
         if self.spec.reference_value is not None:

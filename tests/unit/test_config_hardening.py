@@ -110,11 +110,31 @@ def test_config_prints_the_resolved_config(tmp_path: Path, monkeypatch: pytest.M
     assert os.listdir(tmp_path) == []
 
 
+def test_a_local_data_path_too_big_for_a_worker_is_refused_before_ray() -> None:
+    """A dataset may be larger than the `local` path can hold (1e9 agent-steps here, 1e8 per
+    shard): training on `local` is refused naming the fix; the dataset itself is allowed."""
+    big = ["-s", "data.episodes=1000", "-s", "n_agents=100000", "-s", "data.shards=10"]
+    assert mfd("config", *big)[0] == 0
+    one_error_line(
+        *mfd("train", *big),
+        "train.data_path = 'local': each of train.num_workers = 2 Train workers would load "
+        "5e+08 agent-steps",
+        "allowed: <= 2e+08 per worker, or train.data_path=ray_data",
+        limit=500,
+    )
+
+
 def test_budgets_name_the_fields_they_multiply() -> None:
     one_error_line(
         *mfd("config", "-s", "data.episodes=100000", "-s", "n_agents=1000"),
-        "data.episodes x data.n_agents x horizon = 100000 x 1000 x 10",
-        "allowed: <= 2e+08",
+        "data.episodes x data.n_agents x horizon = 100000 x 1000 x 10 in data.shards = 4: "
+        "2.5e+08 agent-steps per shard",
+        "allowed: <= 2e+08 per shard (more data.shards)",
+    )
+    one_error_line(
+        *mfd("config", "-s", "data.episodes=1000000", "-s", "n_agents=10000"),
+        "data.episodes x data.n_agents x horizon = 1000000 x 10000 x 10 = 1e+11 agent-steps",
+        "allowed: <= 1e+10",
     )
     one_error_line(
         *mfd("config", "-s", "train.batch_size=4096", "-s", "planner.hidden=1024"),

@@ -238,3 +238,30 @@ def test_a_hand_written_manifest_is_checked_and_printed(rows: pd.DataFrame, tmp_
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     code, out = _mfd("train", "--dataset", str(dataset), "--storage", str(tmp_path))
     assert code == 2 and "dataset_id mismatch" in out, out
+
+
+def test_a_datasets_statistics_shard_by_shard_equal_those_of_all_its_episodes(
+    rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    """What the evaluation's decomposition reads of a dataset (the tabular advantage and the
+    behaviour prior) comes shard by shard, so a dataset larger than memory is scored: the same
+    figures as from every episode loaded at once."""
+    from mfdiffuser.data.advantages import dataset_statistics, fit_tabular_advantage
+    from mfdiffuser.data.manifest import read_manifest
+    from mfdiffuser.data.windows import behaviour_prior, load_episodes
+
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path)
+    code, out = _mfd(
+        "import", str(path), *BENCH, "--storage", str(tmp_path / "s"), "--shards", "3", "--json"
+    )
+    assert code == 0, out
+    uri = json.loads(out.splitlines()[-1])["dataset"]
+    assert len(read_manifest(uri).shards) == 3
+    advantage, prior = dataset_statistics(uri, SIZE, 3)
+    arrays, _ = load_episodes(uri)
+    whole = fit_tabular_advantage(arrays, SIZE, 3)
+    np.testing.assert_allclose(advantage.q, whole.q, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(advantage.v, whole.v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(advantage.counts, whole.counts)
+    np.testing.assert_array_equal(prior, behaviour_prior(arrays, SIZE, 3))
