@@ -362,7 +362,10 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     from mfdiffuser.platform import tracking
 
     cluster.ensure_workers(2)
-    epochs = 3
+    # The node goes once epoch 2's checkpoint is on disk (so epoch 1's is reported): two epochs
+    # are left, so the trial is still training when its node goes (with one left, a fast
+    # machine finished it first once: no resume to see).
+    epochs = 4
     cfg = _sweep_file(
         tmp_path,
         "fault",
