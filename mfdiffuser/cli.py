@@ -213,7 +213,7 @@ def benchmarks(as_json: JsonOut = False) -> None:
     plugin's, the package and entry point it came from)."""
     from mfdiffuser.api import list_benchmarks
 
-    items = list_benchmarks()
+    items = _guard(list_benchmarks)
     if as_json:
         typer.echo(json.dumps(items))
         return
@@ -235,7 +235,7 @@ def methods(as_json: JsonOut = False) -> None:
     for a plugin's, the package and entry point it came from)."""
     from mfdiffuser.api import list_methods
 
-    items = list_methods()
+    items = _guard(list_methods)
     if as_json:
         typer.echo(json.dumps(items, default=str))
         return

@@ -106,9 +106,15 @@ class Registry(MutableMapping[str, T], Generic[T]):
                 return
             _add_to_path(plugin_dirs())
             points = sorted(metadata.entry_points(group=self.group), key=lambda e: e.name)
-            for ep in points:
-                for spec in self._specs_of(ep):
-                    self._add(spec, _where(ep))
+            # every plugin loaded before any joins: a bad one leaves the registry as it was
+            found = [(spec, _where(ep)) for ep in points for spec in self._specs_of(ep)]
+            specs, origins = dict(self._specs), dict(self._origins)
+            try:
+                for spec, origin in found:
+                    self._add(spec, origin)
+            except PluginError:
+                self._specs, self._origins = specs, origins
+                raise
             self._loaded = True
 
     def _specs_of(self, ep: metadata.EntryPoint) -> list[T]:

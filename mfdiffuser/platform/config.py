@@ -836,6 +836,7 @@ def check_local_data_path(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             f"train.data_path = 'local': each of train.num_workers = {t.num_workers} Train "
             f"workers would load {share:.3g} agent-steps of the dataset into memory at once; "
-            f"allowed: <= {MAX_AGENT_STEPS:.0e} per worker, or train.data_path=ray_data (streamed "
-            "through a buffer of train.buffer_episodes, for data larger than a node's memory)"
+            f"allowed: <= {MAX_AGENT_STEPS:.0e} per worker: more train.num_workers, or (finite-"
+            "state games) train.data_path=ray_data, streamed through a buffer of "
+            "train.buffer_episodes, for data larger than a node's memory"
         )

@@ -83,13 +83,26 @@ def test_the_plugins_benchmarks_are_listed_with_where_they_came_from(
     alone = _mfd(["solve", "bar_line"], None, tmp_path)
     assert alone.returncode == 2 and "unknown benchmark" in alone.stderr, alone.stderr
     # a plugin path that is not a directory is refused, naming the variable and its value
-    bad = _mfd(["benchmarks"], tmp_path / "nowhere", tmp_path)
-    assert bad.returncode != 0
-    assert f"{PLUGIN_PATH_ENV} = '{tmp_path / 'nowhere'}'" in bad.stderr, bad.stderr
+    for command in ("benchmarks", "methods"):
+        bad = _mfd([command], tmp_path / "nowhere", tmp_path)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+        assert f"error: {PLUGIN_PATH_ENV} = '{tmp_path / 'nowhere'}'" in bad.stderr, bad.stderr
     # the finite game has an exact model: `mfd solve` computes its exploitability
     solved = _mfd(["solve", "bar_line", "--json"], plugin_site, tmp_path)
     assert solved.returncode == 0, solved.stderr
-    assert json.loads(solved.stdout)["exploitability"] > 0.1  # uniform play is exploitable
+    # the same figure as the exact model computes here from the installed plugin's game
+    from mfdiffuser.envs import exploitability, uniform_policy
+
+    sys.path.insert(0, str(plugin_site))
+    try:
+        from mfd_example_plugin.bar_line import SPEC
+
+        game = SPEC.game({})
+    finally:
+        sys.path.remove(str(plugin_site))
+    expected = exploitability(game, uniform_policy(game))
+    assert expected > 0.1  # uniform play is exploitable
+    assert json.loads(solved.stdout)["exploitability"] == pytest.approx(expected, abs=1e-9)
 
 
 # ~40 s each on 2 idle cores (a Ray start and a Ray Train fit); capped for a loaded machine

@@ -119,7 +119,8 @@ def test_a_local_data_path_too_big_for_a_worker_is_refused_before_ray() -> None:
         *mfd("train", *big),
         "train.data_path = 'local': each of train.num_workers = 2 Train workers would load "
         "5e+08 agent-steps",
-        "allowed: <= 2e+08 per worker, or train.data_path=ray_data",
+        "allowed: <= 2e+08 per worker: more train.num_workers, or (finite-state games) "
+        "train.data_path=ray_data",
         limit=500,
     )
 

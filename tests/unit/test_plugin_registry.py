@@ -73,10 +73,13 @@ def test_entry_points_join_the_registry_with_their_origin(
 def test_a_wrong_plugin_is_named_with_what_is_wrong(
     point: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reg = _registry(tmp_path, monkeypatch, {"bad": point})
+    reg = _registry(tmp_path, monkeypatch, {"bad": point, "a_good_one": "SPEC"})
     with pytest.raises(PluginError) as err:
         list(reg)
     text = str(err.value)
+    with pytest.raises(PluginError) as again:  # the same error again, nothing half-joined
+        list(reg)
+    assert str(again.value) == text
     assert f"plugin mfd_test_plugin 1.0 (entry point bad = mfd_test_plugin_mod:{point})" in text
     assert message in text
 
