@@ -129,7 +129,7 @@ def check_storage_on_nodes(storage: str, data_path: str | None = None) -> None:
         for n in nodes
     }
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=120)
-    problems = []
+    problems, gone = [], 0
     for ref, node in pending.items():
         name = f"node {node['NodeID'][:12]} ({node.get('NodeManagerAddress', '?')})"
         if ref not in ready:
@@ -137,13 +137,18 @@ def check_storage_on_nodes(storage: str, data_path: str | None = None) -> None:
             continue
         try:
             error = ray.get(ref)
+        except (ray.exceptions.TaskUnschedulableError, ray.exceptions.NodeDiedError):
+            # The node left the cluster after it was listed (a lost or replaced node: a sweep's
+            # trial evaluating then must not fail for it); nothing of it is left to check.
+            gone += 1
+            continue
         except ray.exceptions.RayError as err:
             error = f"the probe failed: {type(err).__name__}: {str(err).splitlines()[0]}"
         if error:
             problems.append(f"{name}: {error}")
     if problems:
         raise ConfigError(
-            f"{len(problems)} of the {len(nodes)} nodes of this Ray cluster cannot use the "
+            f"{len(problems)} of the {len(nodes) - gone} nodes of this Ray cluster cannot use the "
             "storage the driver can; give every node the credentials and endpoint (the AWS "
             "variables set where `ray start` runs), or forward them from here with "
             "runtime.forward_env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "

@@ -12,8 +12,9 @@ tests) is untouched, before or after. Token auth as the session's: RAY_AUTH_MODE
 tests/conftest.py before Ray's import) and the token file under HOME, which the cluster and the
 `mfd` clients share.
 
-One cluster for the module. Order matters: the placement sweep and the bad-input check first,
-then the faults, which remove a worker node each (the next one re-adds one first).
+One cluster for the module. Order matters: the bad-input checks first, then the sweep with
+both faults (it removes a worker node and adds a replacement), then generation's node loss
+(which removes another).
 """
 
 from __future__ import annotations
@@ -237,77 +238,6 @@ def test_s3_storage_the_nodes_cannot_reach_is_refused_before_any_trial(
     assert not any("refused" in str(n) for n in names), names
 
 
-@pytest.mark.timeout(600)
-def test_sweep_on_s3_trains_on_different_nodes_through_an_mlflow_outage(
-    cluster: LoopbackCluster, mlflow_server: Any, mlflow_url: str, s3_server: Any, tmp_path: Path
-) -> None:
-    """Two trials, each one Train worker of 1 CPU and 1 `train_slot` (one per worker node),
-    datasets and checkpoints on s3:// (the AWS variables forwarded to the workers), MLflow
-    through the server, which is SIGKILLed once the first epoch is logged and comes back on
-    the same port 3 s later: both trials finish on different worker nodes, each run says on
-    which, every epoch is logged once, the objects are on the store, and `mfd table` reads the
-    sweep back through the server."""
-    from mlflow.tracking import MlflowClient
-
-    from mfdiffuser.platform import tracking
-
-    prefix, epochs = "cluster-placed", 3
-    cfg = _sweep_file(
-        tmp_path,
-        "placed",
-        {"resources_per_worker": {"train_slot": 1}, "epochs": epochs, "steps_per_epoch": 30},
-        mlflow_url,
-        {"storage": s3_server.uri(prefix), "forward_env": FORWARD},
-    )
-    before = mlflow_server.metric_rows("train/loss")
-    start = time.monotonic()
-    proc = _mfd_background(
-        "sweep", "-c", str(cfg), "--address", cluster.address, "--json", env=s3_server.env
-    )
-    try:
-        _wait_for(
-            "an epoch logged", lambda: mlflow_server.metric_rows("train/loss") > before, proc, 300
-        )
-        down_at = time.monotonic() - start
-        mlflow_server.restart(crash=True, down_seconds=3)
-        outage = time.monotonic() - start - down_at
-        out, err = proc.communicate(timeout=420)
-    finally:
-        if proc.poll() is None:
-            stop_session(proc.pid)
-    wall = time.monotonic() - start
-    assert proc.returncode == 0, err[-3000:]
-    result = json.loads(out)
-    assert result["trials_finished"] == 2 and result["trials_failed"] == 0
-    runs = _trial_runs(mlflow_url, result["parent_run_id"])
-    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
-    nodes = [r.data.tags[tracking.TRAIN_NODE_ID] for r in runs]
-    assert set(nodes) <= cluster.worker_ids() and len(set(nodes)) == 2, nodes
-    assert {r.data.tags[tracking.TRAIN_NODE_ADDRESS] for r in runs} == {"127.0.0.1"}
-    client = MlflowClient(tracking_uri=mlflow_url)
-    for r in runs:  # no metric lost or logged twice across the outage
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
-        assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, steps)
-        assert len(client.get_metric_history(r.info.run_id, "return/n20")) == 1
-        checkpoint = r.data.tags["mfd.checkpoint"]
-        assert checkpoint.startswith(s3_server.uri(prefix, "train")), checkpoint
-        key = checkpoint.removeprefix(f"s3://{s3_server.bucket}/")
-        assert f"{key}/meta.json" in s3_server.keys(key), key
-    keys = s3_server.keys(f"{prefix}/datasets")
-    # one dataset per seed, each committed (its manifest) with its 2 shards
-    assert sum(k.endswith("/manifest.json") for k in keys) == 2, keys
-    assert sum(k.endswith(".parquet") for k in keys) == 4, keys
-    table = _mfd("table", "--sweep", result["sweep_id"], "--tracking-uri", mlflow_url, "--json")
-    assert table.returncode == 0, table.stderr[-3000:]
-    read = json.loads(table.stdout)
-    assert read["parent_run_id"] == result["parent_run_id"] and not read["missing"], read
-    assert sorted(s for x in read["settings"] for m in x["methods"] for s in m["seeds"]) == [0, 1]
-    print(
-        f"s3 sweep: {wall:.1f} s wall ({result['wall_seconds']:.1f} s in run_sweep); trials on "
-        f"{nodes}; server down at {down_at:.1f} s for {outage:.1f} s; load {os.getloadavg()}"
-    )
-
-
 def test_train_group_too_big_for_any_node_exits_2(
     cluster: LoopbackCluster, mlflow_url: str, tmp_path: Path
 ) -> None:
@@ -351,52 +281,75 @@ def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float
         time.sleep(0.5)
 
 
-def test_worker_node_lost_while_training_resumes_on_the_other(
-    cluster: LoopbackCluster, mlflow_url: str, tmp_path: Path
+@pytest.mark.timeout(600)
+def test_sweep_on_s3_across_nodes_through_an_mlflow_outage_and_a_lost_node(
+    cluster: LoopbackCluster, mlflow_server: Any, mlflow_url: str, s3_server: Any, tmp_path: Path
 ) -> None:
-    """The node under a training trial is removed once that trial has logged epoch 1: its Train
-    group restarts from the epoch-1 checkpoint on the other node (both trials' workers fit
-    there), and the sweep ends with one FINISHED run per trial, every epoch logged once."""
+    """One sweep, both faults. Two trials, each one Train worker of 1 CPU and 1 `train_slot`
+    (one per worker node, so they train on different nodes), datasets and checkpoints on s3://
+    (the AWS variables forwarded to the workers), MLflow through the server.
+    - Once the first epoch is logged the server is SIGKILLed and comes back on the same port
+      3 s later: no trial fails for it, every epoch is logged once.
+    - Once a trial's epoch-2 checkpoint is on the store (so epoch 1's is reported and two
+      epochs are left), its node is removed and a replacement joins (as KubeRay replaces a
+      pod; the surviving node's one `train_slot` is the other trial's): that trial's Train
+      group restarts from its last checkpoint, read back from s3://, on a node it did not start
+      on; `train/resumed_from_epoch` is logged and the sweep ends with one FINISHED run per
+      trial.
+    Each run says where it trained, the objects are on the store, and `mfd table` reads the
+    sweep back through the server."""
     from mlflow.tracking import MlflowClient
 
     from mfdiffuser.platform import tracking
 
     cluster.ensure_workers(2)
-    # The node goes once epoch 2's checkpoint is on disk (so epoch 1's is reported): two epochs
-    # are left, so the trial is still training when its node goes (with one left, a fast
-    # machine finished it first once: no resume to see).
-    epochs = 4
+    started_on = cluster.worker_ids()
+    prefix, epochs = "cluster-sweep", 4
     cfg = _sweep_file(
         tmp_path,
-        "fault",
-        {"epochs": epochs, "steps_per_epoch": 400, "max_failures": 2},
+        "placed",
+        {
+            "resources_per_worker": {"train_slot": 1},
+            "epochs": epochs,
+            "steps_per_epoch": 400,
+            "max_failures": 2,
+        },
         mlflow_url,
+        {"storage": s3_server.uri(prefix), "forward_env": FORWARD},
     )
     client = MlflowClient(tracking_uri=mlflow_url)
+    s3 = s3_server.client()
+
+    def epoch_two_on_the_store() -> Any:
+        # A trial's checkpoint meta.json (written last: the commit) names its MLflow run, whose
+        # tag names the node training it; epoch 2 on the store means epoch 1's is reported.
+        for key in s3_server.keys(f"{prefix}/train/"):
+            if "/checkpoint_" not in key or not key.endswith("/meta.json"):
+                continue
+            written = json.loads(s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
+            if written["epoch"] != 2:
+                continue
+            node = client.get_run(written["run_id"]).data.tags.get(tracking.TRAIN_NODE_ID)
+            if node:
+                return written["run_id"], node
+        return None
+
+    before = mlflow_server.metric_rows("train/loss")
     start = time.monotonic()
-    proc = _mfd_background("sweep", "-c", str(cfg), "--address", cluster.address, "--json")
+    proc = _mfd_background(
+        "sweep", "-c", str(cfg), "--address", cluster.address, "--json", env=s3_server.env
+    )
     try:
-
-        def trained_one_epoch() -> Any:
-            # The event: a trial's first checkpoint on disk (Ray Train writes it after epoch 1);
-            # its meta.json names the MLflow run, whose tag names the node training it.
-            for meta in (tmp_path / "store" / "train").glob("*/checkpoint_*/meta.json"):
-                try:
-                    written = json.loads(meta.read_text())
-                except (OSError, ValueError):  # being written
-                    continue
-                # epoch 2 on disk: epoch 1's checkpoint is reported (the loop reports in order)
-                if written["epoch"] != 2:
-                    continue
-                run_id = written["run_id"]
-                node = client.get_run(run_id).data.tags.get(tracking.TRAIN_NODE_ID)
-                if node:
-                    return run_id, node
-            return None
-
-        run_id, node = _wait_for("a checkpoint", trained_one_epoch, proc, 300)
+        _wait_for(
+            "an epoch logged", lambda: mlflow_server.metric_rows("train/loss") > before, proc, 300
+        )
+        down_at = time.monotonic() - start
+        mlflow_server.restart(crash=True, down_seconds=3)
+        outage = time.monotonic() - start - down_at
+        run_id, node = _wait_for("an epoch-2 checkpoint", epoch_two_on_the_store, proc, 300)
         cluster.cluster.remove_node(cluster.worker(node), allow_graceful=False)
         removed_at = time.monotonic() - start
+        cluster.cluster.add_node(**WORKER_NODE)
         out, err = proc.communicate(timeout=420)
     finally:
         if proc.poll() is None:
@@ -404,13 +357,18 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
     wall = time.monotonic() - start
     assert proc.returncode == 0, err[-3000:]
     result = json.loads(out)
+    assert result["trials_finished"] == 2 and result["trials_failed"] == 0
     runs = _trial_runs(mlflow_url, result["parent_run_id"])
     assert sorted(r.data.tags["mfd.trial_key"] for r in runs) == ["seed=0", "seed=1"]
     assert [r.info.status for r in runs] == ["FINISHED", "FINISHED"]
+    first_nodes = [r.data.tags[tracking.TRAIN_NODES].split(",")[0] for r in runs]
+    assert set(first_nodes) <= started_on and len(set(first_nodes)) == 2, first_nodes
+    assert {r.data.tags[tracking.TRAIN_NODE_ADDRESS] for r in runs} == {"127.0.0.1"}
     outcome = {}
-    for r in runs:
+    for r in runs:  # no metric lost or logged twice across the outage and the restart
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, epochs + 1)), (r.info.run_name, steps)
+        assert len(client.get_metric_history(r.info.run_id, "return/n20")) == 1
         resumed = [
             m.value for m in client.get_metric_history(r.info.run_id, "train/resumed_from_epoch")
         ]
@@ -419,9 +377,23 @@ def test_worker_node_lost_while_training_resumes_on_the_other(
         if r.info.run_id == run_id or node in nodes[:-1]:  # it trained on the removed node
             assert resumed and all(1 <= v < epochs for v in resumed), resumed
             assert nodes[-1] != node and nodes[-1] in cluster.worker_ids(), nodes
+        checkpoint = r.data.tags["mfd.checkpoint"]
+        assert checkpoint.startswith(s3_server.uri(prefix, "train")), checkpoint
+        key = checkpoint.removeprefix(f"s3://{s3_server.bucket}/")
+        assert f"{key}/meta.json" in s3_server.keys(key), key
+    keys = s3_server.keys(f"{prefix}/datasets")
+    # one dataset per seed, each committed (its manifest) with its 2 shards
+    assert sum(k.endswith("/manifest.json") for k in keys) == 2, keys
+    assert sum(k.endswith(".parquet") for k in keys) == 4, keys
+    table = _mfd("table", "--sweep", result["sweep_id"], "--tracking-uri", mlflow_url, "--json")
+    assert table.returncode == 0, table.stderr[-3000:]
+    read = json.loads(table.stdout)
+    assert read["parent_run_id"] == result["parent_run_id"] and not read["missing"], read
+    assert sorted(s for x in read["settings"] for m in x["methods"] for s in m["seeds"]) == [0, 1]
     print(
-        f"fault sweep: removed at {removed_at:.1f} s, {wall:.1f} s wall; {outcome}; "
-        f"load {os.getloadavg()}"
+        f"s3 sweep: {wall:.1f} s wall ({result['wall_seconds']:.1f} s in run_sweep); first "
+        f"nodes {first_nodes}; server down at {down_at:.1f} s for {outage:.1f} s; node removed "
+        f"at {removed_at:.1f} s; {outcome}; load {os.getloadavg()}"
     )
 
 
