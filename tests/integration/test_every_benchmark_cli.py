@@ -24,9 +24,9 @@ pytestmark = pytest.mark.integration
 
 N, EPISODES = 4, 2
 TINY = [f"n_agents={N}", f"data.episodes={EPISODES}", "data.shards=1", *TRAIN, *PLANNER, *EVAL]
-# One worker everywhere but predator_prey (three populations), which keeps DDP over 2 ranks;
-# crowd_1d's 2-rank DDP is tested in test_ray_flow.py.
-WORKERS = {"predator_prey": 2}
+# One worker everywhere but predator_prey (three populations) and crowd_1d (the Ray Data
+# path), which train with DDP over 2 ranks.
+WORKERS = {"predator_prey": 2, "crowd_1d": 2}
 # Long default episodes, shortened for time (the length still comes from the registry).
 # mfglib: a state-action mean-field environment (L_t), the contract's harder case.
 PARAMS = {
@@ -34,6 +34,16 @@ PARAMS = {
     "sis": ["horizon=6"],
     "four_rooms": ["horizon=6"],
     "mfglib": ["env=random_linear"],
+    # crowd_1d trains on the other data path: its 2 shards streamed through Ray Data to 2 DDP
+    # workers of half a CPU each beside the Train controller on the session's 2-CPU Ray (Ray
+    # Data's read tasks, 0.25 CPU each, must still run: a deadlock would hit the timeout), and
+    # the statistics pass checks that the rows summed over both workers are the manifest's.
+    "crowd_1d": [
+        "data.shards=2",
+        "train.data_path=ray_data",
+        "train.buffer_episodes=2",
+        "train.cpus_per_worker=0.5",
+    ],
 }
 
 
@@ -82,7 +92,10 @@ def test_generate_train_evaluate(
 
     trained = _mfd("train", *train)
     assert trained["dataset"] == data["dataset"]  # the generated dataset, reused
-    assert (Path(trained["checkpoint"]) / "meta.json").is_file()
+    meta = json.loads((Path(trained["checkpoint"]) / "meta.json").read_text())
+    assert meta["config"]["train"]["num_workers"] == WORKERS.get(name, 1)
+    assert meta["config"]["train"]["data_path"] == ("ray_data" if name == "crowd_1d" else "local")
+    assert math.isfinite(meta["metrics"]["train/loss"])
     evaluated = _mfd("evaluate", trained["checkpoint"], "-n", str(N), *tracking)
     m = evaluated["metrics"]
     assert evaluated["run_id"] == trained["run_id"]

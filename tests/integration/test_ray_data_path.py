@@ -1,11 +1,11 @@
 """`train.data_path = ray_data`: the dataset streamed through Ray Data gives the local path's
 statistics and windows exactly (buffer = whole dataset, one worker), a bounded buffer holds at
-most K episodes and sees every episode each pass, and a Ray Train fit through the CLI finishes
-on 2 CPUs (read tasks on fractional CPUs: no deadlock)."""
+most K episodes and sees every episode each pass. A Ray Train fit on this path through the CLI
+(2 DDP workers on 2 CPUs, read tasks on fractional CPUs: no deadlock) is crowd_1d's case of
+tests/integration/test_every_benchmark_cli.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -134,33 +134,3 @@ def test_team_games_are_refused_on_the_ray_data_path() -> None:
     res = CliRunner().invoke(app, ["train", "-s", "train.data_path=parquet"])
     assert res.exit_code == 2, res.output
     assert "train.data_path" in res.output and "parquet" in res.output
-
-
-@pytest.mark.timeout(240)
-def test_train_through_the_cli_on_the_ray_data_path(data: dict[str, Any]) -> None:
-    """Two DDP workers of half a CPU each plus the Train controller on a 2-CPU Ray: Ray Data's
-    read tasks (0.25 CPU) still run (a deadlock would hit the timeout), each worker streams
-    whole shards, and the statistics pass checks that the rows summed over both workers are the
-    manifest's (it raises otherwise)."""
-    tmp = data["tmp"]
-    args = ["train", "--dataset", data["uri"], "--storage", str(tmp / "store"), "--json"]
-    args += ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"]
-    for s in [
-        *SETTINGS,
-        "train.data_path=ray_data",
-        "train.buffer_episodes=4",
-        "train.num_workers=2",  # 3 shards split whole to 2 workers; rows summed = manifest's
-        "train.cpus_per_worker=0.5",
-        "train.epochs=2",
-        "train.steps_per_epoch=3",
-        "train.batch_size=4",
-    ]:
-        args += ["-s", s]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.output.strip().splitlines()[-1])
-    meta = json.loads((Path(out["checkpoint"]) / "meta.json").read_text())
-    assert meta["epoch"] == 2
-    assert meta["config"]["train"]["data_path"] == "ray_data"
-    assert meta["config"]["train"]["num_workers"] == 2
-    assert np.isfinite(meta["metrics"]["train/loss"])
