@@ -77,8 +77,8 @@ class Params(BaseModel):
         description=f"Agents of each joint sample the frozen policy table is read from, "
         f"1..{MAX_AGENTS} (acting always samples all N agents).",
     )
-    smoothing: Smoothing = 0.1
-    draws: Draws = 4
+    smoothing: Smoothing = 0.0
+    draws: Draws = 16
     # Soft (Rao-Blackwellised): each agent of a joint sample adds its action posterior, not one
     # decoded action, to the frozen table (and to acting's per-state table).
     readout: Readout = "hard"

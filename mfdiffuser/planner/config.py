@@ -142,8 +142,8 @@ class PlannerConfig(BaseModel):
     )
 
     # acting
-    smoothing: Smoothing = 0.1
-    draws: Draws = 4
+    smoothing: Smoothing = 0.0
+    draws: Draws = 16
     readout: Readout = "hard"
     acting: Literal["finite", "matching", "auto"] = Field(
         "finite",

@@ -225,6 +225,15 @@ class TrainSection(_Section):
         "`mfd methods`) <= 2^28 (1 GiB of float32 per activation)",
     )
     lr: float = Field(1e-3, gt=0, le=1000.0, description="learning rate, (0, 1000]")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="constant: train.lr at every step; cosine: half a cosine from train.lr at "
+        "the first step to train.lr_min after the last (epochs x steps_per_epoch), by the global "
+        "step, so a resumed fit continues on the same curve",
+    )
+    lr_min: float = Field(
+        0.0, ge=0.0, le=1000.0, description="cosine: the rate it ends at, 0..train.lr"
+    )
     num_workers: int = Field(
         2,
         ge=1,
@@ -271,6 +280,14 @@ class TrainSection(_Section):
             if not (0 < amount <= 1_000_000):
                 raise ValueError(f"{name} = {amount}: allowed: (0, 1e6]")
         return value
+
+    @model_validator(mode="after")
+    def _lr_min_below_lr(self) -> TrainSection:
+        if self.lr_min > self.lr:
+            raise ValueError(
+                f"lr_min = {self.lr_min:g} is above lr = {self.lr:g}; allowed: 0..train.lr"
+            )
+        return self
 
 
 class EvalSection(_Section):

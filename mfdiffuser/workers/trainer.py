@@ -205,6 +205,8 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         steps_per_epoch=cfg.train.steps_per_epoch,
         batch_size=cfg.train.batch_size,
         lr=cfg.train.lr,
+        lr_schedule=cfg.train.lr_schedule,
+        lr_min=cfg.train.lr_min,
         on_epoch=on_epoch,
         model=model,
         optimizer_state=opt_state,

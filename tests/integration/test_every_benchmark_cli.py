@@ -43,6 +43,7 @@ PARAMS = {
         "train.data_path=ray_data",
         "train.buffer_episodes=2",
         "train.cpus_per_worker=0.5",
+        "train.lr_schedule=cosine",  # 3 steps from 1e-3 toward 0: the last at a quarter of it
     ],
 }
 
@@ -96,6 +97,8 @@ def test_generate_train_evaluate(
     assert meta["config"]["train"]["num_workers"] == WORKERS.get(name, 1)
     assert meta["config"]["train"]["data_path"] == ("ray_data" if name == "crowd_1d" else "local")
     assert math.isfinite(meta["metrics"]["train/loss"])
+    lr_last = 0.25e-3 if name == "crowd_1d" else 1e-3  # cosine: 1e-3 · (1 + cos(2π/3)) / 2
+    assert meta["metrics"]["train/lr"] == pytest.approx(lr_last)
     evaluated = _mfd("evaluate", trained["checkpoint"], "-n", str(N), *tracking)
     m = evaluated["metrics"]
     assert evaluated["run_id"] == trained["run_id"]

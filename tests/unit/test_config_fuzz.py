@@ -39,6 +39,8 @@ FIELDS = {
             "steps_per_epoch",
             "batch_size",
             "lr",
+            "lr_schedule",
+            "lr_min",
             "num_workers",
             "cpus_per_worker",
             "use_gpu",
@@ -136,6 +138,7 @@ ZERO_OK = {  # seeds, counts that may be 0, and floats whose 0 means "off"
     "method.params.guidance_quantile",
     "method.params.ddim_eta",
     "method.params.ema_decay",
+    "train.lr_min",
 }
 FLOAT_1_5_OK = {  # float fields whose range includes 1.5 (probabilities and η stop at 1)
     "benchmark.params.crowd_aversion",

@@ -552,3 +552,61 @@ def test_ablation_flags_take_effect() -> None:
     assert "weights" not in to_batch(raw, "cpu", beta=cfg.beta)
     with pytest.raises(Exception, match="sampling_steps"):
         load_config(overrides=["sampling_steps=5"])
+
+
+def test_cosine_learning_rate_by_global_step_and_resume() -> None:
+    """train.lr_schedule = cosine: the rate of each step is half a cosine of its global step
+    from lr to lr_min, the optimizer's steps use it (logged as train/lr per epoch), and a fit
+    resumed at epoch 2 of 4 runs on the same curve as the uninterrupted one."""
+    from mfdiffuser.methods.training import learning_rate
+
+    assert learning_rate(0, 100, 3e-3, "cosine") == pytest.approx(3e-3)
+    assert learning_rate(50, 100, 3e-3, "cosine", 1e-4) == pytest.approx((3e-3 + 1e-4) / 2)
+    assert learning_rate(100, 100, 3e-3, "cosine", 1e-4) == pytest.approx(1e-4)
+    assert learning_rate(77, 100, 3e-3, "constant") == 3e-3
+    with pytest.raises(ValueError, match="allowed: constant, cosine"):
+        learning_rate(0, 10, 1e-3, "linear")
+
+    class Killed(Exception):
+        pass
+
+    def fit(segments: list[tuple[int, int]]) -> tuple[list[float], list[float]]:
+        """(train/lr of each epoch, the rate Adam held after each epoch) of a 4-epoch fit run as
+        the segments (start_epoch, killed after epoch): each later one resumes at its
+        start_epoch with the optimizer's state, as the trainer does from a checkpoint."""
+        planner = _planner()
+        state: dict[str, Any] = {}
+        logged: list[float] = []
+        held: list[float] = []
+        for start, stop in segments:
+
+            def keep(
+                e: int, m: dict[str, float], o: torch.optim.Optimizer, stop: int = stop
+            ) -> None:
+                logged.append(m["train/lr"])
+                held.append(o.param_groups[0]["lr"])
+                state["opt"] = o.state_dict()
+                if e + 1 == stop:
+                    raise Killed
+
+            with pytest.raises(Killed):
+                train_epochs(
+                    planner,
+                    WindowSampler(_arrays(), GAME, 3, 6, seed=0),  # type: ignore[arg-type]
+                    epochs=4,
+                    start_epoch=start,
+                    steps_per_epoch=5,
+                    batch_size=2,
+                    lr=1e-2,
+                    lr_schedule="cosine",
+                    lr_min=1e-3,
+                    optimizer_state=state.get("opt"),
+                    on_epoch=keep,
+                )
+        return logged, held
+
+    logged, held = fit([(0, 4)])
+    expected = [learning_rate(5 * e + 4, 20, 1e-2, "cosine", 1e-3) for e in range(4)]
+    assert logged == pytest.approx(expected) and held == pytest.approx(expected)
+    assert logged == sorted(logged, reverse=True) and logged[-1] > 1e-3
+    assert fit([(0, 2), (2, 4)]) == (logged, held)  # killed after epoch 2, resumed
