@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +106,29 @@ class FiniteMeanFieldGame(ABC):
             next_states += np.take(cdf[:, k], flat) <= u
         return next_states
 
+    # Fast paths (optional). A game whose dynamics depend on neither t nor the mean field returns
+    # them once as a `LinearDynamics` (cached on the game); `exploitability` and
+    # `exploitability_batch` then run on it, with every epoch's rewards from `flow_rewards`.
+    def linear_dynamics(self) -> LinearDynamics | None:
+        """The epoch dynamics as one fixed sparse operator, when they depend on neither t nor
+        the mean field (None: they do, or the game does not say; push/pull are used)."""
+        return None
+
+    def flow_rewards(self, flow: FloatArray) -> FloatArray:
+        """Every epoch's rewards against a state flow[..., T, S], ACTION-MAJOR: R[..., T, A, S]
+        with R[..., t, a, s] = reward(t, flow[..., t, :])[s, a] (leading axes: a batch of flows).
+
+        Used only for mu_t games (state_action_mean_field = False). This default calls `reward`
+        once per epoch and flow; games override it with one vectorised expression."""
+        flow = np.asarray(flow, dtype=np.float64)
+        n_t, n_s = flow.shape[-2:]
+        flat = flow.reshape(-1, n_t, n_s)
+        out = np.empty((flat.shape[0], n_t, self.n_actions, n_s))
+        for b in range(flat.shape[0]):
+            for t in range(n_t):
+                out[b, t] = np.asarray(self.reward(t, flat[b, t])).T
+        return out.reshape(*flow.shape[:-2], n_t, self.n_actions, n_s)
+
     # Per-agent features and mean-field context for a planner. The defaults suit small S;
     # a game with a large state space overrides them with a compact encoding.
     @property
@@ -137,6 +161,119 @@ class FiniteMeanFieldGame(ABC):
         return np.concatenate(
             [[x], np.sin(freqs * x), np.cos(freqs * x), np.asarray(mu, dtype=np.float64)]
         ).astype(np.float32)
+
+
+# One epoch's transitions as a dense matrix when it holds at most this many entries (a small
+# dense product beats a sparse one's call overhead); a sparse CSR matrix above it.
+_DENSE_ENTRIES = 2**16
+
+
+class LinearDynamics:
+    """Epoch dynamics that depend on neither t nor the mean field, as one linear operator.
+
+    P[a, s, s'] is held with ACTION-MAJOR rows a * S + s, in one of two forms, each built once
+    per game:
+    - combined (`LinearDynamics(S, A, rows, cols, probs)`: coordinate form, duplicates summed);
+    - factored (`LinearDynamics.factored(move, targets, probs)`): a deterministic move
+      m = move[a, s], then a spread of m over next states, P[a, s, :] = spread[move[a, s], :]
+      (crowd_2d: the move, then the noise), so a pull is one product with the S x S spread
+      and a gather.
+    A matrix of at most 2^16 entries is dense float64 (a small dense product beats a sparse
+    one's call overhead); a larger one is a scipy CSR matrix, with its transpose for `push`.
+    Both operations take leading batch axes:
+
+        push(mass[..., A, S]) -> next[..., S]     next[s'] = sum_{a, s} mass[a, s] P[a, s, s']
+        pull(v[..., S])       -> out[..., A, S]   out[a, s] = sum_{s'} P[a, s, s'] v[s']
+    """
+
+    def __init__(
+        self, n_states: int, n_actions: int, rows: IntArray, cols: IntArray, probs: FloatArray
+    ) -> None:
+        self.n_states, self.n_actions = n_states, n_actions
+        self._p, self._p_t = _operator(
+            (n_actions * n_states, n_states), np.asarray(rows), np.asarray(cols), probs
+        )
+        self._move: IntArray | None = None
+        self._move_flat: IntArray | None = None
+        self._spread: Any = None
+        self._spread_t: Any = None
+
+    @classmethod
+    def from_targets(cls, targets: IntArray, probs: FloatArray | None = None) -> LinearDynamics:
+        """From next-state targets[A, S, K] with probabilities probs[A, S, K] (K outcomes per
+        state-action pair; repeated targets add up; targets[A, S] and None: deterministic)."""
+        targets = np.asarray(targets, dtype=np.int64)
+        n_a, n_s = targets.shape[:2]
+        targets = targets.reshape(n_a, n_s, -1)
+        weights = np.ones(targets.shape) if probs is None else np.asarray(probs, dtype=np.float64)
+        rows = np.repeat(np.arange(n_a * n_s), targets.shape[2])
+        return cls(n_s, n_a, rows, targets.reshape(-1), weights.reshape(-1))
+
+    @classmethod
+    def factored(cls, move: IntArray, targets: IntArray, probs: FloatArray) -> LinearDynamics:
+        """A move m = move[A, S], then m spreads to targets[S, K] with probabilities
+        probs[S, K] (repeated targets add up)."""
+        move = np.ascontiguousarray(move, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        probs = np.asarray(probs, dtype=np.float64)
+        out = cls.from_targets(targets[move], probs[move])
+        n_s, k = targets.shape
+        out._move = move
+        out._move_flat = move.reshape(-1)
+        out._spread, out._spread_t = _operator(
+            (n_s, n_s), np.repeat(np.arange(n_s), k), targets.reshape(-1), probs.reshape(-1)
+        )
+        return out
+
+    def matrix(self) -> FloatArray:
+        """Dense P[A * S, S] (for tests and small games)."""
+        p = self._p
+        return np.array(p) if isinstance(p, np.ndarray) else p.toarray()
+
+    def push(self, mass: FloatArray) -> FloatArray:
+        lead = mass.shape[:-2]
+        if not lead and self._move_flat is not None:
+            moved = np.bincount(self._move_flat, mass.reshape(-1), minlength=self.n_states)
+            return self._spread_t @ moved  # type: ignore[no-any-return]
+        flat = mass.reshape(*lead, self.n_actions * self.n_states)
+        if isinstance(self._p, np.ndarray):
+            return flat @ self._p  # type: ignore[no-any-return]
+        if not lead:
+            return self._p_t @ flat  # type: ignore[no-any-return]
+        out = self._p_t @ flat.reshape(-1, flat.shape[-1]).T
+        return np.ascontiguousarray(out.T).reshape(*lead, self.n_states)
+
+    def pull(self, v: FloatArray) -> FloatArray:
+        lead = v.shape[:-1]
+        if self._move is not None:
+            if isinstance(self._spread, np.ndarray) or not lead:
+                spread = self._spread @ v if not lead else v @ self._spread_t
+            else:
+                spread = (self._spread @ v.reshape(-1, self.n_states).T).T.reshape(v.shape)
+            return spread[..., self._move]  # type: ignore[no-any-return]
+        if isinstance(self._p, np.ndarray):
+            out = v @ self._p_t
+        elif not lead:
+            out = self._p @ v
+        else:
+            out = np.ascontiguousarray((self._p @ v.reshape(-1, self.n_states).T).T)
+        return out.reshape(*lead, self.n_actions, self.n_states)  # type: ignore[no-any-return]
+
+
+def _operator(
+    shape: tuple[int, int], rows: IntArray, cols: IntArray, probs: FloatArray
+) -> tuple[Any, Any]:
+    """(M, M^T) of a coordinate-form matrix: dense arrays when small, else scipy CSR."""
+    import scipy.sparse as sparse
+
+    matrix = sparse.csr_matrix(
+        (np.asarray(probs, dtype=np.float64).reshape(-1), (rows, cols)), shape=shape
+    )
+    matrix.sum_duplicates()
+    if shape[0] * shape[1] <= _DENSE_ENTRIES:
+        dense = np.ascontiguousarray(matrix.toarray())
+        return dense, np.ascontiguousarray(dense.T)
+    return matrix, matrix.T.tocsr()
 
 
 def _check_policy(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:
@@ -264,11 +401,76 @@ def best_response(game: FiniteMeanFieldGame, flow: FloatArray) -> tuple[FloatArr
 
 
 def exploitability(game: FiniteMeanFieldGame, policy: FloatArray) -> float:
-    """Best-response value against the policy's own flow minus the policy's value (>= 0)."""
+    """Best-response value against the policy's own flow minus the policy's value (>= 0).
+
+    One forward pass (the flow) and ONE backward pass carrying both values: the best response's
+    V*_t(s) = max_a Q*_t(s, a) and the policy's V_t(s) = sum_a pi_t(a | s) Q_t(s, a), each
+    epoch's reward computed once. A mu_t game with `linear_dynamics` runs on that fixed operator
+    and its vectorised `flow_rewards` (`exploitability_batch`'s kernel, one policy).
+    """
     policy = _check_policy(game, policy)
-    flow = mean_field_flow(game, policy)
-    _, br_value = best_response(game, flow)
-    return br_value - policy_value(game, policy, flow)
+    dynamics = None if game.state_action_mean_field else game.linear_dynamics()
+    if dynamics is not None:
+        return float(_exploitability_linear(game, dynamics, policy))
+    flow = _state_flow(game, policy)[1]
+    v_best = np.zeros(game.n_states)
+    v_pol = np.zeros(game.n_states)
+    for t in reversed(range(game.horizon)):
+        r_t = game.reward(t, flow[t])
+        q_best = r_t + game.pull(t, flow[t], v_best)
+        q_pol = r_t + game.pull(t, flow[t], v_pol)
+        v_best = q_best.max(axis=1)
+        v_pol = (policy[t] * q_pol).sum(axis=1)
+    return float(game.mu0 @ v_best - game.mu0 @ v_pol)
+
+
+def exploitability_batch(game: FiniteMeanFieldGame, policies: FloatArray) -> FloatArray:
+    """`exploitability` of each of a batch of policies[B, T, S, A]: [B].
+
+    A mu_t game with `linear_dynamics` evaluates the whole batch at once (every epoch one
+    batched product); other games loop over the batch."""
+    policies = np.asarray(policies, dtype=np.float64)
+    expected = (game.horizon, game.n_states, game.n_actions)
+    if policies.ndim != 4 or policies.shape[1:] != expected:
+        raise ValueError(
+            f"policies: expected shape [B, T, S, A] = [B, {', '.join(map(str, expected))}], "
+            f"got {policies.shape}"
+        )
+    dynamics = None if game.state_action_mean_field else game.linear_dynamics()
+    if dynamics is not None:
+        return np.asarray(_exploitability_linear(game, dynamics, policies), dtype=np.float64)
+    return np.array([exploitability(game, p) for p in policies], dtype=np.float64)
+
+
+def _exploitability_linear(
+    game: FiniteMeanFieldGame, dynamics: LinearDynamics, policy: FloatArray
+) -> FloatArray:
+    """Exploitability of policy[..., T, S, A] on fixed dynamics: [...] (a float array)."""
+    n_t = game.horizon
+    pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
+    lead = pol.shape[:-3]
+    flow = np.empty((*lead, n_t, game.n_states))
+    flow[..., 0, :] = game.mu0
+    for t in range(n_t - 1):
+        flow[..., t + 1, :] = dynamics.push(pol[..., t, :, :] * flow[..., t, None, :])
+    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[..., T, A, S]
+    q = rewards[..., n_t - 1, :, :]  # no move after the last epoch: Q = r there
+    v_best = q.max(axis=-2)
+    v_pol = (pol[..., n_t - 1, :, :] * q).sum(axis=-2)
+    for t in reversed(range(n_t - 1)):
+        r_t = rewards[..., t, :, :]
+        if lead:  # a batch: one product for both values
+            both = dynamics.pull(np.stack([v_best, v_pol], axis=-2))  # [..., 2, A, S]
+            both += r_t[..., None, :, :]
+            q_best, q_pol = both[..., 0, :, :], both[..., 1, :, :]
+        else:  # one policy: two matrix-vector products are cheaper than one of width 2
+            q_best = dynamics.pull(v_best)
+            q_best += r_t
+            q_pol = dynamics.pull(v_pol)
+            q_pol += r_t
+        v_best = q_best.max(axis=-2)
+        v_pol = (pol[..., t, :, :] * q_pol).sum(axis=-2)
+    return v_best @ game.mu0 - v_pol @ game.mu0  # type: ignore[no-any-return]
 
 
 def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:
