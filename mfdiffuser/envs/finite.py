@@ -194,6 +194,7 @@ class LinearDynamics:
             (n_actions * n_states, n_states), np.asarray(rows), np.asarray(cols), probs
         )
         self._move: IntArray | None = None
+        self._rows_cdf: tuple[IntArray, IntArray, FloatArray] | None = None
         self._move_flat: IntArray | None = None
         self._spread: Any = None
         self._spread_t: Any = None
@@ -225,6 +226,24 @@ class LinearDynamics:
         )
         return out
 
+    def sample(self, states: IntArray, actions: IntArray, rng: np.random.Generator) -> IntArray:
+        """One next state per agent: inverse CDF over the row P[a, s, :] of each agent's pair,
+        one uniform per agent, O(N log nnz), no loop over agents. Zero-probability entries are
+        never drawn."""
+        if self._rows_cdf is None:
+            import scipy.sparse as sparse
+
+            csr = sparse.csr_matrix(self.matrix())  # explicit zeros dropped
+            cum = np.cumsum(csr.data)
+            self._rows_cdf = (csr.indptr, csr.indices, cum)
+        indptr, indices, cum = self._rows_cdf
+        row = np.asarray(actions, dtype=np.int64) * self.n_states + np.asarray(states)
+        lo, hi = indptr[row], indptr[row + 1]
+        base = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0.0)
+        target = base + rng.random(row.shape[0]) * (cum[hi - 1] - base)
+        k = np.clip(np.searchsorted(cum, target, side="right"), lo, hi - 1)
+        return indices[k].astype(np.int64)  # type: ignore[no-any-return]
+
     def matrix(self) -> FloatArray:
         """Dense P[A * S, S] (for tests and small games)."""
         p = self._p
@@ -234,12 +253,12 @@ class LinearDynamics:
         lead = mass.shape[:-2]
         if not lead and self._move_flat is not None:
             moved = np.bincount(self._move_flat, mass.reshape(-1), minlength=self.n_states)
-            return self._spread_t @ moved  # type: ignore[no-any-return]
+            return _matvec(self._spread_t, moved)  # type: ignore[arg-type]
         flat = mass.reshape(*lead, self.n_actions * self.n_states)
         if isinstance(self._p, np.ndarray):
             return flat @ self._p  # type: ignore[no-any-return]
         if not lead:
-            return self._p_t @ flat  # type: ignore[no-any-return]
+            return _matvec(self._p_t, flat)
         out = self._p_t @ flat.reshape(-1, flat.shape[-1]).T
         return np.ascontiguousarray(out.T).reshape(*lead, self.n_states)
 
@@ -247,17 +266,79 @@ class LinearDynamics:
         lead = v.shape[:-1]
         if self._move is not None:
             if isinstance(self._spread, np.ndarray) or not lead:
-                spread = self._spread @ v if not lead else v @ self._spread_t
+                spread = _matvec(self._spread, v) if not lead else v @ self._spread_t
             else:
                 spread = (self._spread @ v.reshape(-1, self.n_states).T).T.reshape(v.shape)
             return spread[..., self._move]  # type: ignore[no-any-return]
         if isinstance(self._p, np.ndarray):
             out = v @ self._p_t
         elif not lead:
-            out = self._p @ v
+            out = _matvec(self._p, v)
         else:
             out = np.ascontiguousarray((self._p @ v.reshape(-1, self.n_states).T).T)
         return out.reshape(*lead, self.n_actions, self.n_states)  # type: ignore[no-any-return]
+
+
+class FixedDynamicsGame(FiniteMeanFieldGame):
+    """A mu_t game whose dynamics depend on neither t nor the mean field: a subclass builds
+    them once (`build_dynamics`) and writes its rewards as `flow_rewards`; `push`, `pull`,
+    `sample_next` and `reward` follow from those two."""
+
+    _linear: LinearDynamics | None = None
+
+    @abstractmethod
+    def build_dynamics(self) -> LinearDynamics:
+        """The game's fixed dynamics (called once, on first use)."""
+
+    def linear_dynamics(self) -> LinearDynamics:
+        if self._linear is None:
+            self._linear = self.build_dynamics()
+        return self._linear
+
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        flow = np.zeros((self.horizon, self.n_states))
+        flow[t] = mu
+        return np.ascontiguousarray(self.flow_rewards(flow)[t].T)  # type: ignore[no-any-return]
+
+    def push(self, t: int, mu: FloatArray, mass: FloatArray) -> FloatArray:
+        mass_t = np.ascontiguousarray(np.asarray(mass, dtype=np.float64).T)  # [A, S]
+        return self.linear_dynamics().push(mass_t)
+
+    def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
+        out = self.linear_dynamics().pull(np.asarray(v_next, dtype=np.float64))
+        return np.ascontiguousarray(out.T)
+
+    def sample_next(
+        self,
+        t: int,
+        mu: FloatArray,
+        states: IntArray,
+        actions: IntArray,
+        rng: np.random.Generator,
+    ) -> IntArray:
+        return self.linear_dynamics().sample(states, actions, rng)
+
+
+def _matvec(matrix: Any, x: FloatArray) -> FloatArray:
+    """matrix @ x for a dense array or scipy CSR matrix and a vector x[n].
+
+    A CSR product calls scipy's compiled kernel directly when it is there: the public `@`
+    spends more time checking its operands than multiplying at these sizes (a few thousand
+    non-zeros)."""
+    if isinstance(matrix, np.ndarray) or _csr_matvec is None:
+        return matrix @ x  # type: ignore[no-any-return]
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.zeros(matrix.shape[0])
+    _csr_matvec(
+        matrix.shape[0], matrix.shape[1], matrix.indptr, matrix.indices, matrix.data, x, out
+    )
+    return out
+
+
+try:  # scipy's compiled CSR kernel (private, stable for years); the public `@` otherwise
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
+except ImportError:  # pragma: no cover
+    _csr_matvec = None
 
 
 def _operator(
@@ -445,32 +526,31 @@ def exploitability_batch(game: FiniteMeanFieldGame, policies: FloatArray) -> Flo
 def _exploitability_linear(
     game: FiniteMeanFieldGame, dynamics: LinearDynamics, policy: FloatArray
 ) -> FloatArray:
-    """Exploitability of policy[..., T, S, A] on fixed dynamics: [...] (a float array)."""
+    """Exploitability of policy[..., T, S, A] on fixed dynamics: [...] (a float array).
+
+    The policy's value against its own flow is its expected reward along that flow,
+    sum_t sum_{s,a} mu_t(s) pi_t(a | s) r_t(s, a, mu_t): the forward pass's state-action masses
+    against every epoch's rewards, one product. Only the best response needs a backward pass.
+    """
     n_t = game.horizon
     pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
     lead = pol.shape[:-3]
     flow = np.empty((*lead, n_t, game.n_states))
+    mass = np.empty(pol.shape)  # L_t[..., T, A, S] = mu_t(s) pi_t(a | s)
     flow[..., 0, :] = game.mu0
-    for t in range(n_t - 1):
-        flow[..., t + 1, :] = dynamics.push(pol[..., t, :, :] * flow[..., t, None, :])
+    for t in range(n_t):
+        np.multiply(pol[..., t, :, :], flow[..., t, None, :], out=mass[..., t, :, :])
+        if t < n_t - 1:
+            flow[..., t + 1, :] = dynamics.push(mass[..., t, :, :])
     rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[..., T, A, S]
-    q = rewards[..., n_t - 1, :, :]  # no move after the last epoch: Q = r there
-    v_best = q.max(axis=-2)
-    v_pol = (pol[..., n_t - 1, :, :] * q).sum(axis=-2)
+    # (not np.vdot: a BLAS dot may wake idle threads, milliseconds on a busy machine)
+    value = np.multiply(mass, rewards, out=mass).reshape(*lead, -1).sum(axis=-1)
+    v_best = rewards[..., n_t - 1, :, :].max(axis=-2)  # no move after the last epoch: Q = r
     for t in reversed(range(n_t - 1)):
-        r_t = rewards[..., t, :, :]
-        if lead:  # a batch: one product for both values
-            both = dynamics.pull(np.stack([v_best, v_pol], axis=-2))  # [..., 2, A, S]
-            both += r_t[..., None, :, :]
-            q_best, q_pol = both[..., 0, :, :], both[..., 1, :, :]
-        else:  # one policy: two matrix-vector products are cheaper than one of width 2
-            q_best = dynamics.pull(v_best)
-            q_best += r_t
-            q_pol = dynamics.pull(v_pol)
-            q_pol += r_t
+        q_best = dynamics.pull(v_best)
+        q_best += rewards[..., t, :, :]
         v_best = q_best.max(axis=-2)
-        v_pol = (pol[..., t, :, :] * q_pol).sum(axis=-2)
-    return v_best @ game.mu0 - v_pol @ game.mu0  # type: ignore[no-any-return]
+    return v_best @ game.mu0 - value  # type: ignore[no-any-return]
 
 
 def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:

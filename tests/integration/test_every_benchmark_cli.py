@@ -34,6 +34,8 @@ PARAMS = {
     "sis": ["horizon=6"],
     "four_rooms": ["horizon=6"],
     "mfglib": ["env=random_linear"],
+    "crowd_motion": ["torus_l=4", "torus_w=4"],
+    "building_evacuation": ["n_floor=2", "floor_l=3", "floor_w=3"],
 }
 
 
