@@ -535,6 +535,8 @@ def _exploitability_linear(
     n_t = game.horizon
     pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
     lead = pol.shape[:-3]
+    if not lead and dynamics._move is not None:
+        return _exploitability_factored(game, dynamics, pol)
     flow = np.empty((*lead, n_t, game.n_states))
     mass = np.empty(pol.shape)  # L_t[..., T, A, S] = mu_t(s) pi_t(a | s)
     flow[..., 0, :] = game.mu0
@@ -550,7 +552,41 @@ def _exploitability_linear(
         q_best = dynamics.pull(v_best)
         q_best += rewards[..., t, :, :]
         v_best = q_best.max(axis=-2)
-    return v_best @ game.mu0 - value  # type: ignore[no-any-return]
+    return (v_best * game.mu0).sum(axis=-1) - value  # type: ignore[no-any-return]
+
+
+def _exploitability_factored(
+    game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
+) -> FloatArray:
+    """`_exploitability_linear` of one policy pi[T, A, S] on factored dynamics (a move, then a
+    spread), the loops written out on preallocated buffers: the fewest array operations per
+    epoch (forward: multiply, bincount, spread; backward: spread, gather, add, max)."""
+    n_t, n_a, n_s = pol.shape
+    move, move_flat = dynamics._move, dynamics._move_flat
+    assert move is not None and move_flat is not None
+    spread, spread_t = dynamics._spread, dynamics._spread_t
+    dense = isinstance(spread, np.ndarray)
+    flow = np.empty((n_t, n_s))
+    mass = np.empty((n_t, n_a, n_s))
+    flow[0] = game.mu0
+    for t in range(n_t):
+        np.multiply(pol[t], flow[t], out=mass[t])
+        if t < n_t - 1:
+            moved: FloatArray = np.bincount(move_flat, mass[t].reshape(-1), minlength=n_s)  # type: ignore[assignment]
+            if dense:
+                np.dot(moved, spread, out=flow[t + 1])
+            else:
+                flow[t + 1] = _matvec(spread_t, moved)
+    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[T, A, S]
+    value = np.multiply(mass, rewards, out=mass).sum()
+    v_best = rewards[n_t - 1].max(axis=0)
+    q = mass[0]  # a free [A, S] buffer now
+    for t in reversed(range(n_t - 1)):
+        after = np.dot(spread, v_best) if dense else _matvec(spread, v_best)
+        np.take(after, move, out=q)
+        q += rewards[t]
+        v_best = q.max(axis=0)
+    return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
 
 
 def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:
