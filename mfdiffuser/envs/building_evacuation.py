@@ -78,6 +78,11 @@ class BuildingEvacuation(FixedDynamicsGame):
         index = np.stack([(ff * n_l + ll) * n_w + ww for ff, ll, ww in targets])  # [A, S]
         return LinearDynamics.from_targets(index)
 
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        mu = np.maximum(np.asarray(mu, dtype=np.float64), self.params.log_eps)
+        cell = self.exit_reward - self.params.eta * np.log(mu)
+        return np.repeat(cell[:, None], self.n_actions, axis=1)
+
     def flow_rewards(self, flow: FloatArray) -> FloatArray:
         """R[..., T, A, S] = -eta log(max(mu, log_eps)) + evac_r [f == 0], every action."""
         mu = np.maximum(np.asarray(flow), self.params.log_eps)

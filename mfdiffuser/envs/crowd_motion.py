@@ -118,6 +118,10 @@ class CrowdMotion(FixedDynamicsGame):
         probs = np.broadcast_to(noise, next_i.shape)
         return LinearDynamics.from_targets(next_i * n_w + next_j, probs)
 
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        cell = self.bar_reward[t] - np.log(np.asarray(mu, dtype=np.float64) + self.params.log_eps)
+        return np.repeat(cell[:, None], self.n_actions, axis=1)
+
     def flow_rewards(self, flow: FloatArray) -> FloatArray:
         """R[..., T, A, S] = c (1 - distance to the bar) - log(mu + log_eps), every action."""
         cell = self.bar_reward - np.log(np.asarray(flow) + self.params.log_eps)  # [..., T, S]

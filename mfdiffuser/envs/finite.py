@@ -487,7 +487,11 @@ def exploitability(game: FiniteMeanFieldGame, policy: FloatArray) -> float:
     One forward pass (the flow) and ONE backward pass carrying both values: the best response's
     V*_t(s) = max_a Q*_t(s, a) and the policy's V_t(s) = sum_a pi_t(a | s) Q_t(s, a), each
     epoch's reward computed once. A mu_t game with `linear_dynamics` runs on that fixed operator
-    and its vectorised `flow_rewards` (`exploitability_batch`'s kernel, one policy).
+    and its vectorised `flow_rewards` (`exploitability_batch`'s kernel, one policy), where the
+    policy's value against its own flow is its expected reward along that flow (the forward
+    pass's state-action masses against the rewards), so the backward pass is the best
+    response's alone. The best-response value is the max (best_response's tie rule, a relative
+    1e-12, picks the policy, not the value).
     """
     policy = _check_policy(game, policy)
     dynamics = None if game.state_action_mean_field else game.linear_dynamics()

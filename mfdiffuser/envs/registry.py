@@ -261,6 +261,10 @@ _BUILT_IN = (
         params_model=BuildingEvacuationParams,
         make_game=lambda p: BuildingEvacuation(p),  # type: ignore[arg-type]
         make_sim=_finite_sim,
+        # uniform is already good here (exploitability 0.32 at the defaults) and fictitious
+        # play overshoots it (0.41 after 20 iterations, 0.036 after 200); online mirror
+        # descent gets 0.05 in 30 and 0.003 in 300
+        expert_solver=SolverSetting(algorithm="omd", iterations=200, learning_rate=0.1),
     ),
     BenchmarkSpec(
         name="predator_prey",
