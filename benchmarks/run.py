@@ -242,6 +242,115 @@ def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
     return out
 
 
+def rows_mfglib_native(quick: bool, repeats: int) -> list[Row]:
+    """MFGLib's crowd_motion and building_evacuation written as our games (native benchmarks,
+    sparse dynamics) against exploitability_score on MFGLib's own Environment of the same
+    instance, large enough that computation, not call overhead, dominates. Agreement: the
+    timed random policy and the uniform one."""
+    import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
+    from mfglib.env import Environment
+    from mfglib.scoring import exploitability_score
+
+    from mfdiffuser.envs import exploitability, uniform_policy
+    from mfdiffuser.envs.registry import get_benchmark
+
+    einsum = "opt_einsum" if have("opt_einsum") else "torch.einsum without opt_einsum"
+    cases: list[tuple[str, dict[str, Any], str]] = (
+        [
+            ("crowd_motion", {"T": 3, "torus_l": 6, "torus_w": 6}, "6x6"),
+            ("building_evacuation", {"T": 3, "n_floor": 2, "floor_l": 4, "floor_w": 4}, "2x4x4"),
+        ]
+        if quick
+        else [
+            ("crowd_motion", {"T": 9, "torus_l": 30, "torus_w": 30}, "30x30"),
+            (
+                "building_evacuation",
+                {"T": 9, "n_floor": 4, "floor_l": 15, "floor_w": 15},
+                "4 floors x 15x15",
+            ),
+        ]
+    )
+    out = []
+    for name, kwargs, size in cases:
+        params = {k: v for k, v in kwargs.items() if k != "T"} | {"horizon": kwargs["T"] + 1}
+        game = get_benchmark(name).game(params)
+        with torch.random.fork_rng(devices=[]):
+            env = getattr(Environment, name)(**kwargs)
+        shape = (game.horizon, game.n_states)
+        rand = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
+        agreement: dict[str, float] = {}
+        for label, pol in (("uniform", uniform_policy(game)), ("random", rand)):
+            pi = torch.tensor(pol).reshape(env.T + 1, *env.S, *env.A)
+            ours, theirs = exploitability(game, pol), float(exploitability_score(env, pi))
+            agreement |= {f"{label}_ours": ours, f"{label}_theirs": theirs}
+            agreement[f"{label}_abs_diff"] = abs(ours - theirs)
+        pi = torch.tensor(rand).reshape(env.T + 1, *env.S, *env.A)
+        t = interleaved(
+            {
+                "ours": lambda g=game, p=rand: exploitability(g, p),
+                "theirs": lambda e=env, p=pi: exploitability_score(e, p),
+            },
+            repeats,
+        )
+        out.append(
+            peer_row(
+                f"exact exploitability, {name} {size} (S={game.n_states}, A={game.n_actions}, "
+                f"H={game.horizon}) as our game, random policy",
+                f"MFGLib 0.3.0 exploitability_score on Environment.{name} ({einsum})",
+                t,
+                ours,
+                theirs,
+                agreement=agreement,
+            )
+        )
+    return out
+
+
+def rows_mfglib_batch(n_policies: int, repeats: int) -> list[Row]:
+    """Tiny games, a batch of seeded random policies: our exploitability_batch (one vectorised
+    evaluation of the batch) against MFGLib's exploitability_score given the list of policies
+    (its own batch form: one call per policy). Agreement: the largest difference in the batch."""
+    import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
+    from mfglib.env import Environment
+    from mfglib.scoring import exploitability_score
+
+    from mfdiffuser.envs.finite import exploitability_batch
+    from mfdiffuser.envs.stage_games import LeftRight, RockPaperScissors
+
+    einsum = "opt_einsum" if have("opt_einsum") else "torch.einsum without opt_einsum"
+    out = []
+    for name, game in (("left_right", LeftRight()), ("rock_paper_scissors", RockPaperScissors())):
+        env = getattr(Environment, name)()
+        shape = (n_policies, game.horizon, game.n_states)
+        pols = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
+        pis = [torch.tensor(p) for p in pols]
+        ours = exploitability_batch(game, pols)
+        theirs = np.array(exploitability_score(env, pis))
+        t = interleaved(
+            {
+                "ours": lambda g=game, p=pols: exploitability_batch(g, p),
+                "theirs": lambda e=env, p=pis: exploitability_score(e, p),
+            },
+            repeats,
+        )
+        out.append(
+            peer_row(
+                f"exact exploitability of {n_policies:,} random policies, {name}",
+                f"MFGLib 0.3.0 exploitability_score on the list of policies ({einsum})",
+                t,
+                float(ours.mean()),
+                float(theirs.mean()),
+                agreement={
+                    "mean_ours": float(ours.mean()),
+                    "mean_theirs": float(theirs.mean()),
+                    "max_abs_diff": float(np.abs(ours - theirs).max()),
+                },
+                note="ms per batch",
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------- NashConv vs OpenSpiel
 
 
@@ -629,7 +738,16 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"skipped: {', '.join(result['skipped']) or 'none'}")
 
 
-GROUPS = ("mfglib", "mfglib_envs", "openspiel", "battle", "simulator", "planning")
+GROUPS = (
+    "mfglib",
+    "mfglib_envs",
+    "mfglib_native",
+    "mfglib_batch",
+    "openspiel",
+    "battle",
+    "simulator",
+    "planning",
+)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -647,6 +765,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peers = {
         "mfglib": "mfglib",
         "mfglib_envs": "mfglib",
+        "mfglib_native": "mfglib",
+        "mfglib_batch": "mfglib",
         "openspiel": "pyspiel",
         "battle": "magent2",
     }
@@ -671,6 +791,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows += rows_mfglib_envs(list(names), reps)
             finally:
                 torch.set_default_dtype(torch.float32)
+        elif group in ("mfglib_native", "mfglib_batch"):
+            torch.set_default_dtype(torch.float64)  # MFGLib's side in float64, as ours
+            try:
+                if group == "mfglib_native":
+                    rows += rows_mfglib_native(args.quick, reps)
+                else:
+                    rows += rows_mfglib_batch(50 if args.quick else 1000, reps)
+            finally:
+                torch.set_default_dtype(torch.float32)
         elif group == "openspiel":
             rows += rows_openspiel(reps)
         elif group == "battle":
@@ -680,7 +809,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif group == "planning":
             sizes = [10**3, 10**4] if args.quick else [10**3, 10**5, 10**6]
             rows += rows_planning(sizes, reps)
-    uses_mfglib = {"mfglib", "mfglib_envs"} & set(args.only)
+    uses_mfglib = {"mfglib", "mfglib_envs", "mfglib_native", "mfglib_batch"} & set(args.only)
     if uses_mfglib and have("mfglib") and not have("opt_einsum"):
         skipped.append("opt_einsum (not importable: MFGLib timed with plain torch.einsum)")
     result["rows"] = [asdict(r) for r in rows]

@@ -56,7 +56,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
+from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray, LinearDynamics
 from mfdiffuser.envs.simulate import LastActionSim
 
 MOVE_X = np.array([0, -1, 0, 1, 0], dtype=np.int64)  # dx(a) for actions a = 0..4
@@ -316,6 +316,24 @@ class Crowd2D(FiniteMeanFieldGame):
         self._noise_sources, self._noise_weights = _inverse(
             self.noise_target.ravel(), noise_prob.ravel(), self.n_states
         )
+
+        # Every epoch's movement cost [T, A] (none charged at the last epoch), for flow_rewards.
+        self._charged_costs = np.tile(self.move_cost, (self.horizon, 1))
+        self._charged_costs[-1] = 0.0
+        self._linear: LinearDynamics | None = None
+
+    def linear_dynamics(self) -> LinearDynamics:
+        """The move-then-noise dynamics as one operator P[a, s, s'] (built on first use)."""
+        if self._linear is None:
+            self._linear = LinearDynamics.factored(
+                self.move_target.T, self.noise_target, self.noise_prob
+            )
+        return self._linear
+
+    def flow_rewards(self, flow: FloatArray) -> FloatArray:
+        """R[..., T, A, S]: the cell's position and crowd terms minus the charged move cost."""
+        cell = self.position_and_crowd_reward(flow)  # [..., T, S]
+        return cell[..., None, :] - self._charged_costs[:, :, None]  # type: ignore[no-any-return]
 
     def cell_index(self, x: int, y: int) -> int:
         """State index of cell (x, y): y * size + x."""

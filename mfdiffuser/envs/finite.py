@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -105,6 +106,29 @@ class FiniteMeanFieldGame(ABC):
             next_states += np.take(cdf[:, k], flat) <= u
         return next_states
 
+    # Fast paths (optional). A game whose dynamics depend on neither t nor the mean field returns
+    # them once as a `LinearDynamics` (cached on the game); `exploitability` and
+    # `exploitability_batch` then run on it, with every epoch's rewards from `flow_rewards`.
+    def linear_dynamics(self) -> LinearDynamics | None:
+        """The epoch dynamics as one fixed sparse operator, when they depend on neither t nor
+        the mean field (None: they do, or the game does not say; push/pull are used)."""
+        return None
+
+    def flow_rewards(self, flow: FloatArray) -> FloatArray:
+        """Every epoch's rewards against a state flow[..., T, S], ACTION-MAJOR: R[..., T, A, S]
+        with R[..., t, a, s] = reward(t, flow[..., t, :])[s, a] (leading axes: a batch of flows).
+
+        Used only for mu_t games (state_action_mean_field = False). This default calls `reward`
+        once per epoch and flow; games override it with one vectorised expression."""
+        flow = np.asarray(flow, dtype=np.float64)
+        n_t, n_s = flow.shape[-2:]
+        flat = flow.reshape(-1, n_t, n_s)
+        out = np.empty((flat.shape[0], n_t, self.n_actions, n_s))
+        for b in range(flat.shape[0]):
+            for t in range(n_t):
+                out[b, t] = np.asarray(self.reward(t, flat[b, t])).T
+        return out.reshape(*flow.shape[:-2], n_t, self.n_actions, n_s)
+
     # Per-agent features and mean-field context for a planner. The defaults suit small S;
     # a game with a large state space overrides them with a compact encoding.
     @property
@@ -137,6 +161,200 @@ class FiniteMeanFieldGame(ABC):
         return np.concatenate(
             [[x], np.sin(freqs * x), np.cos(freqs * x), np.asarray(mu, dtype=np.float64)]
         ).astype(np.float32)
+
+
+# One epoch's transitions as a dense matrix when it holds at most this many entries (a small
+# dense product beats a sparse one's call overhead); a sparse CSR matrix above it.
+_DENSE_ENTRIES = 2**16
+
+
+class LinearDynamics:
+    """Epoch dynamics that depend on neither t nor the mean field, as one linear operator.
+
+    P[a, s, s'] is held with ACTION-MAJOR rows a * S + s, in one of two forms, each built once
+    per game:
+    - combined (`LinearDynamics(S, A, rows, cols, probs)`: coordinate form, duplicates summed);
+    - factored (`LinearDynamics.factored(move, targets, probs)`): a deterministic move
+      m = move[a, s], then a spread of m over next states, P[a, s, :] = spread[move[a, s], :]
+      (crowd_2d: the move, then the noise), so a pull is one product with the S x S spread
+      and a gather.
+    A matrix of at most 2^16 entries is dense float64 (a small dense product beats a sparse
+    one's call overhead); a larger one is a scipy CSR matrix, with its transpose for `push`.
+    Both operations take leading batch axes:
+
+        push(mass[..., A, S]) -> next[..., S]     next[s'] = sum_{a, s} mass[a, s] P[a, s, s']
+        pull(v[..., S])       -> out[..., A, S]   out[a, s] = sum_{s'} P[a, s, s'] v[s']
+    """
+
+    def __init__(
+        self, n_states: int, n_actions: int, rows: IntArray, cols: IntArray, probs: FloatArray
+    ) -> None:
+        self.n_states, self.n_actions = n_states, n_actions
+        self._p, self._p_t = _operator(
+            (n_actions * n_states, n_states), np.asarray(rows), np.asarray(cols), probs
+        )
+        self._move: IntArray | None = None
+        self._rows_cdf: tuple[IntArray, IntArray, FloatArray] | None = None
+        self._move_flat: IntArray | None = None
+        self._spread: Any = None
+        self._spread_t: Any = None
+
+    @classmethod
+    def from_targets(cls, targets: IntArray, probs: FloatArray | None = None) -> LinearDynamics:
+        """From next-state targets[A, S, K] with probabilities probs[A, S, K] (K outcomes per
+        state-action pair; repeated targets add up; targets[A, S] and None: deterministic)."""
+        targets = np.asarray(targets, dtype=np.int64)
+        n_a, n_s = targets.shape[:2]
+        targets = targets.reshape(n_a, n_s, -1)
+        weights = np.ones(targets.shape) if probs is None else np.asarray(probs, dtype=np.float64)
+        rows = np.repeat(np.arange(n_a * n_s), targets.shape[2])
+        return cls(n_s, n_a, rows, targets.reshape(-1), weights.reshape(-1))
+
+    @classmethod
+    def factored(cls, move: IntArray, targets: IntArray, probs: FloatArray) -> LinearDynamics:
+        """A move m = move[A, S], then m spreads to targets[S, K] with probabilities
+        probs[S, K] (repeated targets add up)."""
+        move = np.ascontiguousarray(move, dtype=np.int64)
+        targets = np.asarray(targets, dtype=np.int64)
+        probs = np.asarray(probs, dtype=np.float64)
+        out = cls.from_targets(targets[move], probs[move])
+        n_s, k = targets.shape
+        out._move = move
+        out._move_flat = move.reshape(-1)
+        out._spread, out._spread_t = _operator(
+            (n_s, n_s), np.repeat(np.arange(n_s), k), targets.reshape(-1), probs.reshape(-1)
+        )
+        return out
+
+    def sample(self, states: IntArray, actions: IntArray, rng: np.random.Generator) -> IntArray:
+        """One next state per agent: inverse CDF over the row P[a, s, :] of each agent's pair,
+        one uniform per agent, O(N log nnz), no loop over agents. Zero-probability entries are
+        never drawn."""
+        if self._rows_cdf is None:
+            import scipy.sparse as sparse
+
+            csr = sparse.csr_matrix(self.matrix())  # explicit zeros dropped
+            cum = np.cumsum(csr.data)
+            self._rows_cdf = (csr.indptr, csr.indices, cum)
+        indptr, indices, cum = self._rows_cdf
+        row = np.asarray(actions, dtype=np.int64) * self.n_states + np.asarray(states)
+        lo, hi = indptr[row], indptr[row + 1]
+        base = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0.0)
+        target = base + rng.random(row.shape[0]) * (cum[hi - 1] - base)
+        k = np.clip(np.searchsorted(cum, target, side="right"), lo, hi - 1)
+        return indices[k].astype(np.int64)  # type: ignore[no-any-return]
+
+    def matrix(self) -> FloatArray:
+        """Dense P[A * S, S] (for tests and small games)."""
+        p = self._p
+        return np.array(p) if isinstance(p, np.ndarray) else p.toarray()
+
+    def push(self, mass: FloatArray) -> FloatArray:
+        lead = mass.shape[:-2]
+        if not lead and self._move_flat is not None:
+            moved = np.bincount(self._move_flat, mass.reshape(-1), minlength=self.n_states)
+            return _matvec(self._spread_t, moved)  # type: ignore[arg-type]
+        flat = mass.reshape(*lead, self.n_actions * self.n_states)
+        if isinstance(self._p, np.ndarray):
+            return flat @ self._p  # type: ignore[no-any-return]
+        if not lead:
+            return _matvec(self._p_t, flat)
+        out = self._p_t @ flat.reshape(-1, flat.shape[-1]).T
+        return np.ascontiguousarray(out.T).reshape(*lead, self.n_states)
+
+    def pull(self, v: FloatArray) -> FloatArray:
+        lead = v.shape[:-1]
+        if self._move is not None:
+            if isinstance(self._spread, np.ndarray) or not lead:
+                spread = _matvec(self._spread, v) if not lead else v @ self._spread_t
+            else:
+                spread = (self._spread @ v.reshape(-1, self.n_states).T).T.reshape(v.shape)
+            return spread[..., self._move]  # type: ignore[no-any-return]
+        if isinstance(self._p, np.ndarray):
+            out = v @ self._p_t
+        elif not lead:
+            out = _matvec(self._p, v)
+        else:
+            out = np.ascontiguousarray((self._p @ v.reshape(-1, self.n_states).T).T)
+        return out.reshape(*lead, self.n_actions, self.n_states)  # type: ignore[no-any-return]
+
+
+class FixedDynamicsGame(FiniteMeanFieldGame):
+    """A mu_t game whose dynamics depend on neither t nor the mean field: a subclass builds
+    them once (`build_dynamics`) and writes its rewards as `flow_rewards`; `push`, `pull`,
+    `sample_next` and `reward` follow from those two."""
+
+    _linear: LinearDynamics | None = None
+
+    @abstractmethod
+    def build_dynamics(self) -> LinearDynamics:
+        """The game's fixed dynamics (called once, on first use)."""
+
+    def linear_dynamics(self) -> LinearDynamics:
+        if self._linear is None:
+            self._linear = self.build_dynamics()
+        return self._linear
+
+    def reward(self, t: int, mu: FloatArray) -> FloatArray:
+        flow = np.zeros((self.horizon, self.n_states))
+        flow[t] = mu
+        return np.ascontiguousarray(self.flow_rewards(flow)[t].T)  # type: ignore[no-any-return]
+
+    def push(self, t: int, mu: FloatArray, mass: FloatArray) -> FloatArray:
+        mass_t = np.ascontiguousarray(np.asarray(mass, dtype=np.float64).T)  # [A, S]
+        return self.linear_dynamics().push(mass_t)
+
+    def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
+        out = self.linear_dynamics().pull(np.asarray(v_next, dtype=np.float64))
+        return np.ascontiguousarray(out.T)
+
+    def sample_next(
+        self,
+        t: int,
+        mu: FloatArray,
+        states: IntArray,
+        actions: IntArray,
+        rng: np.random.Generator,
+    ) -> IntArray:
+        return self.linear_dynamics().sample(states, actions, rng)
+
+
+def _matvec(matrix: Any, x: FloatArray) -> FloatArray:
+    """matrix @ x for a dense array or scipy CSR matrix and a vector x[n].
+
+    A CSR product calls scipy's compiled kernel directly when it is there: the public `@`
+    spends more time checking its operands than multiplying at these sizes (a few thousand
+    non-zeros)."""
+    if isinstance(matrix, np.ndarray) or _csr_matvec is None:
+        return matrix @ x  # type: ignore[no-any-return]
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    out = np.zeros(matrix.shape[0])
+    _csr_matvec(
+        matrix.shape[0], matrix.shape[1], matrix.indptr, matrix.indices, matrix.data, x, out
+    )
+    return out
+
+
+try:  # scipy's compiled CSR kernel (private, stable for years); the public `@` otherwise
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
+except ImportError:  # pragma: no cover
+    _csr_matvec = None
+
+
+def _operator(
+    shape: tuple[int, int], rows: IntArray, cols: IntArray, probs: FloatArray
+) -> tuple[Any, Any]:
+    """(M, M^T) of a coordinate-form matrix: dense arrays when small, else scipy CSR."""
+    import scipy.sparse as sparse
+
+    matrix = sparse.csr_matrix(
+        (np.asarray(probs, dtype=np.float64).reshape(-1), (rows, cols)), shape=shape
+    )
+    matrix.sum_duplicates()
+    if shape[0] * shape[1] <= _DENSE_ENTRIES:
+        dense = np.ascontiguousarray(matrix.toarray())
+        return dense, np.ascontiguousarray(dense.T)
+    return matrix, matrix.T.tocsr()
 
 
 def _check_policy(game: FiniteMeanFieldGame, policy: FloatArray) -> FloatArray:
@@ -264,11 +482,115 @@ def best_response(game: FiniteMeanFieldGame, flow: FloatArray) -> tuple[FloatArr
 
 
 def exploitability(game: FiniteMeanFieldGame, policy: FloatArray) -> float:
-    """Best-response value against the policy's own flow minus the policy's value (>= 0)."""
+    """Best-response value against the policy's own flow minus the policy's value (>= 0).
+
+    One forward pass (the flow) and ONE backward pass carrying both values: the best response's
+    V*_t(s) = max_a Q*_t(s, a) and the policy's V_t(s) = sum_a pi_t(a | s) Q_t(s, a), each
+    epoch's reward computed once. A mu_t game with `linear_dynamics` runs on that fixed operator
+    and its vectorised `flow_rewards` (`exploitability_batch`'s kernel, one policy), where the
+    policy's value against its own flow is its expected reward along that flow (the forward
+    pass's state-action masses against the rewards), so the backward pass is the best
+    response's alone. The best-response value is the max (best_response's tie rule, a relative
+    1e-12, picks the policy, not the value).
+    """
     policy = _check_policy(game, policy)
-    flow = mean_field_flow(game, policy)
-    _, br_value = best_response(game, flow)
-    return br_value - policy_value(game, policy, flow)
+    dynamics = None if game.state_action_mean_field else game.linear_dynamics()
+    if dynamics is not None:
+        return float(_exploitability_linear(game, dynamics, policy))
+    flow = _state_flow(game, policy)[1]
+    v_best = np.zeros(game.n_states)
+    v_pol = np.zeros(game.n_states)
+    for t in reversed(range(game.horizon)):
+        r_t = game.reward(t, flow[t])
+        q_best = r_t + game.pull(t, flow[t], v_best)
+        q_pol = r_t + game.pull(t, flow[t], v_pol)
+        v_best = q_best.max(axis=1)
+        v_pol = (policy[t] * q_pol).sum(axis=1)
+    return float(game.mu0 @ v_best - game.mu0 @ v_pol)
+
+
+def exploitability_batch(game: FiniteMeanFieldGame, policies: FloatArray) -> FloatArray:
+    """`exploitability` of each of a batch of policies[B, T, S, A]: [B].
+
+    A mu_t game with `linear_dynamics` evaluates the whole batch at once (every epoch one
+    batched product); other games loop over the batch."""
+    policies = np.asarray(policies, dtype=np.float64)
+    expected = (game.horizon, game.n_states, game.n_actions)
+    if policies.ndim != 4 or policies.shape[1:] != expected:
+        raise ValueError(
+            f"policies: expected shape [B, T, S, A] = [B, {', '.join(map(str, expected))}], "
+            f"got {policies.shape}"
+        )
+    dynamics = None if game.state_action_mean_field else game.linear_dynamics()
+    if dynamics is not None:
+        return np.asarray(_exploitability_linear(game, dynamics, policies), dtype=np.float64)
+    return np.array([exploitability(game, p) for p in policies], dtype=np.float64)
+
+
+def _exploitability_linear(
+    game: FiniteMeanFieldGame, dynamics: LinearDynamics, policy: FloatArray
+) -> FloatArray:
+    """Exploitability of policy[..., T, S, A] on fixed dynamics: [...] (a float array).
+
+    The policy's value against its own flow is its expected reward along that flow,
+    sum_t sum_{s,a} mu_t(s) pi_t(a | s) r_t(s, a, mu_t): the forward pass's state-action masses
+    against every epoch's rewards, one product. Only the best response needs a backward pass.
+    """
+    n_t = game.horizon
+    pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
+    lead = pol.shape[:-3]
+    if not lead and dynamics._move is not None:
+        return _exploitability_factored(game, dynamics, pol)
+    flow = np.empty((*lead, n_t, game.n_states))
+    mass = np.empty(pol.shape)  # L_t[..., T, A, S] = mu_t(s) pi_t(a | s)
+    flow[..., 0, :] = game.mu0
+    for t in range(n_t):
+        np.multiply(pol[..., t, :, :], flow[..., t, None, :], out=mass[..., t, :, :])
+        if t < n_t - 1:
+            flow[..., t + 1, :] = dynamics.push(mass[..., t, :, :])
+    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[..., T, A, S]
+    # (not np.vdot: a BLAS dot may wake idle threads, milliseconds on a busy machine)
+    value = np.multiply(mass, rewards, out=mass).reshape(*lead, -1).sum(axis=-1)
+    v_best = rewards[..., n_t - 1, :, :].max(axis=-2)  # no move after the last epoch: Q = r
+    for t in reversed(range(n_t - 1)):
+        q_best = dynamics.pull(v_best)
+        q_best += rewards[..., t, :, :]
+        v_best = q_best.max(axis=-2)
+    return (v_best * game.mu0).sum(axis=-1) - value  # type: ignore[no-any-return]
+
+
+def _exploitability_factored(
+    game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
+) -> FloatArray:
+    """`_exploitability_linear` of one policy pi[T, A, S] on factored dynamics (a move, then a
+    spread), the loops written out on preallocated buffers: the fewest array operations per
+    epoch (forward: multiply, bincount, spread; backward: spread, gather, add, max)."""
+    n_t, n_a, n_s = pol.shape
+    move, move_flat = dynamics._move, dynamics._move_flat
+    assert move is not None and move_flat is not None
+    spread, spread_t = dynamics._spread, dynamics._spread_t
+    dense = isinstance(spread, np.ndarray)
+    flow = np.empty((n_t, n_s))
+    mass = np.empty((n_t, n_a, n_s))
+    flow[0] = game.mu0
+    for t in range(n_t):
+        np.multiply(pol[t], flow[t], out=mass[t])
+        if t < n_t - 1:
+            moved: FloatArray = np.bincount(move_flat, mass[t].reshape(-1), minlength=n_s)  # type: ignore[assignment]
+            if dense:
+                np.dot(moved, spread, out=flow[t + 1])
+            else:
+                flow[t + 1] = _matvec(spread_t, moved)
+    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[T, A, S]
+    value = np.multiply(mass, rewards, out=mass).sum()
+    v_best = rewards[n_t - 1].max(axis=0)
+    q = mass[0]  # a free [A, S] buffer now
+    for t in reversed(range(n_t - 1)):
+        after = np.dot(spread, v_best) if dense else _matvec(spread, v_best)
+        np.take(after, move, out=q)
+        q += rewards[t]
+        v_best = q.max(axis=0)
+    return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
 
 
 def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:

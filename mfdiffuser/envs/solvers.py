@@ -21,6 +21,7 @@ from mfdiffuser.envs.finite import (
     FloatArray,
     _state_flow,
     best_response,
+    exploitability,
     propagate,
     q_values,
     uniform_policy,
@@ -53,8 +54,8 @@ def _evaluate(game: FiniteMeanFieldGame, policy: FloatArray) -> _Evaluation:
     flow, population = _state_flow(game, policy)
     q = q_values(game, policy, population)
     value = float(game.mu0 @ np.einsum("sa,sa->s", policy[0], q[0]))
-    _, br_value = best_response(game, population)
-    return _Evaluation(flow, population, q, value, br_value - value)
+    # exploitability() itself, so a solver's curve ends on exactly what `mfd solve` reports
+    return _Evaluation(flow, population, q, value, exploitability(game, policy))
 
 
 def _check_iterations(iterations: int) -> None:

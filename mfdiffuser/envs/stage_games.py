@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, policy_value
+from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, LinearDynamics, policy_value
 
 START_STATE = 0
 STAGE_HORIZON = 2  # MFGLib's T = 1: epochs t = 0 (decide) and t = 1 (rewarded)
@@ -31,6 +31,8 @@ STAGE_HORIZON = 2  # MFGLib's T = 1: epochs t = 0 (decide) and t = 1 (rewarded)
 
 class _StageGame(FiniteMeanFieldGame):
     """One decision from a start state; state 1 + a means "chose a" (MFGLib's layout)."""
+
+    _linear: LinearDynamics | None = None  # the fixed dynamics, built on first use
 
     def _init_stage(self, n_actions: int) -> None:
         self.n_actions = n_actions
@@ -42,6 +44,27 @@ class _StageGame(FiniteMeanFieldGame):
     @abstractmethod
     def stage_reward(self, mu: FloatArray) -> FloatArray:
         """Reward [A] of being in chosen state 1 + a, given the population mu[S]."""
+
+    def stage_rewards(self, mu: FloatArray) -> FloatArray:
+        """`stage_reward` of a batch of populations mu[..., S]: [..., A] (a loop by default)."""
+        mu = np.asarray(mu, dtype=np.float64)
+        flat = mu.reshape(-1, self.n_states)
+        out = np.array([self.stage_reward(m) for m in flat]).reshape(-1, self.n_actions)
+        return out.reshape(*mu.shape[:-1], self.n_actions)  # type: ignore[no-any-return]
+
+    def linear_dynamics(self) -> LinearDynamics:
+        """Action a leads to state 1 + a from every state (built on first use)."""
+        if self._linear is None:
+            targets = 1 + np.repeat(np.arange(self.n_actions)[:, None], self.n_states, axis=1)
+            self._linear = LinearDynamics.from_targets(targets)
+        return self._linear
+
+    def flow_rewards(self, flow: FloatArray) -> FloatArray:
+        """R[..., T, A, S]: 0 in the start state, stage_reward[s - 1] in chosen state s."""
+        flow = np.asarray(flow, dtype=np.float64)
+        out = np.zeros((*flow.shape, self.n_actions))
+        out[..., 1:, :] = self.stage_rewards(flow)[..., None]  # [..., T, S, A] here
+        return np.swapaxes(out, -1, -2)  # type: ignore[no-any-return]
 
     def reward(self, t: int, mu: FloatArray) -> FloatArray:
         out = np.zeros((self.n_states, self.n_actions))
@@ -74,7 +97,11 @@ class LeftRight(_StageGame):
         self._init_stage(2)
 
     def stage_reward(self, mu: FloatArray) -> FloatArray:
-        return np.array([-mu[1], -2.0 * mu[2]])
+        return self.stage_rewards(mu)
+
+    def stage_rewards(self, mu: FloatArray) -> FloatArray:
+        mu = np.asarray(mu, dtype=np.float64)
+        return np.stack([-mu[..., 1], -2.0 * mu[..., 2]], axis=-1)
 
 
 class RockPaperScissorsParams(BaseModel):
@@ -94,13 +121,18 @@ class RockPaperScissors(_StageGame):
         self._init_stage(3)
 
     def stage_reward(self, mu: FloatArray) -> FloatArray:
-        rock, paper, scissors = mu[1], mu[2], mu[3]
-        return np.array(
+        return self.stage_rewards(mu)
+
+    def stage_rewards(self, mu: FloatArray) -> FloatArray:
+        mu = np.asarray(mu, dtype=np.float64)
+        rock, paper, scissors = mu[..., 1], mu[..., 2], mu[..., 3]
+        return np.stack(
             [
                 2.0 * scissors - paper,
                 4.0 * rock - 2.0 * scissors,
                 6.0 * paper - 3.0 * rock,
-            ]
+            ],
+            axis=-1,
         )
 
 

@@ -45,6 +45,8 @@ PARAMS = {
         "train.cpus_per_worker=0.5",
         "train.lr_schedule=cosine",  # 3 steps from 1e-3 toward 0: the last at a quarter of it
     ],
+    "crowd_motion": ["torus_l=4", "torus_w=4"],
+    "building_evacuation": ["n_floor=2", "floor_l=3", "floor_w=3"],
 }
 
 

@@ -75,6 +75,17 @@ def test_quick_harness_table_and_agreement() -> None:
         for label in ("uniform", "random"):
             assert r["agreement"][f"{label}_abs_diff"] < 1e-10, r["measure"]
     assert "L_t" in family[1]["measure"] and "mu_t" in family[0]["measure"]
+    # MFGLib's crowd_motion and building_evacuation as our games, and the tiny-game batches
+    native = [r for r in rows if "as our game" in r["measure"]]
+    assert [r["measure"].split(", ")[1].split(" ")[0] for r in native] == [
+        "crowd_motion",
+        "building_evacuation",
+    ]
+    for r in native:
+        for label in ("uniform", "random"):
+            assert r["agreement"][f"{label}_abs_diff"] < 1e-10, r["measure"]
+    batches = [r for r in rows if "random policies" in r["measure"]]
+    assert len(batches) == 2 and all(r["agreement"]["max_abs_diff"] < 1e-10 for r in batches)
     row = mfglib[0]
     assert row["theirs"] > 0 and row["ratio_cpu"] > 0 and row["ratio_wall"] > 0
     assert math.isclose(row["ratio_cpu"], row["theirs"] / row["ours"], rel_tol=1e-9)

@@ -198,3 +198,46 @@ def test_sample_actions_is_deterministic_under_a_seed() -> None:
     a3 = sample_actions(policy_t, states, np.random.default_rng(15))
     np.testing.assert_array_equal(a1, a2)
     assert np.any(a1 != a3)
+
+
+def _two_pass_exploitability(game, policy):  # type: ignore[no-untyped-def]
+    """The definition: best-response value minus the policy's value, each its own pass."""
+    from mfdiffuser.envs.finite import best_response, mean_field_flow, policy_value
+
+    flow = mean_field_flow(game, policy)
+    return best_response(game, flow)[1] - policy_value(game, policy, flow)
+
+
+def test_fused_and_linear_exploitability_match_the_two_pass_definition() -> None:
+    from mfdiffuser.envs.crowd_2d import FOUR_ROOMS_MAP, make_crowd_2d
+    from mfdiffuser.envs.finite import exploitability, exploitability_batch
+    from mfdiffuser.envs.stage_games import LeftRight, RockPaperScissors
+
+    games = [
+        make_crowd_2d(size=4, horizon=5),  # dense operator
+        make_crowd_2d(size=17, horizon=4),  # sparse operator
+        make_crowd_2d(walls=FOUR_ROOMS_MAP, horizon=6),
+        LeftRight(),
+        RockPaperScissors(),
+    ]
+    rng = np.random.default_rng(3)
+    for game in games:
+        assert game.linear_dynamics() is not None
+        shape = (game.horizon, game.n_states)
+        policies = rng.dirichlet(np.ones(game.n_actions), (3, *shape))
+        batch = exploitability_batch(game, policies)
+        for policy, batched in zip(policies, batch, strict=True):
+            want = _two_pass_exploitability(game, policy)
+            assert abs(exploitability(game, policy) - want) < 1e-10
+            assert abs(batched - want) < 1e-10
+        # the operator is the game's own push
+        dense = game.linear_dynamics().matrix()  # P[a * S + s, s']
+        for s in range(game.n_states):
+            for a in range(game.n_actions):
+                unit = np.zeros((game.n_states, game.n_actions))
+                unit[s, a] = 1.0
+                np.testing.assert_allclose(
+                    dense[a * game.n_states + s], game.push(0, game.mu0, unit), atol=1e-15
+                )
+    with pytest.raises(ValueError, match=r"\[B, T, S, A\]"):
+        exploitability_batch(games[0], np.ones((2, 3)))
