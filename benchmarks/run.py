@@ -616,24 +616,46 @@ def rows_battle(maps: list[int], steps: int, repeats: int) -> list[Row]:
 
 def rows_simulator(n: int, repeats: int) -> list[Row]:
     """crowd_1d at N agents: policy sampling, moves, noise, rewards, histogram, per CPU-second,
-    against a loop doing only the same random draws and the same array writes."""
+    against a loop doing only the same random draws and the same array writes.
+
+    Two rows, one episode of 10 epochs per timed call (reset untimed, before each call):
+    `sample_actions` then `sim.step` (two passes over the agents, fresh output arrays), and the
+    fused `sim.act_and_step` writing into reused episode arrays (one pass; what data generation
+    does). Both are the generic finite-game step (envs/simulate.py, envs/kernels.py), not a
+    crowd_1d special case.
+    """
     from mfdiffuser.envs import Crowd1D, Crowd1DSim, fictitious_play, sample_actions
 
     game = Crowd1D(size=10, horizon=10)
     expert = fictitious_play(game, 50).policy
     sim = Crowd1DSim(game, n)
+    fused_sim = Crowd1DSim(game, n)
     rng = np.random.default_rng(0)
-    sim.reset(0)
 
     def steps() -> None:
         states = sim.states
         for t in range(game.horizon):
             states, _, _ = sim.step(sample_actions(expert[t], states, rng))
-        sim.reset(0)
 
-    # The work an agent-step cannot avoid: one float32 uniform for the action and one draw for
-    # the noise, then the new state (int64), the previous action (int64) and the reward (float64)
-    # written. Buffers are preallocated; nothing else is computed.
+    # as data generation plays an episode (data/generate.py, play_episode): the outputs go
+    # straight into the episode's [T, N] arrays, reused from one episode to the next
+    episode = (
+        np.zeros((game.horizon, n), dtype=np.int64),
+        np.zeros((game.horizon + 1, n), dtype=np.int64),
+        np.zeros((game.horizon, n)),
+    )
+
+    def fused() -> None:
+        actions, states, rewards = episode
+        for t in range(game.horizon):
+            fused_sim.act_and_step(expert[t], rng, out=(actions[t], states[t + 1], rewards[t]))
+
+    # The work an agent-step cannot avoid: one float32 uniform for the action and one for the
+    # next state (the simulator draws exactly these), then three 8-byte values written per agent
+    # (the action, the next state, the reward: what step hands back). Buffers are preallocated;
+    # nothing else is computed. The simulator writes more than this (it also updates its own
+    # state and previous-action arrays in place and hands back fresh arrays), so the limit is
+    # stricter than an exact replay of its writes.
     lim_rng = np.random.default_rng(0)
     u = np.empty(n, dtype=np.float32)
     v = np.empty(n, dtype=np.float32)
@@ -647,19 +669,33 @@ def rows_simulator(n: int, repeats: int) -> list[Row]:
             np.copyto(prev, st)
             np.copyto(rew, u)
 
-    t = interleaved({"ours": steps, "limit": limit}, repeats)
+    t = interleaved(
+        {"ours": steps, "fused": fused, "limit": limit},
+        repeats,
+        prepare={"ours": lambda: sim.reset(0), "fused": lambda: fused_sim.reset(0)},
+    )
     work = n * game.horizon
-    ours_rate, lim_rate = work / t["ours"].cpu, work / t["limit"].cpu
-    return [
-        Row(
-            measure=f"crowd_1d simulator + action sampling, N={n:,}",
-            unit="M agent-steps per CPU-second",
-            ours=ours_rate / 1e6,
-            limit=lim_rate / 1e6,
-            fraction=ours_rate / lim_rate,
-            note="limit: a loop doing only the same random draws and array writes",
+    lim_rate = work / t["limit"].cpu
+    out = []
+    for key, what in (("ours", "sample_actions + step"), ("fused", "act_and_step (fused)")):
+        rate = work / t[key].cpu
+        out.append(
+            Row(
+                measure=f"crowd_1d simulator, {what}, N={n:,}",
+                unit="M agent-steps per CPU-second",
+                ours=rate / 1e6,
+                limit=lim_rate / 1e6,
+                fraction=rate / lim_rate,
+                agreement={
+                    "ours_cpu_s": t[key].cpu,
+                    "ours_wall_s": t[key].wall,
+                    "limit_cpu_s": t["limit"].cpu,
+                    "limit_wall_s": t["limit"].wall,
+                },
+                note="limit: a loop doing only the same random draws and array writes",
+            )
         )
-    ]
+    return out
 
 
 # ---------------------------------------------------------------- planning step vs N

@@ -22,21 +22,46 @@ def episode_seed(seed: int, episode: int) -> int:
 
 
 def play_episode(
-    sim: Any, policy: np.ndarray, seed: int
+    sim: Any,
+    policy: np.ndarray,
+    seed: int,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One episode: states[T, N], actions[T, N], rewards[T, N] (policy[T, S, A])."""
+    """One episode: states[T, N], actions[T, N], rewards[T, N] (policy[T, S, A]).
+
+    A simulator with `act_and_step` (every finite game's, `envs.simulate.FiniteGameSim`) draws
+    the actions and runs the epoch in one pass, writing straight into the episode's arrays; it
+    gives exactly what `sample_actions` then `step` give, so the rows do not depend on which
+    path made them. `out` = (states, actions, rewards) int64/int64/float64 [T, N] arrays to
+    fill (reused across a shard's episodes: no allocation per epoch); fresh ones otherwise."""
     rng = np.random.default_rng(seed + 1)
     states_t = sim.reset(seed)
-    horizon = policy.shape[0]
-    states, actions, rewards = [], [], []
+    horizon, n = policy.shape[0], states_t.shape[0]
+    fused = getattr(sim, "act_and_step", None)
+    if fused is not None:
+        if out is None:
+            out = (
+                np.empty((horizon, n), dtype=np.int64),
+                np.empty((horizon, n), dtype=np.int64),
+                np.empty((horizon, n), dtype=np.float64),
+            )
+        states, actions, rewards = out
+        states[0] = states_t
+        next_states = np.empty(n, dtype=np.int64)
+        for t in range(horizon):
+            # the next states land in row t + 1 (a scratch row after the last epoch)
+            target = states[t + 1] if t + 1 < horizon else next_states
+            fused(policy[t], rng, out=(actions[t], target, rewards[t]))
+        return states, actions, rewards
+    states_l, actions_l, rewards_l = [], [], []
     for t in range(horizon):
         acts = sample_actions(policy[t], states_t, rng)
         nxt, rew, _done = sim.step(acts)
-        states.append(states_t)
-        actions.append(acts)
-        rewards.append(rew)
+        states_l.append(states_t)
+        actions_l.append(acts)
+        rewards_l.append(rew)
         states_t = nxt
-    return np.stack(states), np.stack(actions), np.stack(rewards)
+    return np.stack(states_l), np.stack(actions_l), np.stack(rewards_l)
 
 
 def generate_shard(
@@ -51,10 +76,12 @@ def generate_shard(
     """
     sim = make_sim()
     tables, returns = [], []
+    buffers = None  # the episode arrays, reused: every row below is copied out of them
     for e in episodes:
         states, actions, rewards = play_episode(
-            sim, policies[e % len(policies)], episode_seed(seed, e)
+            sim, policies[e % len(policies)], episode_seed(seed, e), buffers
         )
+        buffers = (states, actions, rewards)
         horizon, n = states.shape
         tables.append(
             pa.table(

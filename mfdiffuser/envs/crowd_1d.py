@@ -72,6 +72,11 @@ class Crowd1D(FiniteMeanFieldGame):
         self._lands = (cells[:, None, None] + shift) % self.size  # [S, A, 3]
         self._sources = (cells[:, None, None] - shift) % self.size  # [S, A, 3]
         self._action_index = np.arange(self.n_actions)[None, :, None]  # [1, A, 1]
+        # The simulators' sparse dynamics: row x * A + a lands on x + move(a) + eps, 1/3 each.
+        support = self._lands.reshape(self.size * self.n_actions, len(NOISE))
+        probs = np.full(support.shape, 1.0 / len(NOISE))
+        support.flags.writeable = probs.flags.writeable = False
+        self._support = (support, probs)
 
     def position_and_crowd_reward(self, mu: FloatArray) -> FloatArray:
         """The action-free part of the reward, per cell: [S]."""
@@ -91,6 +96,10 @@ class Crowd1D(FiniteMeanFieldGame):
         # out[x, a] = (1/3) sum_eps v_next[x + move(a) + eps]
         return np.asarray(v_next)[self._lands].sum(axis=2) / len(NOISE)
 
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Row x * A + a: the 3 cells x + move(a) + eps (mod n), 1/3 each (mu-independent)."""
+        return self._support
+
 
 def make_crowd_1d(**params: Any) -> Crowd1D:
     """Build crowd_1d from keyword parameters, rejecting unknown ones (pydantic names them)."""
@@ -98,7 +107,8 @@ def make_crowd_1d(**params: Any) -> Crowd1D:
 
 
 class Crowd1DSim(LastActionSim):
-    """N-agent crowd_1d simulator: batched numpy, O(N) per step, seeded.
+    """N-agent crowd_1d simulator: the generic fused step (`simulate.FiniteGameSim`), O(N) per
+    step, seeded.
 
     Rewards are the literal per-step rewards r_t at x_t (movement cost of the previous action,
     mean field = the empirical histogram of x_t), so an agent's summed rewards equal its return
@@ -109,24 +119,3 @@ class Crowd1DSim(LastActionSim):
 
     def __init__(self, game: Crowd1D, n_agents: int) -> None:
         super().__init__(game, n_agents, NEUTRAL_ACTION)
-        # Move and noise in one table lookup: _next[(x * A + a) * 3 + draw] = x + move(a) + eps
-        # mod n, eps = NOISE[draw] (integer % and separate shifts cost several passes at N = 10^6).
-        cells = np.arange(game.size)
-        shifted = cells[:, None, None] + MOVES[None, :, None] + NOISE[None, None, :]
-        self._next = (shifted % game.size).ravel()  # [S * A * 3]
-
-    def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
-        game = self.game
-        counts = np.bincount(self.states, minlength=game.size)
-        cell_reward = game.position_and_crowd_reward(counts / self.n_agents)  # [S]
-        rewards = cell_reward[self.states]
-        rewards -= game.move_cost[self.prev_actions]
-        # One uint8 noise draw per agent (uniform on {0, 1, 2}); the table index is built in
-        # place in one int64 buffer: ((x * A + a) * 3 + draw).
-        draw = self.rng.integers(0, len(NOISE), size=self.n_agents, dtype=np.uint8)
-        index = self.states * game.n_actions
-        index += actions
-        index *= len(NOISE)
-        index += draw
-        self.prev_actions = actions
-        return rewards, self._next[index]

@@ -309,6 +309,14 @@ class Crowd2D(FiniteMeanFieldGame):
         self.noise_cdf = np.cumsum(noise_prob, axis=1)  # [S, 5]
         self.noise_cdf /= self.noise_cdf[:, -1:]
 
+        # The simulators' sparse dynamics: row s * A + a lands on noise_target[m, e] with
+        # probability noise_prob[m, e], m = move_target[s, a] (illegal noise has probability 0).
+        moved = self.move_target.reshape(-1)  # [S * A]
+        support = self.noise_target[moved]  # [S * A, 5]
+        probs = noise_prob[moved]
+        support.flags.writeable = probs.flags.writeable = False
+        self._support = (support, probs)
+
         # push = move stage then noise stage, each a fixed-width gather (in-degree is 5 here).
         self._move_sources, self._move_weights = _inverse(
             self.move_target.ravel(), np.ones(self.n_states * N_ACTIONS), self.n_states
@@ -361,6 +369,10 @@ class Crowd2D(FiniteMeanFieldGame):
         after_move = (np.asarray(v_next)[self.noise_target] * self.noise_prob).sum(axis=1)
         return after_move[self.move_target]
 
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Row s * A + a: the move, then the 5 noise displacements (mu-independent)."""
+        return self._support
+
 
 def make_crowd_2d(**params: Any) -> Crowd2D:
     """Build crowd_2d from keyword parameters, rejecting unknown ones (pydantic names them)."""
@@ -373,7 +385,8 @@ def make_four_rooms(**overrides: Any) -> Crowd2D:
 
 
 class Crowd2DSim(LastActionSim):
-    """N-agent crowd_2d simulator: batched numpy, O(N) per step, seeded.
+    """N-agent crowd_2d simulator: the generic fused step (`simulate.FiniteGameSim`), O(N) per
+    step, seeded.
 
     Rewards are the literal per-step rewards r_t at the current cell (movement cost of the previous
     action, mean field = the empirical histogram), so an agent's summed rewards equal its return
@@ -384,18 +397,3 @@ class Crowd2DSim(LastActionSim):
 
     def __init__(self, game: Crowd2D, n_agents: int) -> None:
         super().__init__(game, n_agents, NEUTRAL_ACTION)
-        self._move_flat = game.move_target.ravel()  # [S * A]
-        self._noise_flat = game.noise_target.ravel()  # [S * 5]
-
-    def _advance(self, actions: IntArray) -> tuple[FloatArray, IntArray]:
-        game = self.game
-        cell_reward = game.position_and_crowd_reward(self.mean_field())  # [S]
-        rewards = cell_reward[self.states] - game.move_cost[self.prev_actions]
-        moved = self._move_flat[self.states * N_ACTIONS + actions]  # [N]
-        # noise by inverse CDF of noise_prob[moved]: a loop over 4 columns, not over agents
-        u = self.rng.random(self.n_agents)
-        noise = np.zeros(self.n_agents, dtype=np.int64)
-        for k in range(N_ACTIONS - 1):
-            noise += np.take(game.noise_cdf[:, k], moved) <= u
-        self.prev_actions = actions
-        return rewards, self._noise_flat[moved * N_ACTIONS + noise]

@@ -16,9 +16,9 @@ moves; there is no reward after the last epoch (t = T-1).
 
 State-action mean fields: a game whose rewards and dynamics depend on the state-action
 distribution L_t(s, a) = mu_t(s) pi_t(a | s) (MFGLib's contract), not only on mu_t, sets the class
-attribute `state_action_mean_field = True`. Its `reward`, `push`, `pull` and `sample_next` then
-receive L_t[S, A] where the others receive mu_t[S], and every function below that takes a
-population flow takes it in the game's own form, the MEAN-FIELD FLOW:
+attribute `state_action_mean_field = True`. Its `reward`, `push`, `pull`, `transition_support` and
+`sample_next` then receive L_t[S, A] where the others receive mu_t[S], and every function below
+that takes a population flow takes it in the game's own form, the MEAN-FIELD FLOW:
     mf_flow[T, S]     mu_t(s)           (state_action_mean_field = False, the default)
     mf_flow[T, S, A]  L_t(s, a)         (state_action_mean_field = True)
 `mean_field_flow(game, policy)` gives it for a policy; `propagate` always gives the state flow
@@ -29,6 +29,7 @@ refused with a ValueError (it cannot be right: the actions of the population are
 from __future__ import annotations
 
 import math
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -67,6 +68,37 @@ class FiniteMeanFieldGame(ABC):
     def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
         """Adjoint of `push`: [S, A] with E[v_next(s') | s, a] under the epoch-t dynamics."""
 
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Sparse epoch-t dynamics: (next_states[S * A, K], probs[S * A, K]), row s * A + a
+        holding the K next states of (s, a) and their probabilities (population mu, or L_t[S, A]
+        for a state-action mean-field game). Rows sum to 1; a zero-probability entry (padding)
+        is never drawn, and a next state may repeat within a row.
+
+        This is what the N-agent simulators sample from (`simulate.FiniteGameSim`, through
+        `kernels.advance`): built once per epoch, O(S A K), then one pass over the agents. A game
+        whose table does not change between calls may return the same two arrays each time (the
+        simulator then reuses its thresholds); they are never written to.
+
+        Generic default for small games (S * A * S <= 10**6): the rows
+        P[s, a, :] = push(t, mu, unit mass at (s, a)), with K the most non-zero entries of a
+        row. A game with many states overrides this with its own few next states per (s, a).
+        """
+        n_s, n_a = self.n_states, self.n_actions
+        if n_s * n_a * n_s > 10**6:
+            raise NotImplementedError(
+                f"{type(self).__name__}.transition_support: the generic default builds dense"
+                f" transition rows ({n_s} x {n_a} x {n_s} > 10**6 entries); override"
+                " transition_support"
+            )
+        rows = np.empty((n_s * n_a, n_s))  # rows[s * A + a, s']
+        unit = np.zeros((n_s, n_a))
+        for s in range(n_s):
+            for a in range(n_a):
+                unit[s, a] = 1.0
+                rows[s * n_a + a] = self.push(t, mu, unit)
+                unit[s, a] = 0.0
+        return sparse_rows(rows)
+
     def sample_next(
         self,
         t: int,
@@ -78,33 +110,23 @@ class FiniteMeanFieldGame(ABC):
         """One next state per agent under the epoch-t dynamics (population mu, or L_t[S, A] for a
         state-action mean-field game): next_states[N].
 
-        Generic default for small games (S * A * S <= 10**6): builds the rows
-        P[s, a, :] = push(t, mu, unit mass at (s, a)) and samples by inverse CDF with one uniform
-        per agent, next = #{k < S-1 : cdf[s, a, k] <= u}; O(N) per next state, no loop over
-        agents. Rows are normalised so cdf[s, a, S-1] is exactly 1 > u, and a zero-probability
-        state leaves the CDF unchanged, so it is never drawn. Large games override this.
+        Inverse-CDF draws from `transition_support(t, mu)` with one float32 uniform per agent
+        (the simulators' rule, see `kernels`), O(N) in one compiled pass.
         """
-        n_s, n_a = self.n_states, self.n_actions
-        if n_s * n_a * n_s > 10**6:
-            raise NotImplementedError(
-                f"{type(self).__name__}.sample_next: the generic default builds dense transition"
-                f" rows ({n_s} x {n_a} x {n_s} > 10**6 entries); override sample_next"
-            )
-        rows = np.empty((n_s * n_a, n_s))  # rows[s * A + a, s']
-        unit = np.zeros((n_s, n_a))
-        for s in range(n_s):
-            for a in range(n_a):
-                unit[s, a] = 1.0
-                rows[s * n_a + a] = self.push(t, mu, unit)
-                unit[s, a] = 0.0
-        cdf = np.cumsum(np.maximum(rows, 0.0), axis=1)
-        cdf /= cdf[:, -1:]
-        flat = np.asarray(states, dtype=np.int64) * n_a + np.asarray(actions, dtype=np.int64)
-        u = rng.random(flat.shape[0])
-        next_states = np.zeros(flat.shape[0], dtype=np.int64)
-        for k in range(n_s - 1):  # a loop over next states, not agents
-            next_states += np.take(cdf[:, k], flat) <= u
-        return next_states
+        from mfdiffuser.envs import kernels
+
+        table = SupportTable.of(self, *self.transition_support(t, mu))
+        states = np.asarray(states, dtype=np.int64)
+        actions = np.asarray(actions, dtype=np.int64)
+        if actions.size and actions.view(np.uint64).max() >= self.n_actions:
+            raise ValueError(f"sample_next: actions must lie in 0..{self.n_actions - 1}")
+        pairs = states * self.n_actions + actions
+        u = np.asarray(rng.random(pairs.shape[0], dtype=np.float32))
+        out = np.empty(pairs.shape[0], dtype=np.int64)
+        bad = kernels.draw_next(pairs, u, table.support, table.width, table.cdf, table.stride, out)
+        if bad:
+            raise ValueError(f"sample_next: states must lie in 0..{self.n_states - 1}")
+        return out
 
     # Fast paths (optional). A game whose dynamics depend on neither t nor the mean field returns
     # them once as a `LinearDynamics` (cached on the game); `exploitability` and
@@ -593,30 +615,109 @@ def _exploitability_factored(
     return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
 
 
+def cdf_thresholds(probs: FloatArray) -> tuple[Float32Array, int]:
+    """The inverse-CDF thresholds of rows probs[R, K] in the kernels' row layout: (float32
+    thresholds, stride), row r holding c_k = (p_0 + .. + p_k) / sum(p) for k < K-1 (see
+    `kernels`: u picks #{k : c_k <= u}). Negative entries count as 0; every row needs a positive
+    sum."""
+    from mfdiffuser.envs import kernels
+
+    cdf = np.cumsum(np.maximum(np.asarray(probs, dtype=np.float64), 0.0), axis=1)
+    total = cdf[:, -1:]
+    if not np.all(total > 0.0):
+        raise ValueError("probabilities: every row needs a positive sum")
+    cdf /= total
+    return kernels.pad_thresholds(cdf[:, :-1]), kernels.stride_for(cdf.shape[1] - 1)
+
+
+def sparse_rows(rows: FloatArray) -> tuple[IntArray, FloatArray]:
+    """Dense rows[R, S] as a sparse table (next_states[R, K], probs[R, K]): each row's non-zero
+    entries in increasing state order, K the most of any row, padded with probability 0."""
+    rows = np.maximum(np.asarray(rows, dtype=np.float64), 0.0)
+    nonzero = rows > 0.0
+    width = max(int(nonzero.sum(axis=1).max()), 1)
+    order = np.argsort(~nonzero, axis=1, kind="stable")[:, :width]  # non-zeros first
+    return order.astype(np.int64), np.take_along_axis(rows, order, axis=1)
+
+
+class SupportTable:
+    """A validated transition support in the kernels' flat form: support int64[S * A * K]
+    (width K), and its float32 thresholds cdf[S * A * stride] (see `kernels`)."""
+
+    def __init__(self, support: IntArray, width: int, cdf: Float32Array, stride: int) -> None:
+        self.support, self.width, self.cdf, self.stride = support, width, cdf, stride
+
+    @classmethod
+    def of(
+        cls, game: FiniteMeanFieldGame, next_states: IntArray, probs: FloatArray
+    ) -> SupportTable:
+        n_s, n_a = game.n_states, game.n_actions
+        next_states = np.asarray(next_states)
+        probs = np.asarray(probs, dtype=np.float64)
+        if (
+            next_states.ndim != 2
+            or next_states.shape[0] != n_s * n_a
+            or (probs.shape != next_states.shape)
+        ):
+            raise ValueError(
+                f"{type(game).__name__}.transition_support: expected next_states and probs of"
+                f" shape [S * A, K] = [{n_s * n_a}, K], got {next_states.shape} and {probs.shape}"
+            )
+        if next_states.size and (next_states.min() < 0 or next_states.max() >= n_s):
+            raise ValueError(
+                f"{type(game).__name__}.transition_support: next states must lie in 0..{n_s - 1}"
+            )
+        width = next_states.shape[1]
+        support = np.ascontiguousarray(next_states, dtype=np.int64).reshape(-1)
+        return cls(support, width, *cdf_thresholds(probs))
+
+
+def policy_thresholds(policy_t: FloatArray) -> tuple[Float32Array, int]:
+    """(float32 thresholds, stride) of a policy row table policy_t[S, A] in the kernels' row
+    layout: row s holds cdf[s, k] for k < A-1 (see `kernels`)."""
+    from mfdiffuser.envs import kernels
+
+    policy_t = np.asarray(policy_t, dtype=np.float64)
+    if policy_t.ndim != 2:
+        raise ValueError(f"policy_t: expected shape [S, A], got {policy_t.shape}")
+    cdf = np.cumsum(policy_t, axis=1)  # cdf[S, A]
+    cdf /= cdf[:, -1:]
+    return kernels.pad_thresholds(cdf[:, :-1]), kernels.stride_for(cdf.shape[1] - 1)
+
+
+_SCRATCH = threading.local()
+
+
+def _uniform_scratch(n: int) -> Float32Array:
+    """A float32[n] buffer this thread reuses for the uniforms it draws (a fresh 4 MB array
+    per call at N = 10^6 costs its page faults again whenever the allocator returned it)."""
+    buf: Float32Array | None = getattr(_SCRATCH, "u", None)
+    if buf is None or buf.shape[0] < n:
+        buf = np.empty(n, dtype=np.float32)
+        _SCRATCH.u = buf
+    return buf[:n]
+
+
 def sample_actions(policy_t: FloatArray, states: IntArray, rng: np.random.Generator) -> IntArray:
     """One action per agent from policy_t[S, A] at its state states[N]: actions[N], O(N).
 
     Inverse-CDF sampling with one float32 uniform per agent: action = #{k < A-1 : cdf[s, k] <= u}.
     Rows are normalised so cdf[s, A-1] is exactly 1 > u; a zero-probability action leaves the
     CDF unchanged (equal float64 values round to equal float32 values), so it is never drawn.
-    float32 uniforms and thresholds halve the memory traffic of the per-agent passes (the
-    simulator's bottleneck at N = 10^6); the probabilities they realise differ from policy_t by
-    less than 2^-24 per action.
+    The probabilities the float32 uniforms and thresholds realise differ from policy_t by less
+    than 2^-24 per action. One compiled pass over the agents (`kernels.draw_actions`); a state
+    outside 0..S-1 is an IndexError.
     """
-    cdf = np.cumsum(np.asarray(policy_t, dtype=np.float64), axis=1)  # cdf[S, A]
-    cdf /= cdf[:, -1:]
-    thresholds = np.ascontiguousarray(cdf[:, :-1].T, dtype=np.float32)  # [A-1, S]
-    states = np.asarray(states)
-    u = rng.random(states.shape[0], dtype=np.float32)  # u[N]
-    n_a = cdf.shape[1]
-    if n_a == 1:
-        return np.zeros(states.shape[0], dtype=np.int64)
-    # a loop over actions, not agents: per-column 1-D gathers into one reused buffer
-    gathered = np.take(thresholds[0], states)
-    below = np.less_equal(gathered, u)
-    count = below.astype(np.int64)
-    for k in range(1, n_a - 1):
-        np.take(thresholds[k], states, out=gathered)
-        np.less_equal(gathered, u, out=below)
-        count += below
-    return count
+    from mfdiffuser.envs import kernels
+
+    policy_t = np.asarray(policy_t, dtype=np.float64)
+    thresholds, stride = policy_thresholds(policy_t)
+    n_s = policy_t.shape[0]
+    states = np.ascontiguousarray(states, dtype=np.int64)
+    if states.ndim != 1:
+        raise ValueError(f"states: expected shape [N], got {states.shape}")
+    u = rng.random(out=_uniform_scratch(states.shape[0]), dtype=np.float32)  # u[N]
+    out = np.empty(states.shape[0], dtype=np.int64)
+    if kernels.draw_actions(thresholds, stride, n_s, states, u, out):
+        raise IndexError(f"states: must lie in 0..{n_s - 1}")
+    return out

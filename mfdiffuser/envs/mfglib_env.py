@@ -47,7 +47,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
+from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray, sparse_rows
 
 MFGLIB_VERSION = "0.3.0"
 INSTALL_HINT = f"pip install mfglib=={MFGLIB_VERSION}"
@@ -350,11 +350,15 @@ class MFGLibGame(FiniteMeanFieldGame):
         self.mu0 = np.asarray(env.mu0.detach().cpu().numpy(), dtype=np.float64).reshape(-1)
         self._cache: OrderedDict[tuple[str, int], tuple[FloatArray, FloatArray]] = OrderedDict()
         self._cache_bytes = 0
+        # the sparse form of the last dense rows handed out, and the stay-put table
+        self._sparse: tuple[FloatArray, tuple[IntArray, FloatArray]] | None = None
+        self._stay: tuple[IntArray, FloatArray] | None = None
 
     def clear_cache(self) -> None:
         """Forget the reward and transition tensors kept for reuse (a timing's fresh start)."""
         self._cache.clear()
         self._cache_bytes = 0
+        self._sparse = None
 
     # Index conversion (row-major, see the module docstring).
     def state_index(self, coordinates: Any) -> IntArray:
@@ -427,34 +431,18 @@ class MFGLibGame(FiniteMeanFieldGame):
         v = np.asarray(v_next, dtype=np.float64)
         return (self.transition_matrix(t, mu) @ v).reshape(self.n_states, self.n_actions)
 
-    def sample_next(
-        self,
-        t: int,
-        mu: FloatArray,
-        states: IntArray,
-        actions: IntArray,
-        rng: np.random.Generator,
-    ) -> IntArray:
-        """Inverse-CDF draws from the rows P[s * A + a, :] of the agents' (state, action) pairs,
-        one uniform per agent, a loop over the distinct pairs (at most S * A), not over agents.
-        After the last epoch (MFGLib's T, no transition) agents stay where they are."""
-        states = np.asarray(states, dtype=np.int64)
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """The non-zero entries of the dense rows P[s * A + a, :] (`finite.sparse_rows`); after
+        the last epoch (MFGLib's T, no transition) every agent stays where it is."""
         if t >= self.horizon - 1:
-            return states.copy()
-        flat = states * self.n_actions + np.asarray(actions, dtype=np.int64)
-        u: FloatArray = np.asarray(rng.random(flat.shape[0]), dtype=np.float64)
-        p = self.transition_matrix(t, mu)
-        out = np.empty(flat.shape[0], dtype=np.int64)
-        order = np.argsort(flat, kind="stable")
-        pairs, starts = np.unique(flat[order], return_index=True)
-        ends = np.append(starts[1:], flat.shape[0])
-        for pair, lo, hi in zip(pairs, starts, ends, strict=True):
-            cdf: FloatArray = np.cumsum(np.maximum(p[pair], 0.0))
-            cdf /= cdf[-1]
-            idx = order[lo:hi]
-            drawn = np.searchsorted(cdf, np.asarray(u[idx]), side="right")
-            out[idx] = np.minimum(drawn, self.n_states - 1)
-        return out
+            if self._stay is None:
+                stay = np.repeat(np.arange(self.n_states, dtype=np.int64), self.n_actions)
+                self._stay = (stay[:, None], np.ones((stay.shape[0], 1)))
+            return self._stay
+        dense = self.transition_matrix(t, mu)
+        if self._sparse is None or self._sparse[0] is not dense:
+            self._sparse = (dense, sparse_rows(dense))
+        return self._sparse[1]
 
 
 def make_mfglib_game(params: MFGLibParams) -> MFGLibGame:

@@ -55,7 +55,7 @@ from mfdiffuser.envs.finite import (
     propagate,
     q_values,
 )
-from mfdiffuser.envs.simulate import FiniteGameSim
+from mfdiffuser.envs.simulate import FiniteGameSim, draw_rows
 
 MOVE_X = np.array([0, 1, 0, 0, -1], dtype=np.int64)  # dx(a), OpenSpiel's _ACTION_TO_MOVE
 MOVE_Y = np.array([0, 0, 1, -1, 0], dtype=np.int64)  # dy(a)
@@ -118,6 +118,12 @@ class PredatorPreyParams(BaseModel):
         return self
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    out = np.array(a)
+    out.flags.writeable = False
+    return out
+
+
 def corners(size: int) -> list[Cell]:
     return [(0, 0), (size - 1, 0), (0, size - 1), (size - 1, size - 1)]
 
@@ -159,8 +165,11 @@ class PredatorPrey(FiniteMeanFieldGame):
         self.target = (cell_target[None] + offsets).reshape(self.n_states, N_ACTIONS)  # [S, 5]
         q = params.noise_probability
         self.noise_prob = np.array([1.0 - q] + [q / 4.0] * 4)  # [5], indexed like actions
-        self.noise_cdf = np.cumsum(self.noise_prob)
-        self.noise_cdf /= self.noise_cdf[-1]
+        moved = self.target.reshape(-1)  # [S * A]
+        self._support = (
+            _frozen(self.target[moved]),  # [S * A, 5]
+            _frozen(np.broadcast_to(self.noise_prob, (moved.shape[0], N_ACTIONS))),
+        )
 
     def population_distributions(self, mu: FloatArray) -> FloatArray:
         """mu_i(x) [P, C]: each population's own distribution (rows sum to 1 on a flow)."""
@@ -194,18 +203,10 @@ class PredatorPrey(FiniteMeanFieldGame):
         after_move = np.asarray(v_next, dtype=np.float64)[self.target] @ self.noise_prob  # [S]
         return after_move[self.target]
 
-    def sample_next(
-        self,
-        t: int,
-        mu: FloatArray,
-        states: IntArray,
-        actions: IntArray,
-        rng: np.random.Generator,
-    ) -> IntArray:
-        """Move by the action, then by a noise displacement drawn by inverse CDF: O(N)."""
-        moved = self.target.ravel()[np.asarray(states) * N_ACTIONS + np.asarray(actions)]
-        noise = np.searchsorted(self.noise_cdf, rng.random(moved.shape[0]), side="right")
-        return self.target.ravel()[moved * N_ACTIONS + np.minimum(noise, N_ACTIONS - 1)]
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Move by the action, then one noise displacement: row s * A + a holds
+        target[target[s, a], e] with probability noise_prob[e] (K = 5, mu-independent)."""
+        return self._support
 
     def population_values(self, policy: FloatArray, flow: FloatArray) -> FloatArray:
         """V_i [P]: each population's expected return under `policy` against flow[T, S]."""
@@ -240,7 +241,7 @@ class PredatorPreySim(FiniteGameSim):
                 f"got {n_agents}"
             )
         super().__init__(game, n_agents)
-        self.agent_population = np.arange(n_agents) % game.n_populations  # [N]
+        self.agent_population = np.arange(n_agents, dtype=np.int64) % game.n_populations  # [N]
         self.population_size = np.bincount(self.agent_population, minlength=game.n_populations)
 
     def reset(self, seed: int) -> IntArray:
@@ -248,19 +249,13 @@ class PredatorPreySim(FiniteGameSim):
         game = self.game
         self.rng = np.random.default_rng(seed)
         per_pop = game.mu0.reshape(game.n_populations, game.n_cells)
-        cdf = np.cumsum(per_pop, axis=1)
-        cdf /= cdf[:, -1:]
-        u = self.rng.random(self.n_agents)
-        cell = (cdf[self.agent_population] <= u[:, None]).sum(axis=1)
-        cell = np.minimum(cell, game.n_cells - 1)
-        self.states = (self.agent_population * game.n_cells + cell).astype(np.int64)
+        cell = draw_rows(per_pop, self.agent_population, self.rng)
+        self.states = self.agent_population * game.n_cells + cell
         self.t = 0
         self._started = True
         return self.states.copy()
 
     def mean_field(self) -> FloatArray:
         game = self.game
-        counts = np.bincount(self.states, minlength=game.n_states).reshape(
-            game.n_populations, game.n_cells
-        )
+        counts = self.counts().reshape(game.n_populations, game.n_cells)
         return (counts / self.population_size[:, None] * game.population_mass).reshape(-1)

@@ -15,13 +15,15 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray
+from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, IntArray
 
 SUSCEPTIBLE, INFECTED = 0, 1
 GO_OUT, KEEP_DISTANCE = 0, 1
 RECOVERY = 0.3
 INFECTION = 0.9**2  # written as MFGLib writes it (0.8100000000000001)
 REWARD = np.array([[0.0, -0.5], [-1.0, -1.5]])  # REWARD[s, a]
+_NEXT = np.array([[SUSCEPTIBLE, INFECTED]] * 4, dtype=np.int64)  # every row: S or I
+_NEXT.flags.writeable = False
 
 
 class SISParams(BaseModel):
@@ -72,6 +74,14 @@ class SIS(FiniteMeanFieldGame):
                 [from_infected, from_infected],
             ]
         )
+
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """Rows (s, a) = (S, out), (S, distance), (I, out), (I, distance) over next (S, I)."""
+        p = self.infection_probability(mu)
+        probs = np.array(
+            [[1.0 - p, p], [1.0, 0.0], [RECOVERY, 1.0 - RECOVERY], [RECOVERY, 1.0 - RECOVERY]]
+        )
+        return _NEXT, probs
 
 
 def make_sis(**params: Any) -> SIS:

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mfdiffuser.envs.finite import FiniteMeanFieldGame, FloatArray, LinearDynamics, policy_value
+from mfdiffuser.envs.finite import (
+    FiniteMeanFieldGame,
+    FloatArray,
+    IntArray,
+    LinearDynamics,
+    policy_value,
+)
 
 START_STATE = 0
 STAGE_HORIZON = 2  # MFGLib's T = 1: epochs t = 0 (decide) and t = 1 (rewarded)
@@ -40,6 +46,11 @@ class _StageGame(FiniteMeanFieldGame):
         self.horizon = STAGE_HORIZON
         self.mu0 = np.zeros(self.n_states)
         self.mu0[START_STATE] = 1.0
+        # every (s, a) leads to 1 + a with probability 1
+        support = np.tile(1 + np.arange(n_actions, dtype=np.int64), self.n_states)[:, None]
+        probs = np.ones(support.shape)
+        support.flags.writeable = probs.flags.writeable = False
+        self._support = (support, probs)
 
     @abstractmethod
     def stage_reward(self, mu: FloatArray) -> FloatArray:
@@ -81,6 +92,9 @@ class _StageGame(FiniteMeanFieldGame):
         # out[s, a] = v_next[1 + a] for every s
         row = np.asarray(v_next, dtype=np.float64)[1:]
         return np.broadcast_to(row, (self.n_states, self.n_actions)).copy()
+
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        return self._support
 
 
 class LeftRightParams(BaseModel):

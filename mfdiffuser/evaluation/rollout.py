@@ -8,10 +8,29 @@ from typing import Any
 import numpy as np
 
 from mfdiffuser.data.generate import episode_seed
-from mfdiffuser.envs import FiniteMeanFieldGame, exploitability, policy_value, propagate
+from mfdiffuser.envs import (
+    FiniteMeanFieldGame,
+    exploitability,
+    policy_value,
+    propagate,
+    sample_actions,
+)
 
 # act(t, states[N], rng) -> actions[N]
 ActFn = Callable[[int, np.ndarray, np.random.Generator], np.ndarray]
+
+
+def table_act(table: np.ndarray) -> ActFn:
+    """act(t, states, rng) = sample_actions(table[t], states, rng) for a policy table[T, S, A];
+    `episode_return` plays it through the simulator's fused `act_and_step` when it has one
+    (the same draws, one pass over the agents)."""
+    table = np.asarray(table, dtype=np.float64)
+
+    def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return sample_actions(table[t], states, rng)
+
+    act.policy_table = table  # type: ignore[attr-defined]
+    return act
 
 
 def episode_return(sim: Any, act: ActFn, horizon: int, seed: int) -> float:
@@ -21,9 +40,14 @@ def episode_return(sim: Any, act: ActFn, horizon: int, seed: int) -> float:
     reset = getattr(act, "reset", None)
     if reset is not None:  # a planner policy that keeps a plan across steps starts afresh
         reset()
+    table = getattr(act, "policy_table", None)  # a fixed table: `table_act`
+    fused = getattr(sim, "act_and_step", None) if table is not None else None
     total = np.zeros(len(states))
     for t in range(horizon):
-        states, rewards, _ = sim.step(act(t, states, rng))
+        if fused is not None:
+            _, states, rewards, _ = fused(table[t], rng)  # type: ignore[index]
+        else:
+            states, rewards, _ = sim.step(act(t, states, rng))
         total += rewards
     return float(total.mean())
 

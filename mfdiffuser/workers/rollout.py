@@ -45,10 +45,16 @@ class RolloutActor:
 
     def returns(self, n_agents: int, episodes: int, seed: int) -> dict[str, Any]:
         """Per-episode J^N of the method's live policy (for a planner: one call per step)."""
-        policy = self.method.policy(self.game, self.prior, seed)
+        from mfdiffuser.evaluation.rollout import table_act
+        from mfdiffuser.methods.policies import TablePolicy
 
-        def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return np.asarray(policy.act(t, states, rng))
+        policy = self.method.policy(self.game, self.prior, seed)
+        if type(policy) is TablePolicy:  # a fixed table: the simulator's fused path, same draws
+            act = table_act(policy.table)
+        else:
+
+            def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+                return np.asarray(policy.act(t, states, rng))
 
         act.reset = policy.reset  # type: ignore[attr-defined]  # called by episode_return
         return self._play(act, n_agents, episodes, seed)
@@ -57,14 +63,9 @@ class RolloutActor:
         self, table: list[list[list[float]]], n_agents: int, episodes: int, seed: int
     ) -> dict[str, Any]:
         """Per-episode J^N of the frozen table played by N agents (no planner noise)."""
-        from mfdiffuser.envs import sample_actions
+        from mfdiffuser.evaluation.rollout import table_act
 
-        pol = np.asarray(table, dtype=np.float64)
-
-        def act(t: int, states: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return sample_actions(pol[t], states, rng)
-
-        return self._play(act, n_agents, episodes, seed)
+        return self._play(table_act(np.asarray(table)), n_agents, episodes, seed)
 
     def _play(self, act: Any, n_agents: int, episodes: int, seed: int) -> dict[str, Any]:
         from mfdiffuser.evaluation.rollout import rollout_returns

@@ -98,8 +98,13 @@ def test_quick_harness_table_and_agreement() -> None:
     assert math.isclose(agree["ours"], exploitability(game, pol), rel_tol=1e-12)
     assert agree["ours"] > 0.1  # a random policy is far from the equilibrium
 
-    (sim,) = [r for r in rows if r["measure"].startswith("crowd_1d simulator")]
-    assert sim["limit"] > 0 and math.isclose(sim["fraction"], sim["ours"] / sim["limit"])
+    sims = [r for r in rows if r["measure"].startswith("crowd_1d simulator")]
+    assert [r["measure"].split(", ")[1] for r in sims] == [
+        "sample_actions + step",
+        "act_and_step (fused)",
+    ]
+    for sim in sims:
+        assert sim["limit"] > 0 and math.isclose(sim["fraction"], sim["ours"] / sim["limit"])
 
     planning = [r for r in rows if r["measure"].startswith("planning step")]
     assert len(planning) == 1 and planning[0]["ratio_cpu"] > 0

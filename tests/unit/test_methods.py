@@ -190,8 +190,12 @@ def test_the_mf_diffuser_family_learns_on_crowd_1d_medium(
     name: str, crowd_medium: tuple[Crowd1D, EpisodeArrays]
 ) -> None:
     """300 Adam steps (the budget of configs/sweep_table_quick.yaml) take the frozen table's
-    exploitability at least 30% below the untrained model's (measured: 0.62, 0.62, 0.68, 0.33,
-    0.55 of it for mf_diffuser, _flat, _unweighted, per_agent_diffuser, decision_diffuser)."""
+    exploitability at least 10% below the untrained model's. The ratio depends on the data's
+    draw: over datasets of seeds 0..4 (40 episodes of 100 agents) it ranged 0.35-0.72 for
+    mf_diffuser, 0.69-0.84 for _unweighted, 0.24-0.77 for decision_diffuser (seed 0: 0.45,
+    0.62, 0.84, 0.48, 0.77 for mf_diffuser, _flat, _unweighted, per_agent_diffuser,
+    decision_diffuser; the simulators' random stream changed with the fused step, and the old
+    stream's seed 0 gave 0.62, 0.62, 0.68, 0.33, 0.55, so the former 30% bound held by luck)."""
     game, data = crowd_medium
     method, stats = _family_member(name, game, data)
 
@@ -202,7 +206,7 @@ def test_the_mf_diffuser_family_learns_on_crowd_1d_medium(
     before = expl()
     _train_300(method, game, data)
     after = expl()
-    assert after <= 0.7 * before, (name, before, after)
+    assert after <= 0.9 * before, (name, before, after)
 
 
 def test_decision_diffuser_reads_actions_and_follows_its_return_guidance(
@@ -211,8 +215,10 @@ def test_decision_diffuser_reads_actions_and_follows_its_return_guidance(
     """Its inverse-dynamics head is accurate on held-out transitions (measured 0.734, against
     0.750 for the best any rule of (t, s, s') can do on those transitions and 0.616 for always
     the most frequent action: crowd_1d's moves are noisy, so (s, s') does not always tell the
-    action), and its return rises with the guidance scale w (measured J^inf 27.704, 27.739,
-    27.777 at w = 0, 1, 3, same weights, same seeds)."""
+    action), and guidance raises its return: J^inf at w = 1 and w = 3 both above w = 0, same
+    weights, same seeds (measured 27.858, 27.896, 27.864 at w = 0, 1, 3; with the simulators'
+    random stream before the fused step, whose data differed, 27.704, 27.739, 27.777: the order
+    of w = 1 and 3 is the data's draw, the gain over w = 0 held on both)."""
     from mfdiffuser.data.windows import mean_fields
     from mfdiffuser.envs import policy_value
 
@@ -249,4 +255,4 @@ def test_decision_diffuser_reads_actions_and_follows_its_return_guidance(
         guided.load_state_dict(method.state_dict())
         frozen = guided.policy(game, stats.prior, 0).expected_table(propagate_fn(game), 0)
         values.append(policy_value(game, frozen))
-    assert values[0] < values[1] < values[2], values
+    assert values[0] < min(values[1], values[2]), values
