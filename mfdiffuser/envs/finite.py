@@ -216,6 +216,7 @@ class LinearDynamics:
             (n_actions * n_states, n_states), np.asarray(rows), np.asarray(cols), probs
         )
         self._move: IntArray | None = None
+        self._support: tuple[IntArray, FloatArray] | None = None
         self._rows_cdf: tuple[IntArray, IntArray, FloatArray] | None = None
         self._move_flat: IntArray | None = None
         self._spread: Any = None
@@ -247,6 +248,29 @@ class LinearDynamics:
             (n_s, n_s), np.repeat(np.arange(n_s), k), targets.reshape(-1), probs.reshape(-1)
         )
         return out
+
+    def support(self) -> tuple[IntArray, FloatArray]:
+        """The rows P[a, s, :] as the simulators' sparse table (next_states[S * A, K],
+        probs[S * A, K]), row s * A + a (`FiniteMeanFieldGame.transition_support`), K the most
+        next states of any pair, padded with probability 0; built once, never written to."""
+        if self._support is None:
+            import scipy.sparse as sparse
+
+            n_s, n_a = self.n_states, self.n_actions
+            state_major = (np.arange(n_s)[:, None] + n_s * np.arange(n_a)[None, :]).reshape(-1)
+            matrix = sparse.csr_matrix(self._p)[state_major]  # row s * A + a
+            matrix.data = np.maximum(matrix.data, 0.0)
+            matrix.eliminate_zeros()
+            counts = np.diff(matrix.indptr)
+            width = max(int(counts.max(initial=0)), 1)
+            rows = np.repeat(np.arange(n_s * n_a), counts)
+            slot = np.arange(matrix.nnz) - np.repeat(matrix.indptr[:-1], counts)
+            next_states = np.zeros((n_s * n_a, width), dtype=np.int64)
+            probs = np.zeros((n_s * n_a, width))
+            next_states[rows, slot] = matrix.indices
+            probs[rows, slot] = matrix.data
+            self._support = (next_states, probs)
+        return self._support
 
     def sample(self, states: IntArray, actions: IntArray, rng: np.random.Generator) -> IntArray:
         """One next state per agent: inverse CDF over the row P[a, s, :] of each agent's pair,
@@ -339,6 +363,11 @@ class FixedDynamicsGame(FiniteMeanFieldGame):
         rng: np.random.Generator,
     ) -> IntArray:
         return self.linear_dynamics().sample(states, actions, rng)
+
+    def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
+        """The fixed dynamics' sparse table (`LinearDynamics.support`), the same two arrays at
+        every epoch (the simulators then reuse their thresholds)."""
+        return self.linear_dynamics().support()
 
 
 def _matvec(matrix: Any, x: FloatArray) -> FloatArray:

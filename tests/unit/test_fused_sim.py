@@ -15,8 +15,10 @@ import pytest
 from scipy import stats
 
 from mfdiffuser.envs import propagate, sample_actions
+from mfdiffuser.envs.building_evacuation import BuildingEvacuation
 from mfdiffuser.envs.crowd_1d import Crowd1D, Crowd1DSim
 from mfdiffuser.envs.crowd_2d import Crowd2DSim, make_crowd_2d, make_four_rooms
+from mfdiffuser.envs.crowd_motion import CrowdMotion
 from mfdiffuser.envs.finite import FiniteMeanFieldGame, SupportTable
 from mfdiffuser.envs.predator_prey import PredatorPrey, PredatorPreySim
 from mfdiffuser.envs.simulate import FiniteGameSim
@@ -83,6 +85,12 @@ CASES: dict[str, Callable[[], tuple[FiniteMeanFieldGame, Callable[[Any, int], An
     "dense_default": lambda: (DenseGame(), FiniteGameSim),
     "plugin_bar_line": _plugin_case,
     "mfglib_state_action": _mfglib_case,
+    # fixed dynamics, the table from the game's sparse operator (LinearDynamics.support)
+    "building_evacuation": lambda: (
+        BuildingEvacuation(n_floor=3, floor_l=4, floor_w=5, horizon=6),
+        FiniteGameSim,
+    ),
+    "crowd_motion": lambda: (CrowdMotion(torus_l=5, torus_w=6, horizon=6), FiniteGameSim),
 }
 
 
@@ -172,7 +180,9 @@ def test_sample_actions_chi_square_at_large_n() -> None:
         sample_actions(policy_t, np.array([0, 4]), rng)
 
 
-@pytest.mark.parametrize("name", ["crowd_2d", "sis", "predator_prey", "dense_default"])
+@pytest.mark.parametrize(
+    "name", ["crowd_2d", "sis", "predator_prey", "dense_default", "building_evacuation"]
+)
 def test_transitions_chi_square_against_the_support(name: str) -> None:
     """Every agent in one (s, a): next-state counts against the game's push of a unit mass."""
     game, make_sim = CASES[name]()
