@@ -191,6 +191,37 @@ def rows_mfglib(sizes: list[int], repeats: int) -> list[Row]:
     return out
 
 
+def against_mfglib(
+    game: Any, env: Any, repeats: int, prepare: dict[str, Callable[[], object]] | None = None
+) -> tuple[dict[str, Timing], float, float, dict[str, float]]:
+    """Our exploitability of a seeded random policy against MFGLib's exploitability_score on
+    `env` (the same game), interleaved: (timings, ours, theirs, agreement), the agreement on
+    the uniform and on the timed random policy."""
+    import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
+    from mfglib.scoring import exploitability_score
+
+    from mfdiffuser.envs import exploitability, uniform_policy
+
+    shape = (game.horizon, game.n_states)
+    rand = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
+    agreement: dict[str, float] = {}
+    for label, pol in (("uniform", uniform_policy(game)), ("random", rand)):
+        pi = torch.tensor(pol).reshape(env.T + 1, *env.S, *env.A)
+        ours, theirs = exploitability(game, pol), float(exploitability_score(env, pi))
+        agreement |= {f"{label}_ours": ours, f"{label}_theirs": theirs}
+        agreement[f"{label}_abs_diff"] = abs(ours - theirs)
+    pi = torch.tensor(rand).reshape(env.T + 1, *env.S, *env.A)
+    t = interleaved(
+        {
+            "ours": lambda: exploitability(game, rand),
+            "theirs": lambda: exploitability_score(env, pi),
+        },
+        repeats,
+        prepare=prepare,
+    )
+    return t, ours, theirs, agreement
+
+
 def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
     """The `mfglib` family: each MFGLib environment at its default sizes, our exact
     exploitability (the adapter calling MFGLib's own reward/prob) against exploitability_score.
@@ -198,9 +229,7 @@ def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
     callables afresh. Agreement: uniform and a seeded random policy."""
     import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
     from mfglib.env import Environment
-    from mfglib.scoring import exploitability_score
 
-    from mfdiffuser.envs import exploitability, uniform_policy
     from mfdiffuser.envs.registry import get_benchmark
 
     einsum = "opt_einsum" if have("opt_einsum") else "torch.einsum without opt_einsum"
@@ -210,22 +239,8 @@ def rows_mfglib_envs(names: list[str], repeats: int) -> list[Row]:
         game = spec.game({"env": name})
         with torch.random.fork_rng(devices=[]):
             env = getattr(Environment, name)()
-        shape = (game.horizon, game.n_states)
-        rand = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
-        agreement: dict[str, float] = {}
-        for label, pol in (("uniform", uniform_policy(game)), ("random", rand)):
-            pi = torch.tensor(pol).reshape(env.T + 1, *env.S, *env.A)
-            ours, theirs = exploitability(game, pol), float(exploitability_score(env, pi))
-            agreement |= {f"{label}_ours": ours, f"{label}_theirs": theirs}
-            agreement[f"{label}_abs_diff"] = abs(ours - theirs)
-        pi = torch.tensor(rand).reshape(env.T + 1, *env.S, *env.A)
-        t = interleaved(
-            {
-                "ours": lambda g=game, p=rand: exploitability(g, p),
-                "theirs": lambda e=env, p=pi: exploitability_score(e, p),
-            },
-            repeats,
-            prepare={"ours": game.clear_cache},
+        t, ours, theirs, agreement = against_mfglib(
+            game, env, repeats, prepare={"ours": game.clear_cache}
         )
         kind = "L_t" if game.state_action_mean_field else "mu_t"
         out.append(
@@ -249,9 +264,7 @@ def rows_mfglib_native(quick: bool, repeats: int) -> list[Row]:
     timed random policy and the uniform one."""
     import mfglib.alg  # noqa: F401 (mfglib.scoring alone hits a circular import in 0.3.0)
     from mfglib.env import Environment
-    from mfglib.scoring import exploitability_score
 
-    from mfdiffuser.envs import exploitability, uniform_policy
     from mfdiffuser.envs.registry import get_benchmark
 
     einsum = "opt_einsum" if have("opt_einsum") else "torch.einsum without opt_einsum"
@@ -276,22 +289,7 @@ def rows_mfglib_native(quick: bool, repeats: int) -> list[Row]:
         game = get_benchmark(name).game(params)
         with torch.random.fork_rng(devices=[]):
             env = getattr(Environment, name)(**kwargs)
-        shape = (game.horizon, game.n_states)
-        rand = np.random.default_rng(0).dirichlet(np.ones(game.n_actions), shape)
-        agreement: dict[str, float] = {}
-        for label, pol in (("uniform", uniform_policy(game)), ("random", rand)):
-            pi = torch.tensor(pol).reshape(env.T + 1, *env.S, *env.A)
-            ours, theirs = exploitability(game, pol), float(exploitability_score(env, pi))
-            agreement |= {f"{label}_ours": ours, f"{label}_theirs": theirs}
-            agreement[f"{label}_abs_diff"] = abs(ours - theirs)
-        pi = torch.tensor(rand).reshape(env.T + 1, *env.S, *env.A)
-        t = interleaved(
-            {
-                "ours": lambda g=game, p=rand: exploitability(g, p),
-                "theirs": lambda e=env, p=pi: exploitability_score(e, p),
-            },
-            repeats,
-        )
+        t, ours, theirs, agreement = against_mfglib(game, env, repeats)
         out.append(
             peer_row(
                 f"exact exploitability, {name} {size} (S={game.n_states}, A={game.n_actions}, "

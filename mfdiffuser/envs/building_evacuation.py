@@ -22,23 +22,37 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mfdiffuser.envs.finite import FixedDynamicsGame, FloatArray, LinearDynamics
 
 N_ACTIONS = 6
+MAX_STATES = 10**6  # F x L x W
 
 
 class BuildingEvacuationParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    horizon: int = Field(default=4, ge=1, description="decision epochs H (MFGLib's T + 1)")
-    n_floor: int = Field(default=5, ge=1, description="floors F (floor 0 is the exit)")
-    floor_l: int = Field(default=10, ge=1, description="floor length L")
-    floor_w: int = Field(default=10, ge=1, description="floor width W")
+    horizon: int = Field(
+        default=4, ge=1, le=10_000, description="decision epochs H (MFGLib's T + 1), 1..1e4"
+    )
+    n_floor: int = Field(
+        default=5, ge=1, le=100, description="floors F (floor 0 is the exit), 1..100"
+    )
+    floor_l: int = Field(default=10, ge=1, le=1000, description="floor length L, 1..1000")
+    floor_w: int = Field(default=10, ge=1, le=1000, description="floor width W, 1..1000")
     log_eps: float = Field(default=1e-20, gt=0.0, description="mu is clipped below at log_eps")
     eta: float = Field(default=1.0, description="crowd aversion (coefficient of -log mu)")
     evac_r: float = Field(default=10.0, description="reward per epoch on floor 0")
+
+    @model_validator(mode="after")
+    def _check_states(self) -> BuildingEvacuationParams:
+        states = self.n_floor * self.floor_l * self.floor_w
+        if states > MAX_STATES:
+            raise ValueError(
+                f"n_floor x floor_l x floor_w = {states:,} states; allowed: at most {MAX_STATES:,}"
+            )
+        return self
 
 
 class BuildingEvacuation(FixedDynamicsGame):

@@ -104,9 +104,12 @@ class Crowd2DParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     size: int = Field(
-        default=10, ge=2, description="torus side; set from the map when `walls` is given"
+        default=10,
+        ge=2,
+        le=1000,
+        description="torus side, 2..1000; set from the map when `walls` is given",
     )
-    horizon: int = Field(default=10, ge=1, description="decision epochs H")
+    horizon: int = Field(default=10, ge=1, le=10_000, description="decision epochs H, 1..1e4")
     crowd_aversion: float = Field(
         default=1.0, ge=0.0, description="coefficient of -log(mu(x, y) + 1e-25)"
     )
@@ -214,7 +217,7 @@ def four_rooms_params() -> dict[str, Any]:
 class FourRoomsParams(Crowd2DParams):
     """Crowd2DParams whose defaults are the four_rooms setting (see `four_rooms_params`)."""
 
-    horizon: int = Field(default=40, ge=1, description="decision epochs H")
+    horizon: int = Field(default=40, ge=1, le=10_000, description="decision epochs H, 1..1e4")
     only_distribution_reward: bool = Field(
         default=True, description="reward = crowd term only (no position terms, no move cost)"
     )

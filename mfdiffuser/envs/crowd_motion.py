@@ -41,14 +41,18 @@ STILL = 4
 class CrowdMotionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    horizon: int = Field(default=4, ge=1, description="decision epochs H (MFGLib's T + 1)")
-    torus_l: int = Field(default=20, ge=1, description="grid length L (rows i)")
-    torus_w: int = Field(default=20, ge=1, description="grid width W (columns j)")
+    horizon: int = Field(
+        default=4, ge=1, le=10_000, description="decision epochs H (MFGLib's T + 1), 1..1e4"
+    )
+    torus_l: int = Field(default=20, ge=1, le=1000, description="grid length L (rows i), 1..1000")
+    torus_w: int = Field(default=20, ge=1, le=1000, description="grid width W (columns j), 1..1000")
     loc_change_freq: int = Field(default=2, ge=1, description="epochs between bar moves")
     c: float = Field(default=10.0, description="weight of the bar-distance reward")
     log_eps: float = Field(default=1e-10, gt=0.0, description="offset in log(mu + log_eps)")
     p_still: float = Field(default=0.5, ge=0.0, le=1.0, description="noise: P(no displacement)")
-    seed: int = Field(default=0, ge=0, description="torch seed of the bar's moves (as MFGLib)")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="torch seed of the bar's moves (as MFGLib)"
+    )
     bar_path: list[tuple[int, int]] | None = Field(
         default=None, description="the bar's cell (i, j) at each epoch (H of them); default: drawn"
     )

@@ -217,7 +217,6 @@ class LinearDynamics:
         )
         self._move: IntArray | None = None
         self._support: tuple[IntArray, FloatArray] | None = None
-        self._rows_cdf: tuple[IntArray, IntArray, FloatArray] | None = None
         self._move_flat: IntArray | None = None
         self._spread: Any = None
         self._spread_t: Any = None
@@ -272,24 +271,6 @@ class LinearDynamics:
             self._support = (next_states, probs)
         return self._support
 
-    def sample(self, states: IntArray, actions: IntArray, rng: np.random.Generator) -> IntArray:
-        """One next state per agent: inverse CDF over the row P[a, s, :] of each agent's pair,
-        one uniform per agent, O(N log nnz), no loop over agents. Zero-probability entries are
-        never drawn."""
-        if self._rows_cdf is None:
-            import scipy.sparse as sparse
-
-            csr = sparse.csr_matrix(self.matrix())  # explicit zeros dropped
-            cum = np.cumsum(csr.data)
-            self._rows_cdf = (csr.indptr, csr.indices, cum)
-        indptr, indices, cum = self._rows_cdf
-        row = np.asarray(actions, dtype=np.int64) * self.n_states + np.asarray(states)
-        lo, hi = indptr[row], indptr[row + 1]
-        base = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0.0)
-        target = base + rng.random(row.shape[0]) * (cum[hi - 1] - base)
-        k = np.clip(np.searchsorted(cum, target, side="right"), lo, hi - 1)
-        return indices[k].astype(np.int64)  # type: ignore[no-any-return]
-
     def matrix(self) -> FloatArray:
         """Dense P[A * S, S] (for tests and small games)."""
         p = self._p
@@ -328,7 +309,8 @@ class LinearDynamics:
 class FixedDynamicsGame(FiniteMeanFieldGame):
     """A mu_t game whose dynamics depend on neither t nor the mean field: a subclass builds
     them once (`build_dynamics`) and writes its rewards as `flow_rewards`; `push`, `pull`,
-    `sample_next` and `reward` follow from those two."""
+    `transition_support` (so `sample_next` and the simulators) and `reward` follow from those
+    two."""
 
     _linear: LinearDynamics | None = None
 
@@ -353,16 +335,6 @@ class FixedDynamicsGame(FiniteMeanFieldGame):
     def pull(self, t: int, mu: FloatArray, v_next: FloatArray) -> FloatArray:
         out = self.linear_dynamics().pull(np.asarray(v_next, dtype=np.float64))
         return np.ascontiguousarray(out.T)
-
-    def sample_next(
-        self,
-        t: int,
-        mu: FloatArray,
-        states: IntArray,
-        actions: IntArray,
-        rng: np.random.Generator,
-    ) -> IntArray:
-        return self.linear_dynamics().sample(states, actions, rng)
 
     def transition_support(self, t: int, mu: FloatArray) -> tuple[IntArray, FloatArray]:
         """The fixed dynamics' sparse table (`LinearDynamics.support`), the same two arrays at

@@ -9,6 +9,7 @@ import annotated_types as at
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from mfdiffuser.envs.building_evacuation import BuildingEvacuationParams
 from mfdiffuser.envs.crowd_2d import Crowd2DParams
 from mfdiffuser.envs.predator_prey import PredatorPreyParams
 from mfdiffuser.envs.registry import BENCHMARKS
@@ -52,6 +53,9 @@ def test_every_bounded_parameter_is_covered() -> None:
         ("predator_prey", "size"),
         ("predator_prey", "noise_probability"),
         ("gaussian_squeeze", "width"),
+        ("crowd_2d", "size"),  # the grids are bounded above: no 10^10-state allocation
+        ("crowd_motion", "torus_l"),
+        ("building_evacuation", "floor_w"),
     ]:
         assert must in fields
 
@@ -87,6 +91,11 @@ def test_the_config_loader_reports_the_same(name: str, field: str, value: Any, b
         (PredatorPreyParams, {"initial": [(0, 0)]}, "initial: need one start cell"),
         (PredatorPreyParams, {"size": 3, "initial": [(0, 0), (3, 0), (0, 2)]}, "0..2"),
         (PredatorPreyParams, {"geometry": "sphere"}, "geometry"),
+        (
+            BuildingEvacuationParams,
+            {"n_floor": 100, "floor_l": 1000, "floor_w": 1000},
+            "n_floor x floor_l x floor_w = 100,000,000 states; allowed: at most 1,000,000",
+        ),
     ],
 )
 def test_structural_errors_are_named(
