@@ -270,7 +270,9 @@ def test_a_sqlite_store_on_the_cluster_exits_2(cluster: LoopbackCluster, tmp_pat
     assert not db.exists()
 
 
-def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float) -> Any:
+def _wait_for(
+    what: str, check: Any, proc: subprocess.Popen[str], timeout: float, every: float = 0.5
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         found = check()
@@ -278,7 +280,7 @@ def _wait_for(what: str, check: Any, proc: subprocess.Popen[str], timeout: float
             return found
         assert proc.poll() is None, f"mfd ended before {what}: {proc.stderr.read()[-3000:]}"
         assert time.monotonic() < deadline, f"no {what} in {timeout} s"
-        time.sleep(0.5)
+        time.sleep(every)
 
 
 @pytest.mark.timeout(600)
@@ -410,7 +412,7 @@ def test_worker_node_lost_during_generation_leaves_a_complete_dataset(
     from mfdiffuser.data.verify import read_shard, verify_dataset
 
     cluster.ensure_workers(2)
-    episodes, shards, agents, horizon = 48, 24, 4000, 10
+    episodes, shards, agents, horizon = 48, 24, 8000, 10
     cfg = {
         "name": "genfault",
         "benchmark": {"name": "crowd_1d", "params": {"size": 10, "horizon": horizon}},
@@ -422,13 +424,10 @@ def test_worker_node_lost_during_generation_leaves_a_complete_dataset(
     start = time.monotonic()
     proc = _mfd_background("generate", "-c", str(path), "--address", cluster.address, "--json")
     try:
-        _wait_for(
-            "a shard",
-            lambda: list((tmp_path / "store").glob("datasets/*/shard-*.parquet")),
-            proc,
-            240,
-        )
-
+        # The actors come up before any shard is written: find the ones on a worker node first
+        # (the state API takes a second), then remove that node the moment the first shard is on
+        # disk, so the fault lands while most shards are still to be written however fast the
+        # simulator is.
         def actors_on_workers() -> Any:
             alive = list_actors(
                 address=cluster.address,
@@ -438,9 +437,11 @@ def test_worker_node_lost_during_generation_leaves_a_complete_dataset(
             found = [a.node_id for a in alive if a.node_id in cluster.worker_ids()]
             return (alive, found) if found else None
 
-        actors, on_workers = _wait_for("an actor on a worker node", actors_on_workers, proc, 60)
+        actors, on_workers = _wait_for("an actor on a worker node", actors_on_workers, proc, 240)
         victim = max(set(on_workers), key=on_workers.count)
-        written = len(list((tmp_path / "store").glob("datasets/*/shard-*.parquet")))
+        shard_glob = "datasets/*/shard-*.parquet"
+        _wait_for("a shard", lambda: list((tmp_path / "store").glob(shard_glob)), proc, 240, 0.02)
+        written = len(list((tmp_path / "store").glob(shard_glob)))
         cluster.cluster.remove_node(cluster.worker(victim), allow_graceful=False)
         removed_at = time.monotonic() - start
         out, err = proc.communicate(timeout=300)
