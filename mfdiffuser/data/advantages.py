@@ -14,6 +14,12 @@ the average over episodes integrates out), so conditioning on t is conditioning 
 whose episodes follow different flows at the same t (e.g. mixed policies with per-episode flows) are
 where a value estimate with mu as an input (a small network) would matter; that is future work.
 
+Shrinkage (`advantage_shrinkage` = z, docs/method.md): Â is soft-thresholded toward 0 by z standard
+errors of Q̂, sign(Â)·max(0, |Â| − z·se(t, s, a)), se² = the returns-to-go's variance at (t, s, a) /
+(counts − 1); a (t, s, a) seen once or never gets Â = 0. The tilt then moves the policy only where
+the data shows an advantage above its own noise, so on data already near an equilibrium (whose
+true advantages are small) it stays near the data.
+
 Reward alignment: a simulator may record at row t a reward that contains a term caused by the
 previous action (crowd_1d charges the move cost of a_{t-1} at x_t). Such a term depends on (t, s_t)
 only given the behaviour policy, not on a_t, so it shifts Q̂ and V̂ equally and cancels in A.
@@ -44,6 +50,7 @@ class TabularAdvantage:
     q: np.ndarray  # [T, S, A] mean rtg per (t, s, a); 0 where unseen
     v: np.ndarray  # [T, S] mean rtg per (t, s); 0 where unseen
     counts: np.ndarray  # [T, S, A] number of samples per (t, s, a)
+    se: np.ndarray | None = None  # [T, S, A] standard error of Q̂; inf where counts <= 1
 
     @property
     def table(self) -> np.ndarray:
@@ -54,14 +61,26 @@ class TabularAdvantage:
         """A[...] at broadcastable integer indices t[...], s[...], a[...] (float64)."""
         return self.table[np.asarray(t), np.asarray(s), np.asarray(a)]
 
+    def shrunk(self, z: float) -> TabularAdvantage:
+        """Â soft-thresholded by z standard errors of Q̂ (module doc); z = 0 returns self."""
+        if z == 0:
+            return self
+        if self.se is None:
+            raise ValueError("advantage shrinkage needs the returns-to-go's squares (se is None)")
+        a = self.table
+        kept = np.sign(a) * np.maximum(0.0, np.abs(a) - z * np.where(self.counts > 1, self.se, 0))
+        kept = np.where(self.counts > 1, kept, 0.0)
+        return TabularAdvantage(q=self.v[:, :, None] + kept, v=self.v, counts=self.counts, se=None)
+
 
 def advantage_sums(
     arrays: EpisodeArrays, n_states: int, n_actions: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sufficient statistics: (sum of returns-to-go, count) per (t, s, a), each [T, S, A].
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sufficient statistics: (sum of returns-to-go, count, sum of squared returns-to-go) per
+    (t, s, a), each [T, S, A].
 
-    Sums and counts add across data shards, so DDP ranks all-reduce them and every rank fits the
-    same table from the whole dataset.
+    All three add across data shards, so DDP ranks all-reduce them and every rank fits the same
+    table (and the same standard errors, for the shrinkage) from the whole dataset.
     """
     _, horizon, _ = arrays.states.shape
     rtg = returns_to_go(arrays.rewards)
@@ -71,16 +90,29 @@ def advantage_sums(
     size = horizon * n_states * n_actions
     counts = np.bincount(tsa, minlength=size).astype(np.float64)
     sums = np.bincount(tsa, weights=rtg.ravel(), minlength=size)
+    squares = np.bincount(tsa, weights=np.square(rtg).ravel(), minlength=size)
     shape = (horizon, n_states, n_actions)
-    return sums.reshape(shape), counts.reshape(shape)
+    return sums.reshape(shape), counts.reshape(shape), squares.reshape(shape)
 
 
-def advantage_from_sums(sums: np.ndarray, counts: np.ndarray) -> TabularAdvantage:
-    """Q̂ = sums / counts per (t, s, a); V̂ = the same per (t, s), pooled over actions."""
+def advantage_from_sums(
+    sums: np.ndarray, counts: np.ndarray, squares: np.ndarray | None = None
+) -> TabularAdvantage:
+    """Q̂ = sums / counts per (t, s, a); V̂ = the same per (t, s), pooled over actions; with the
+    squares, se(Q̂) = sqrt(sample variance / counts) (inf where counts <= 1)."""
     q = np.divide(sums, counts, out=np.zeros_like(sums, dtype=np.float64), where=counts > 0)
     s_counts, s_sums = counts.sum(axis=-1), sums.sum(axis=-1)
     v = np.divide(s_sums, s_counts, out=np.zeros_like(s_sums, dtype=np.float64), where=s_counts > 0)
-    return TabularAdvantage(q=q, v=v, counts=np.asarray(counts, dtype=np.float64))
+    se = None
+    if squares is not None:
+        n = np.asarray(counts, dtype=np.float64)
+        many = n > 1
+        mean_sq = np.divide(squares, n, out=np.zeros_like(q), where=many)
+        var = np.maximum(mean_sq - q * q, 0.0) * np.divide(
+            n, n - 1.0, out=np.zeros_like(q), where=many
+        )
+        se = np.where(many, np.sqrt(np.divide(var, n, out=np.zeros_like(q), where=many)), np.inf)
+    return TabularAdvantage(q=q, v=v, counts=np.asarray(counts, dtype=np.float64), se=se)
 
 
 def fit_tabular_advantage(arrays: EpisodeArrays, n_states: int, n_actions: int) -> TabularAdvantage:
@@ -98,15 +130,16 @@ def dataset_statistics(
     from mfdiffuser.data.manifest import read_manifest
     from mfdiffuser.data.windows import load_episodes, normalise_counts
 
-    sums: np.ndarray | None = None
-    counts: np.ndarray | None = None
+    total: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     for i in range(len(read_manifest(uri).shards)):
         arrays, _ = load_episodes(uri, [i])
-        s, c = advantage_sums(arrays, n_states, n_actions)
-        sums, counts = (s, c) if sums is None or counts is None else (sums + s, counts + c)
-    if sums is None or counts is None:
+        part = advantage_sums(arrays, n_states, n_actions)
+        total = (
+            part if total is None else (total[0] + part[0], total[1] + part[1], total[2] + part[2])
+        )
+    if total is None:
         raise ValueError(f"dataset {uri!r}: no shards")
-    return advantage_from_sums(sums, counts), normalise_counts(counts)
+    return advantage_from_sums(*total), normalise_counts(total[1])
 
 
 def _advantage_table(adv: TabularAdvantage | npt.ArrayLike) -> np.ndarray:

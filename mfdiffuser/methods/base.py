@@ -80,10 +80,10 @@ class DataStats:
         from mfdiffuser.data.windows import normalise_counts
         from mfdiffuser.planner.diffusion import returns_to_go
 
-        sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+        sums, counts, squares = advantage_sums(arrays, game.n_states, game.n_actions)
         return cls(
             normalise_counts(counts),
-            advantage_from_sums(sums, counts),
+            advantage_from_sums(sums, counts, squares),
             returns_to_go(arrays.rewards),
         )
 
@@ -139,6 +139,11 @@ class Method(ABC):
     def tilt(self) -> tuple[float, float]:
         """(β, w_max) of the value tilt the decomposition compares with; (0, 1) = no tilt."""
         return 0.0, 1.0
+
+    def tilt_advantage(self, advantage: TabularAdvantage) -> TabularAdvantage:
+        """The dataset advantage as this method's tilt uses it (the decomposition's π_β^D is
+        tilted by the same); MF-Diffuser shrinks it (`advantage_shrinkage`)."""
+        return advantage
 
     def sample_transitions(self, ctx: Any, first_states: Any, generator: Any, t: int) -> Any:
         """Generated trajectories for the plan-quality metrics; only generative planners."""

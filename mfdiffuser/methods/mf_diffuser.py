@@ -76,7 +76,7 @@ class MFDiffuserMethod(TrainedMethod):
 
     def prepare(self, stats: DataStats) -> None:
         if self.params.beta > 0:
-            self.advantage = stats.advantage
+            self.advantage = self.tilt_advantage(stats.advantage)
         if self.params.return_guidance:
             self.planner.set_return_stats(stats.returns_to_go)
 
@@ -137,6 +137,9 @@ class MFDiffuserMethod(TrainedMethod):
     @property
     def tilt(self) -> tuple[float, float]:
         return float(self.params.beta), float(self.params.weight_clip)
+
+    def tilt_advantage(self, advantage: Any) -> Any:
+        return advantage.shrunk(float(self.params.advantage_shrinkage))
 
     def sample_transitions(self, ctx: Any, first_states: Any, generator: Any, t: int) -> Any:
         return self.planner.sample_transitions(ctx, first_states, generator, t=t)

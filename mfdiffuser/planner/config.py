@@ -140,6 +140,15 @@ class PlannerConfig(BaseModel):
     weight_clip: float = Field(
         20.0, gt=0.0, le=1e6, description="w_max: clip of normalised weights, (0, 1e6]."
     )
+    advantage_shrinkage: float = Field(
+        1.5,
+        ge=0.0,
+        le=100.0,
+        description="z: the dataset advantage is soft-thresholded toward 0 by z standard errors "
+        "of Q̂ before the tilt, sign(Â)·max(0, |Â| − z·se); (t, s, a) seen once get Â = 0. "
+        "0..100; 0 = the raw Â. Keeps the tilt off noise on data near an equilibrium "
+        "(docs/method.md, benchmarks/beta_choice.py).",
+    )
 
     # acting
     smoothing: Smoothing = 0.0

@@ -47,8 +47,10 @@ class StreamedShard:
         batches = self.shard.iter_batches(batch_size=READ_BATCH_ROWS, batch_format="numpy")
         return episode_stream(_dataset_errors(batches), self.game.horizon, self.n_agents)
 
-    def statistics(self, chunk: int, world: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A first pass: advantage sums and counts [T, S, A] (additive) and every episode's
+    def statistics(
+        self, chunk: int, world: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A first pass: advantage sums, counts and squares [T, S, A] (additive) and every episode's
         population return-to-go [E, T] in episode order, `chunk` episodes at a time; the row
         count over every worker is checked against the manifest."""
         import torch
@@ -60,7 +62,7 @@ class StreamedShard:
 
         g = self.game
         shape = (g.horizon, g.n_states, g.n_actions)
-        sums, counts = np.zeros(shape), np.zeros(shape)
+        sums, counts, squares = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         ids: list[int] = []
         rtgs: list[np.ndarray] = []
         held: list[Any] = []
@@ -68,9 +70,10 @@ class StreamedShard:
         def flush() -> None:
             if held:
                 arrays = stack_episodes(held)
-                s, c = advantage_sums(arrays, g.n_states, g.n_actions)
+                s, c, q = advantage_sums(arrays, g.n_states, g.n_actions)
                 sums[...] += s
                 counts[...] += c
+                squares[...] += q
                 ids.extend(sorted(e[0] for e in held))
                 rtgs.append(returns_to_go(arrays.rewards))
                 held.clear()
@@ -90,7 +93,7 @@ class StreamedShard:
             )
         rtg = np.concatenate(rtgs) if rtgs else np.zeros((0, g.horizon))
         order = np.argsort(np.asarray(ids), kind="stable")
-        return sums, counts, rtg[order]
+        return sums, counts, squares, rtg[order]
 
     def batches(self, method: Any, train: Any, seed: int, world: int) -> Any:
         import torch

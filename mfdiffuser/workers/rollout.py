@@ -99,6 +99,7 @@ class RolloutActor:
         advantage, data_prior = dataset_statistics(
             self.meta["dataset"], game.n_states, game.n_actions
         )
+        advantage = self.method.tilt_advantage(advantage)  # as the method's training tilted
         # Imported data: the behaviour is unknown; the empirical policy of the data's (t, s, a)
         # counts stands in for π_b, and what rests on it is named an estimate.
         imported = cfg.data.quality == IMPORTED

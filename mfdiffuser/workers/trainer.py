@@ -107,17 +107,17 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
         # prior), return-to-go sums (the advantages) and every episode's population return-to-go.
         if streamed:
             stream = StreamedShard(ray.train.get_dataset_shard("train"), game, manifest)
-            sums, counts, rtg = stream.statistics(cfg.train.buffer_episodes, world)
+            sums, counts, squares, rtg = stream.statistics(cfg.train.buffer_episodes, world)
         else:
-            sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+            sums, counts, squares = advantage_sums(arrays, game.n_states, game.n_actions)
             rtg = returns_to_go(arrays.rewards)
-        stats = torch.as_tensor(np.stack([sums, counts]))
+        stats = torch.as_tensor(np.stack([sums, counts, squares]))
         if world > 1:
             dist.all_reduce(stats)
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, rtg)
             rtg = np.concatenate(gathered)
-        sums, counts = stats[0].numpy(), stats[1].numpy()
+        sums, counts, squares = stats[0].numpy(), stats[1].numpy(), stats[2].numpy()
         prior = normalise_counts(counts)
         method = spec.build(cfg.method.settings, Dims.of(game))
 
@@ -129,7 +129,7 @@ def _train_worker(loop_cfg: dict[str, Any]) -> None:
     if not isinstance(method, TrainedMethod):
         raise TypeError(f"method {spec.name!r} is not trained (kind {spec.kind!r})")
     if bench.simulator is None:
-        method.prepare(DataStats(prior, advantage_from_sums(sums, counts), rtg))
+        method.prepare(DataStats(prior, advantage_from_sums(sums, counts, squares), rtg))
     start_epoch, opt_state, logged_upto = 0, None, 0
     if rank == 0 and loop_cfg.get("run_id"):
         # A run that was interrupted (or restarted after a failure) may have logged epochs past

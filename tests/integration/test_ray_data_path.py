@@ -57,17 +57,19 @@ def test_streamed_statistics_and_windows_equal_the_local_path(data: dict[str, An
     game = get_benchmark(cfg.benchmark.name).game(cfg.benchmark.params)
     arrays, manifest = load_episodes(uri)
     local = DataStats.of(arrays, game)
-    sums, counts = advantage_sums(arrays, game.n_states, game.n_actions)
+    sums, counts, squares = advantage_sums(arrays, game.n_states, game.n_actions)
 
     stream = StreamedShard(streamed_dataset(uri).iterator(), game, manifest)
-    s_sums, s_counts, s_rtg = stream.statistics(chunk=1000, world=1)
+    s_sums, s_counts, s_squares, s_rtg = stream.statistics(chunk=1000, world=1)
     np.testing.assert_array_equal(s_sums, sums)
+    np.testing.assert_array_equal(s_squares, squares)
     np.testing.assert_array_equal(s_counts, counts)
     np.testing.assert_array_equal(normalise_counts(s_counts), local.prior)
     np.testing.assert_array_equal(s_rtg, returns_to_go(arrays.rewards))
     assert s_counts.sum() == manifest.rows == 6 * 30 * game.horizon
     # sums and counts are additive: two episodes at a time gives the same table
-    c_sums, c_counts, _ = stream.statistics(chunk=2, world=1)
+    c_sums, c_counts, c_squares, _ = stream.statistics(chunk=2, world=1)
+    np.testing.assert_allclose(c_squares, squares, rtol=1e-12)
     np.testing.assert_allclose(c_sums, sums, rtol=1e-12)
     np.testing.assert_array_equal(c_counts, counts)
 

@@ -87,6 +87,7 @@ FIELDS = {
             "stage_steps",
             "beta",
             "weight_clip",
+            "advantage_shrinkage",
             "smoothing",
             "draws",
             "acting",
@@ -132,6 +133,7 @@ ZERO_OK = {  # seeds, counts that may be 0, and floats whose 0 means "off"
     "eval.plan_windows",
     "benchmark.params.crowd_aversion",
     "method.params.beta",
+    "method.params.advantage_shrinkage",
     "method.params.smoothing",
     "method.params.cfg_dropout",
     "method.params.guidance",
@@ -147,6 +149,7 @@ FLOAT_1_5_OK = {  # float fields whose range includes 1.5 (probabilities and η 
     "eval.actor_cpus",
     "method.params.beta",
     "method.params.weight_clip",
+    "method.params.advantage_shrinkage",
     "method.params.smoothing",
     "method.params.guidance",
 }

@@ -271,3 +271,73 @@ def test_expected_log_normaliser_matches_batch_mean(
     raw = WindowSampler(uniform_data, game, window, 16, seed=5, advantage=adv).sample(2000)
     batch_log_mean = math.log(float(np.exp(beta * raw["advantages"].astype(np.float64)).mean()))
     assert abs(batch_log_mean - expected_log_normaliser(adv, beta)) < 0.03
+
+
+def test_standard_errors_and_shrinkage_from_the_additive_sums() -> None:
+    """se(Q̂) per (t, s, a) is the returns-to-go's sample std / sqrt(n), from sums that add over
+    shards; `shrunk(z)` soft-thresholds Â by z·se, zeroes once-seen (t, s, a), z = 0 is Â."""
+    from mfdiffuser.data.advantages import advantage_from_sums, advantage_sums
+
+    rng = np.random.default_rng(0)
+    e, t, n, s, a = 6, 3, 50, 4, 3
+    arrays = EpisodeArrays(
+        states=rng.integers(0, s, (e, t, n)),
+        actions=rng.integers(0, a, (e, t, n)),
+        rewards=rng.normal(size=(e, t, n)).astype(np.float32),
+    )
+    arrays.actions[0, 0, 0], arrays.states[0, 0, 0] = 2, 3  # (0, 3, 2) seen exactly once
+    mask = (arrays.states[:, 0] == 3) & (arrays.actions[:, 0] == 2)
+    arrays.states[:, 0][mask] = 0
+    arrays.states[0, 0, 0] = 3
+    first = EpisodeArrays(arrays.states[:3], arrays.actions[:3], arrays.rewards[:3])
+    second = EpisodeArrays(arrays.states[3:], arrays.actions[3:], arrays.rewards[3:])
+    whole = advantage_sums(arrays, s, a)
+    parts = [advantage_sums(x, s, a) for x in (first, second)]
+    for i in range(3):
+        np.testing.assert_allclose(parts[0][i] + parts[1][i], whole[i], rtol=1e-12)
+    adv = advantage_from_sums(*whole)
+    rtg = returns_to_go(arrays.rewards)
+    for tt, ss, aa in [(0, 0, 0), (1, 2, 1), (2, 3, 2)]:
+        sel = rtg[:, tt][(arrays.states[:, tt] == ss) & (arrays.actions[:, tt] == aa)]
+        assert adv.counts[tt, ss, aa] == sel.size > 1
+        assert adv.q[tt, ss, aa] == pytest.approx(sel.mean(), rel=1e-12)
+        expected_se = sel.std(ddof=1) / math.sqrt(sel.size)
+        assert adv.se is not None and adv.se[tt, ss, aa] == pytest.approx(expected_se, rel=1e-9)
+    assert adv.counts[0, 3, 2] == 1 and adv.se is not None and np.isinf(adv.se[0, 3, 2])
+
+    assert adv.shrunk(0.0) is adv
+    z = 1.5
+    shrunk = adv.shrunk(z)
+    raw, se = adv.table, adv.se
+    many = adv.counts > 1
+    expected = np.where(
+        many, np.sign(raw) * np.maximum(0.0, np.abs(raw) - z * np.where(many, se, 0)), 0
+    )
+    np.testing.assert_allclose(shrunk.table, expected, atol=1e-12)
+    assert shrunk.table[0, 3, 2] == 0.0 and raw[0, 3, 2] != 0.0
+    assert np.all(np.abs(shrunk.table) <= np.abs(raw) + 1e-12)  # toward 0, never past it
+    assert np.all(shrunk.table * raw >= -1e-12)  # no sign flips
+    np.testing.assert_array_equal(shrunk.v, adv.v)
+    with pytest.raises(ValueError, match="se is None"):
+        TabularAdvantage(q=adv.q, v=adv.v, counts=adv.counts).shrunk(1.0)
+
+
+def test_pure_noise_advantages_shrink_to_zero_and_real_ones_survive() -> None:
+    """Data where the action does not change the return (Â is noise only) keeps almost no tilt
+    at z = 1.5; a real advantage of 10 standard errors keeps most of its size."""
+    from mfdiffuser.data.advantages import advantage_from_sums, advantage_sums
+
+    rng = np.random.default_rng(1)
+    e, t, n = 40, 1, 200
+    actions = rng.integers(0, 2, (e, t, n))
+    noise = rng.normal(size=(e, t, n))
+    states = np.zeros((e, t, n), dtype=np.int64)
+    flat = EpisodeArrays(states, actions, noise.astype(np.float32))
+    adv = advantage_from_sums(*advantage_sums(flat, 1, 2))
+    assert np.abs(adv.table).max() > 0.0
+    assert np.abs(adv.shrunk(1.5).table).max() <= 0.2 * np.abs(adv.table).max()
+    step = 10 * 2 / math.sqrt(e * n / 2)  # 10 standard errors of each action's mean
+    real = EpisodeArrays(states, actions, (noise + step * actions).astype(np.float32))
+    adv = advantage_from_sums(*advantage_sums(real, 1, 2))
+    gap = adv.shrunk(1.5).table[0, 0, 1] - adv.shrunk(1.5).table[0, 0, 0]
+    assert gap > 0.6 * step
