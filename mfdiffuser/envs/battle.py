@@ -1,4 +1,4 @@
-"""battle: two-team grid combat after MAgent's battle (docs/battle.md), batched numpy.
+"""battle: two-team grid combat after MAgent's battle (docs/battle.md), fused numba kernels.
 
 Grid and indices. A square map of `map_size` cells with a one-cell wall border; cell (x, y) is
 column x, row y, with cell index y * map_size + x. Agents of both teams live in one set of arrays,
@@ -28,10 +28,21 @@ Rewards per step (per living agent at the start of the step): -0.005; -0.1 per a
 +0.2 per hit on an opponent; +5 per kill; -0.1 on death. An episode ends when a team is
 eliminated or after `max_steps` steps; the team with more kills wins, equal kills is a draw.
 
-Observations (`observations()`), [N, 13, 13, 5] float32, row r and column c of agent i's view are
-cell (y_i + r - 6, x_i + c - 6): channels wall, own team presence, own team HP / max_hp, other team
-presence, other team HP / max_hp (off-map cells are walls). The mean field (`mean_field()`) is the
-coarse density map of each team, [2, G, G]: living agents per coarse cell / team size.
+Observations (`observations(agents, out=None)`), [len(agents), 13, 13, 5] float32 (MAgent2's
+dtype and channels), row r and column c of agent i's view are cell (y_i + r - 6, x_i + c - 6):
+channels wall, own team presence, own team HP / max_hp (float32 of the float64 quotient), other
+team presence, other team HP / max_hp (off-map cells are walls). A new array, or `out` (a
+float32 buffer of that shape, reused across steps as MAgent2 reuses its own). The mean field
+(`mean_field()`) is the coarse density map of each team, [2, G, G]: living agents per coarse
+cell / team size.
+
+Engine (`battle_kernels`): a step is one compiled kernel of a few passes over the agents, and
+the views are gathered by another, both from one int32 occupancy map padded by the view
+radius; per agent the engine holds about 150 bytes besides its view (measured by
+benchmarks/run.py). The random priorities are drawn inside the kernel from the seeded
+generator, in the order the former numpy engine drew them (tests/unit/battle_numpy.py), so a
+seeded episode is bit-identical to it. `warm_kernels()` loads the compiled code (the first
+process after an install compiles it, seconds).
 
 Team sizes: 0.04·map² per team (map 40 -> 64, 160 -> 1024, 320 -> 4096) unless given. The initial
 layout follows MAgent's battle: each team a block of agents two cells apart, team 0 left and team 1
@@ -250,12 +261,7 @@ class BattleSim:
         self.team_offset = np.array([0, n])
         x0, y0 = initial_positions(m, n)
         self._pos0 = ((y0 + self.pad) * w + x0 + self.pad).astype(np.int32)
-        # the empty map: WALL outside 1..m-2, FREE inside
-        self._empty = np.full((w, w), WALL, dtype=np.int32)
-        inner = slice(self.pad + 1, self.pad + m - 1)
-        self._empty[inner, inner] = FREE
-        self._empty = self._empty.ravel()
-        self.occ = self._empty.copy()
+        self.occ = np.empty(w * w, dtype=np.int32)
         # per action: the offset of its target in `occ` (moves for 0..12, attacks for 13..20)
         dxy = np.concatenate([MOVES, ATTACKS])
         self._dcell = dxy[:, 1] * w + dxy[:, 0]  # [21] int64
@@ -282,13 +288,20 @@ class BattleSim:
         self._rng_ptrs = _bit_generator_pointers(self.rng)
         self.hp = np.full(self.n_agents, MAX_HP)
         self.alive = np.ones(self.n_agents, dtype=bool)
-        self.occ[:] = self._empty
+        self._clear_map()
         self.pos = self._pos0.copy()
         self.occ[self.pos] = np.arange(self.n_agents, dtype=np.int32)
         self.kills = np.zeros(2, dtype=np.int64)  # kills made by team 0, team 1
         self.n_alive = np.array([self.n_team, self.n_team], dtype=np.int64)
         self.t = 0
         return self.agent_states()
+
+    def _clear_map(self) -> None:
+        """occ without agents: WALL outside the cells 1..m-2 of each axis, FREE inside."""
+        w, inner = self.width, slice(self.pad + 1, self.pad + self.map_size - 1)
+        grid = self.occ.reshape(w, w)
+        grid[:] = WALL
+        grid[inner, inner] = FREE
 
     @property
     def x(self) -> IntArray:
@@ -316,7 +329,7 @@ class BattleSim:
         pos = ((y + self.pad) * self.width + x + self.pad).astype(np.int32)
         if len(np.unique(pos[alive])) != alive.sum():
             raise ValueError("place: two living agents in one cell")
-        self.occ[:] = self._empty
+        self._clear_map()
         self.pos = pos
         self.occ[pos[alive]] = np.flatnonzero(alive)
         self.hp, self.alive = np.minimum(hp, MAX_HP), alive
