@@ -425,11 +425,12 @@ class BattleSim:
         n = self.n_agents
         rewards = np.empty(n)
         states = np.empty((n, 3), dtype=np.float32)
-        done = battle_kernels.step(
-            actions, self.pos, self.team, self.hp, self.alive, self.occ, self._dcell,
-            self._datt, fnptr, state, self._keys, self._occupant, self._flags, rewards, states,
-            self.kills, self.n_alive, self.width, self.pad, self._scale,
-        )  # fmt: skip
+        with self.rng.bit_generator.lock:  # the kernel draws without the GIL, as numpy would
+            done = battle_kernels.step(
+                actions, self.pos, self.team, self.hp, self.alive, self.occ, self._dcell,
+                self._datt, fnptr, state, self._keys, self._occupant, self._flags, rewards,
+                states, self.kills, self.n_alive, self.width, self.pad, self._scale,
+            )  # fmt: skip
         if done < 0:
             raise ValueError(f"actions: values must be in 0..{N_ACTIONS - 1}")
         self.t += 1

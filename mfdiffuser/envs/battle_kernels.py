@@ -8,8 +8,9 @@ on every side: FREE, WALL or the agent in each cell), so a view is `V` runs of `
 
 Random priorities. The priorities that order the hits on one victim and pick the winner among
 the movers to one cell are drawn inside `step` from the caller's numpy bit generator (its
-`next_uint64`, called through its ctypes function pointer and state address, the function
-numpy's `random_raw` calls), in the order the numpy engine drew them: one per hit in agent
+`next_uint64`, called through its ctypes function pointer and state address: for PCG64, the
+generator `reset` makes, the function numpy's `random_raw` calls; the caller holds the
+generator's lock meanwhile), in the order the numpy engine drew them: one per hit in agent
 order, then one per mover in agent order. The key of the k-th draw of a kind is
 (raw >> 25) << 24 | k: 39 random bits over the draw's position, so no two keys tie. A seeded
 episode is therefore the same draw for draw as the numpy engine's (tests/unit/test_battle.py
