@@ -453,7 +453,7 @@ def warm_kernels() -> None:
         sim.step(np.zeros(sim.n_agents, dtype=dtype))
     sim.observations()
     v = sim.params.view_range
-    sim.observations([0], out=np.empty((1, v, v, N_CHANNELS), dtype=np.float32))
+    sim.observations(np.array([0]), out=np.empty((1, v, v, N_CHANNELS), dtype=np.float32))
 
 
 # -- scripted policies ------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def step(
             if a >= N_MOVES:
                 rewards[i] = STEP_REWARD + ATTACK_PENALTY
                 if c >= 0 and team[c] != team[i]:
-                    raw = _next_uint64(fnptr, state) >> np.uint64(25)
+                    raw = _next_uint64(fnptr, state) >> np.uint64(25)  # type: ignore[call-arg]
                     keys[i] = (np.int64(raw) << 24) | n_hits
                     n_hits += 1
                     occupant[i] = c
@@ -145,7 +145,7 @@ def step(
     n_movers = 0
     for i in range(n):
         if flags[i] & _MOVE and alive[i]:
-            raw = _next_uint64(fnptr, state) >> np.uint64(25)
+            raw = _next_uint64(fnptr, state) >> np.uint64(25)  # type: ignore[call-arg]
             k = (np.int64(raw) << 24) | n_movers
             n_movers += 1
             keys[i] = k
