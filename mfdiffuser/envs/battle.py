@@ -1,4 +1,4 @@
-"""battle: two-team grid combat after MAgent's battle (docs/battle.md), batched numpy.
+"""battle: two-team grid combat after MAgent's battle (docs/battle.md), fused numba kernels.
 
 Grid and indices. A square map of `map_size` cells with a one-cell wall border; cell (x, y) is
 column x, row y, with cell index y * map_size + x. Agents of both teams live in one set of arrays,
@@ -28,10 +28,21 @@ Rewards per step (per living agent at the start of the step): -0.005; -0.1 per a
 +0.2 per hit on an opponent; +5 per kill; -0.1 on death. An episode ends when a team is
 eliminated or after `max_steps` steps; the team with more kills wins, equal kills is a draw.
 
-Observations (`observations()`), [N, 13, 13, 5] float32, row r and column c of agent i's view are
-cell (y_i + r - 6, x_i + c - 6): channels wall, own team presence, own team HP / max_hp, other team
-presence, other team HP / max_hp (off-map cells are walls). The mean field (`mean_field()`) is the
-coarse density map of each team, [2, G, G]: living agents per coarse cell / team size.
+Observations (`observations(agents, out=None)`), [len(agents), 13, 13, 5] float32 (MAgent2's
+dtype and channels), row r and column c of agent i's view are cell (y_i + r - 6, x_i + c - 6):
+channels wall, own team presence, own team HP / max_hp (float32 of the float64 quotient), other
+team presence, other team HP / max_hp (off-map cells are walls). A new array, or `out` (a
+float32 buffer of that shape, reused across steps as MAgent2 reuses its own). The mean field
+(`mean_field()`) is the coarse density map of each team, [2, G, G]: living agents per coarse
+cell / team size.
+
+Engine (`battle_kernels`): a step is one compiled kernel of a few passes over the agents, and
+the views are gathered by another, both from one int32 occupancy map padded by the view
+radius; per agent the engine holds about 150 bytes besides its view (measured by
+benchmarks/run.py). The random priorities are drawn inside the kernel from the seeded
+generator, in the order the former numpy engine drew them (tests/unit/battle_numpy.py), so a
+seeded episode is bit-identical to it. `warm_kernels()` loads the compiled code (the first
+process after an install compiles it, seconds).
 
 Team sizes: 0.04·map² per team (map 40 -> 64, 160 -> 1024, 320 -> 4096) unless given. The initial
 layout follows MAgent's battle: each team a block of agents two cells apart, team 0 left and team 1
@@ -52,6 +63,7 @@ comparable (`battle_stats`).
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Any, Literal
 
@@ -59,6 +71,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mfdiffuser.envs import battle_kernels
 from mfdiffuser.envs.behaviour import QUALITIES
 from mfdiffuser.envs.team import TeamLayout, generate_team_shard
 
@@ -77,8 +90,6 @@ KILL_REWARD = 5.0
 DEATH_PENALTY = -0.1
 N_CHANNELS = 5
 FREE, WALL = -1, -2  # occupancy codes; agents are >= 0
-_NO_KEY = np.iinfo(np.int64).max
-_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}  # by itemsize
 
 MOVES = np.array(
     [(dx, dy) for dy in range(-2, 3) for dx in range(-2, 3) if dx * dx + dy * dy <= 4],
@@ -228,9 +239,12 @@ def initial_positions(map_size: int, n: int) -> tuple[IntArray, IntArray]:
 class BattleSim:
     """Both teams' agents, batched: `step(actions[2n])` with team 0's actions first.
 
-    O(N) per step (scatter-adds and gathers on the map; no loop over agents). Every random draw
-    comes from the generator seeded by `reset(seed)`, so an episode is a function of the seed and
-    the actions.
+    O(N) per step: one fused kernel (`battle_kernels.step`) resolves the attacks, moves and
+    recovery in a few passes over the agents. State: `pos` (int32 index of each agent's cell in
+    `occ`), `hp` (float64), `alive`, and `occ` (int32: FREE, WALL or the agent in each cell, the
+    map padded by `pad` = max(view radius, 2) cells of wall on every side, so a move, an attack
+    or a view never leaves the array). Every random draw comes from the generator seeded by
+    `reset(seed)`, so an episode is a function of the seed and the actions.
     """
 
     def __init__(self, params: BattleParams | dict[str, Any] | None = None) -> None:
@@ -241,74 +255,63 @@ class BattleSim:
         self.n_agents = 2 * n
         self.max_steps = p.max_steps
         self.radius = p.view_range // 2
+        self.pad = max(self.radius, 2)
+        self.width = w = m + 2 * self.pad
         self.team = np.repeat(np.arange(2, dtype=np.int64), n)  # [N]
         self.team_offset = np.array([0, n])
-        self._x0, self._y0 = initial_positions(m, n)
-        # walls, padded by the view radius so every view is one slice (off-map = wall)
-        r = self.radius
-        self.wall = np.ones((m, m), dtype=bool)
-        self.wall[1:-1, 1:-1] = False
-        self._pad = m + 2 * r
-        # Per-team observation grids [pad, pad, 5] in the observer's channel order; the border
-        # (wall channel) is written once, interiors every call. Not allocated without
-        # observations (they dominate memory at large maps).
-        self._obs_grid = np.zeros((2, 1, 1, N_CHANNELS), dtype=np.float32)
-        self._views: list[np.ndarray] = []
-        if p.observations:
-            self._init_views()
-        # per action: the offset of its target in `occ` (moves for 0..12, attacks for 13..20;
-        # the other kind's entries are never read)
+        x0, y0 = initial_positions(m, n)
+        self._pos0 = ((y0 + self.pad) * w + x0 + self.pad).astype(np.int32)
+        self.occ = np.empty(w * w, dtype=np.int32)
+        # per action: the offset of its target in `occ` (moves for 0..12, attacks for 13..20)
         dxy = np.concatenate([MOVES, ATTACKS])
-        self._dcell = dxy[:, 1] * m + dxy[:, 0]  # [21]
-        # scratch for move resolution: the best priority key per cell, reset after use
-        self._best = np.full((m + 2) * m, _NO_KEY, dtype=np.int64)
-        self._index = np.arange(self.n_agents)
-        # per index into occ: the cell's column, row and normalised (x, y) for the states, the
-        # latter as one complex64 so a move updates both with one 1-D scatter (a 2-D fancy
-        # assignment costs ~10x more per step)
-        self._cell_x = np.tile(np.arange(m), m + 2)
-        self._cell_y = np.repeat(np.arange(-1, m + 1), m)
-        self._cell_xy = ((self._cell_x + 1j * self._cell_y) / (m - 1)).astype(np.complex64)
+        self._dcell = dxy[:, 1] * w + dxy[:, 0]  # [21] int64
+        self._datt = self._dcell[N_MOVES:].copy()
+        self._scale = 1.0 / (m - 1)  # (x, y) / (m - 1) as numpy's complex division computes it
+        # per-step scratch of the kernel, reused
+        self._keys = np.zeros(self.n_agents, dtype=np.int64)
+        self._occupant = np.zeros(self.n_agents, dtype=np.int32)
+        self._flags = np.zeros(self.n_agents, dtype=np.uint8)
+        # the observation kernel's table: per viewing team, the 5 channels of each occupancy
+        # code (WALL, FREE, agent 0, ..); [2, N + 2, 5] float32, 40 bytes per agent
+        self._table = np.zeros((0, 0, N_CHANNELS), dtype=np.float32)
+        if p.observations:
+            self._table = np.zeros((2, self.n_agents + 2, N_CHANNELS), dtype=np.float32)
+            self._table[:, 0, 0] = 1.0  # WALL; row 1 (FREE) stays 0
+        self.pos = self._pos0.copy()
+        self.hp = np.full(self.n_agents, MAX_HP)
+        self.alive = np.ones(self.n_agents, dtype=bool)
         self.reset(0)
-
-    def _init_views(self) -> None:
-        m, r, v = self.map_size, self.radius, self.params.view_range
-        self._obs_grid = np.zeros((2, self._pad, self._pad, N_CHANNELS), dtype=np.float32)
-        self._obs_grid[:, :, :, 0] = 1.0
-        self._obs_grid[:, r : r + m, r : r + m, 0] = self.wall
-        # each [m, m, V, V, 5]: a strided view (no copy), indexed by the agent's (y, x)
-        self._views = [
-            sliding_window_view(self._obs_grid[k], (v, v, N_CHANNELS))[:, :, 0] for k in range(2)
-        ]
 
     # -- state --------------------------------------------------------------------------------
     def reset(self, seed: int) -> FloatArray:
-        m = self.map_size
         self.rng = np.random.default_rng(seed)
+        self._rng_ptrs = _bit_generator_pointers(self.rng)
         self.hp = np.full(self.n_agents, MAX_HP)
         self.alive = np.ones(self.n_agents, dtype=bool)
-        # occ: FREE, WALL or the agent in each cell, on the map with one extra wall row above and
-        # below, so that pos + offset of any move or attack (|d| <= 2) stays inside the array and
-        # an off-map x wraps onto the wall column of a neighbouring row.
-        self.occ = np.full((m + 2) * m, WALL, dtype=np.int64)
-        self.occ[m:-m][~self.wall.ravel()] = FREE
-        self.pos = (self._y0 + 1) * m + self._x0  # [N] index into occ
-        self.occ[self.pos] = np.arange(self.n_agents)
+        self._clear_map()
+        self.pos = self._pos0.copy()
+        self.occ[self.pos] = np.arange(self.n_agents, dtype=np.int32)
         self.kills = np.zeros(2, dtype=np.int64)  # kills made by team 0, team 1
-        self.n_alive = np.array([self.n_team, self.n_team])
+        self.n_alive = np.array([self.n_team, self.n_team], dtype=np.int64)
         self.t = 0
-        self._xy = self._cell_xy[self.pos]  # [N] complex64: normalised x + i·y
         return self.agent_states()
+
+    def _clear_map(self) -> None:
+        """occ without agents: WALL outside the cells 1..m-2 of each axis, FREE inside."""
+        w, inner = self.width, slice(self.pad + 1, self.pad + self.map_size - 1)
+        grid = self.occ.reshape(w, w)
+        grid[:] = WALL
+        grid[inner, inner] = FREE
 
     @property
     def x(self) -> IntArray:
         """Column of every agent [N] (the dead: where they died)."""
-        return self._cell_x[self.pos]
+        return (self.pos % self.width - self.pad).astype(np.int64)
 
     @property
     def y(self) -> IntArray:
         """Row of every agent [N]."""
-        return self._cell_y[self.pos]
+        return (self.pos // self.width - self.pad).astype(np.int64)
 
     def place(self, x: IntArray, y: IntArray, hp: FloatArray | None = None) -> FloatArray:
         """Put the agents at (x[N], y[N]) with hp[N] (default full; hp < 0 = dead): a scenario.
@@ -323,26 +326,24 @@ class BattleSim:
             raise ValueError(f"place: x, y, hp must have shape ({self.n_agents},)")
         if ((x < 1) | (x > m - 2) | (y < 1) | (y > m - 2)).any():
             raise ValueError(f"place: cells must be inside the walls, 1..{m - 2}")
-        pos = (y + 1) * m + x
+        pos = ((y + self.pad) * self.width + x + self.pad).astype(np.int32)
         if len(np.unique(pos[alive])) != alive.sum():
             raise ValueError("place: two living agents in one cell")
-        self.occ[self.occ >= 0] = FREE
+        self._clear_map()
         self.pos = pos
         self.occ[pos[alive]] = np.flatnonzero(alive)
         self.hp, self.alive = np.minimum(hp, MAX_HP), alive
         self.n_alive = np.bincount(self.team[alive], minlength=2)
-        self._xy = self._cell_xy[pos]
         return self.agent_states()
 
     def cells(self) -> IntArray:
         """Cell index y * map_size + x of every agent [N] (the dead: where they died)."""
-        return self.pos - self.map_size
+        return self.y * self.map_size + self.x
 
     def agent_states(self) -> FloatArray:
         """Per-agent (x, y, hp) normalised to [0, 1], [N, 3] float32 (dead: hp < 0)."""
         out = np.empty((self.n_agents, 3), dtype=np.float32)
-        out[:, :2] = self._xy.view(np.float32).reshape(-1, 2)
-        np.multiply(self.hp, 1.0 / MAX_HP, out=out[:, 2], casting="unsafe")
+        battle_kernels.fill_states(self.pos, self.hp, self.width, self.pad, self._scale, out)
         return out
 
     def alive_counts(self) -> IntArray:
@@ -366,37 +367,42 @@ class BattleSim:
         counts = np.bincount(idx[self.alive], minlength=2 * g * g)
         return (counts / self.n_team).reshape(2, g, g)
 
-    def observations(self, agents: IntArray | None = None) -> FloatArray:
-        """Local views [len(agents), V, V, 5] float32 of the given (default: all) agents."""
-        if not self._views:
-            raise ValueError("observations: this battle was made with observations = False")
-        agents = np.arange(self.n_agents) if agents is None else np.asarray(agents)
-        r, m = self.radius, self.map_size
-        live = np.flatnonzero(self.alive)
-        py, px = self._cell_y[self.pos[live]] + r, self._cell_x[self.pos[live]] + r
-        own0 = self.team[live] == 0
-        hp = (self.hp[live] / MAX_HP).astype(np.float32)
-        for k in range(2):
-            grid = self._obs_grid[k]
-            grid[r : r + m, r : r + m, 1:] = 0.0
-            # team k's view: channels 1, 2 hold team k, channels 3, 4 the other team
-            ch = np.where(own0 == (k == 0), 1, 3)
-            grid[py, px, ch] = 1.0
-            grid[py, px, ch + 1] = hp
-        out = np.empty((len(agents), 2 * r + 1, 2 * r + 1, N_CHANNELS), dtype=np.float32)
-        for k in range(2):
-            sel = self.team[agents] == k
-            pos = self.pos[agents[sel]]
-            out[sel] = self._views[k][self._cell_y[pos], self._cell_x[pos]]
-        return out
+    def observations(
+        self, agents: IntArray | None = None, out: FloatArray | None = None
+    ) -> FloatArray:
+        """Local views [len(agents), V, V, 5] float32 of the given (default: all) agents.
 
-    def _priorities(self, k: int) -> IntArray:
-        """k distinct random keys: 39 random high bits, the position as low bits (no ties).
-
-        Raw generator output: `integers` with a bound costs ~3x more per step.
+        `out`, when given, is a C-contiguous float32 array of that shape that receives the views
+        and is returned (a buffer reused across steps, as MAgent2's `get_observation` reuses
+        its own); otherwise a new array is returned.
         """
-        raw = self.rng.bit_generator.random_raw(k) >> np.uint64(25)
-        return (raw.astype(np.int64) << 24) | self._index[:k]
+        if not len(self._table):
+            raise ValueError("observations: this battle was made with observations = False")
+        n = self.n_agents
+        if agents is None:
+            agents = np.arange(n)
+        else:
+            agents = np.asarray(agents)
+            if agents.dtype.kind not in "iu":
+                raise IndexError("observations: agents must be integer indices")
+            agents = agents.astype(np.int64).ravel()
+            if len(agents) and (agents.min() < -n or agents.max() >= n):
+                raise IndexError(f"observations: agents must be in 0..{n - 1}")
+            agents = np.where(agents < 0, agents + n, agents)
+        v = 2 * self.radius + 1
+        shape = (len(agents), v, v, N_CHANNELS)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(
+                f"observations: out must be a C-contiguous float32 array of shape {shape}, "
+                f"got {out.dtype} {out.shape}"
+            )
+        battle_kernels.observe(
+            agents, self.pos, self.team, self.hp, self.alive, self.occ, self.width,
+            self.radius, self._table, out,
+        )  # fmt: skip
+        return out
 
     # -- dynamics -----------------------------------------------------------------------------
     def step(self, actions: IntArray) -> tuple[FloatArray, FloatArray, bool]:
@@ -406,68 +412,48 @@ class BattleSim:
             raise ValueError(
                 f"actions: shape {actions.shape}, expected ({self.n_agents},) (team 0 then team 1)"
             )
-        # one pass: as unsigned, negative actions are huge
-        if actions.dtype.kind not in "iu" or (
-            actions.size and actions.view(_UNSIGNED[actions.itemsize]).max() >= N_ACTIONS
-        ):
+        if actions.dtype.kind not in "iu":
             raise ValueError(f"actions: values must be in 0..{N_ACTIONS - 1}")
-        occ, alive, team = self.occ, self.alive, self.team
-        # Every action's target cell and its occupant at the start of the step, for all agents at
-        # once (cheaper than per-kind subsets): "stay" targets the agent's own cell.
-        target = self.pos + self._dcell[actions]
-        occupant = occ[target]
-        attacking = alive & (actions >= N_MOVES)
-        rewards = alive * STEP_REWARD + attacking * ATTACK_PENALTY
-
-        # 1. attacks on opponents
-        hit = np.flatnonzero(attacking & (occupant >= 0))
-        hit = hit[team[occupant[hit]] != team[hit]]
-        newly_dead = hit[:0]
-        if len(hit):
-            victim = occupant[hit]
-            order = np.lexsort((self._priorities(len(hit)), victim))  # by victim, then priority
-            attackers, victim = hit[order], victim[order]
-            first = np.ones(len(victim), dtype=bool)
-            first[1:] = victim[1:] != victim[:-1]
-            starts = np.flatnonzero(first)
-            # rank k of each hit on its victim (1-based); the k-th hit kills when hp - 2k < 0
-            rank = np.arange(1, len(victim) + 1) - np.repeat(
-                starts, np.diff(starts, append=len(victim))
-            )
-            lethal = np.floor(self.hp[victim] / DAMAGE).astype(np.int64) + 1
-            landed = rank <= lethal
-            rewards[attackers[landed]] += HIT_REWARD
-            killer = rank == lethal
-            rewards[attackers[killer]] += KILL_REWARD
-            self.kills += np.bincount(team[attackers[killer]], minlength=2)
-            np.subtract.at(self.hp, victim[landed], DAMAGE)
-            newly_dead = victim[killer]
-            if len(newly_dead):
-                rewards[newly_dead] += DEATH_PENALTY
-                alive[newly_dead] = False
-                self.n_alive -= np.bincount(team[newly_dead], minlength=2)
-
-        # 2. moves of the survivors into cells free at the start of the step ("stay" never is)
-        movers = np.flatnonzero((occupant == FREE) & (actions < N_MOVES) & alive)
-        if len(movers):
-            target = target[movers]
-            key = self._priorities(len(movers))
-            np.minimum.at(self._best, target, key)
-            win = self._best[target] == key
-            self._best[target] = _NO_KEY
-            movers, target = movers[win], target[win]
-            occ[self.pos[movers]] = FREE
-            occ[target] = movers
-            self.pos[movers] = target
-            self._xy[movers] = self._cell_xy[target]
-
-        # 3. recovery of the living and removal of the dead
-        np.add(self.hp, RECOVER, out=self.hp, where=alive)
-        np.minimum(self.hp, MAX_HP, out=self.hp)
-        if len(newly_dead):
-            occ[self.pos[newly_dead]] = FREE
+        if actions.dtype != np.int64 and actions.dtype != np.int32:
+            # the kernel takes int32 or int64; a huge unsigned value wraps negative: rejected
+            actions = actions.astype(np.int64)
+        elif not actions.flags.c_contiguous:
+            actions = np.ascontiguousarray(actions)
+        if self._rng_ptrs[0] is not self.rng:  # the generator was replaced
+            self._rng_ptrs = _bit_generator_pointers(self.rng)
+        _, fnptr, state = self._rng_ptrs
+        n = self.n_agents
+        rewards = np.empty(n)
+        states = np.empty((n, 3), dtype=np.float32)
+        with self.rng.bit_generator.lock:  # the kernel draws without the GIL, as numpy would
+            done = battle_kernels.step(
+                actions, self.pos, self.team, self.hp, self.alive, self.occ, self._dcell,
+                self._datt, fnptr, state, self._keys, self._occupant, self._flags, rewards,
+                states, self.kills, self.n_alive, self.width, self.pad, self._scale,
+            )  # fmt: skip
+        if done < 0:
+            raise ValueError(f"actions: values must be in 0..{N_ACTIONS - 1}")
         self.t += 1
-        return self.agent_states(), rewards, self.done
+        return states, rewards, self.done
+
+
+def _bit_generator_pointers(rng: np.random.Generator) -> tuple[np.random.Generator, int, int]:
+    """(rng, its bit generator's next_uint64 as an address, its state address): what the kernel
+    draws through (the function `random_raw` calls, so the stream is numpy's)."""
+    c = rng.bit_generator.ctypes
+    return rng, ctypes.cast(c.next_uint64, ctypes.c_void_p).value or 0, int(c.state_address)
+
+
+def warm_kernels() -> None:
+    """Compile or load (from the cache) every kernel specialisation the engine calls, on a tiny
+    map: the benchmarks call it before timing or measuring memory, as MAgent2's library is
+    loaded when it is imported."""
+    sim = BattleSim(BattleParams(map_size=MIN_MAP, agents_per_team=1, max_steps=2))
+    for dtype in (np.int64, np.int32):
+        sim.step(np.zeros(sim.n_agents, dtype=dtype))
+    sim.observations()
+    v = sim.params.view_range
+    sim.observations(np.array([0]), out=np.empty((1, v, v, N_CHANNELS), dtype=np.float32))
 
 
 # -- scripted policies ------------------------------------------------------------------------

@@ -306,3 +306,111 @@ def test_return_rises_with_quality_against_the_expert() -> None:
     params = {"map_size": 40, "max_steps": 80}
     ret = {q: battle_stats(params, q, 2)["return"] for q in ("random", "medium", "expert")}
     assert ret["random"] < ret["medium"] < ret["expert"]
+
+
+def slow_view(sim: BattleSim, i: int) -> np.ndarray:
+    """Agent i's view cell by cell from the rules (docs/battle.md): off-map and border = wall."""
+    m, r = sim.map_size, sim.radius
+    out = np.zeros((2 * r + 1, 2 * r + 1, 5), dtype=np.float32)
+    x, y = sim.x, sim.y
+    for row in range(2 * r + 1):
+        for col in range(2 * r + 1):
+            cx, cy = x[i] + col - r, y[i] + row - r
+            if not (1 <= cx <= m - 2 and 1 <= cy <= m - 2):
+                out[row, col, 0] = 1.0
+                continue
+            for j in np.flatnonzero(sim.alive & (x == cx) & (y == cy)):
+                ch = 1 if sim.team[j] == sim.team[i] else 3
+                out[row, col, ch] = 1.0
+                out[row, col, ch + 1] = np.float32(sim.hp[j] / 10.0)
+    return out
+
+
+@pytest.mark.parametrize(("map_size", "n", "view"), [(16, 6, 13), (24, None, 13), (20, 12, 5)])
+def test_fused_engine_matches_the_numpy_engine_and_a_slow_view_every_step(
+    map_size: int, n: int | None, view: int
+) -> None:
+    """The fused kernels against the numpy engine they replaced (tests/unit/battle_numpy.py):
+    the same seed and actions give bit-identical states, rewards, hp, cells, kills, observations
+    and generator state at every step; the views also match a cell-by-cell reference."""
+    from battle_numpy import NumpyBattleSim
+
+    params = BattleParams(map_size=map_size, agents_per_team=n, max_steps=80, view_range=view)
+    ours, ref = BattleSim(params), NumpyBattleSim(params)
+    for seed in (0, 5):
+        assert np.array_equal(ours.reset(seed), ref.reset(seed))
+        rng = np.random.default_rng([seed, 9])
+        done, t = False, 0
+        while not done:
+            acts = rng.integers(0, N_ACTIONS, ours.n_agents, dtype=np.int32 if t % 2 else np.int64)
+            if t % 3:  # scripted attackers: many simultaneous hits and kills
+                team1 = np.arange(ours.n_team, ours.n_agents)
+                acts[ours.n_team :] = expert_actions(ref, team1, rng)
+            live = np.flatnonzero(ours.alive)
+            obs = ours.observations(live)
+            assert np.array_equal(obs, ref.observations(live))
+            assert np.array_equal(ours.observations(), ref.observations())
+            if t % 10 == 0:
+                for q, i in enumerate(live[:6]):
+                    np.testing.assert_array_equal(obs[q], slow_view(ours, i))
+            (s1, r1, done), (s2, r2, d2) = ours.step(acts), ref.step(acts)
+            assert done == d2 and np.array_equal(s1, s2)
+            assert np.array_equal(r1.view(np.int64), r2.view(np.int64))  # bit for bit
+            assert np.array_equal(ours.hp.view(np.int64), ref.hp.view(np.int64))
+            assert np.array_equal(ours.alive, ref.alive)
+            assert np.array_equal(ours.cells(), ref.cells())
+            assert ours.kills.tolist() == ref.kills.tolist()
+            assert (
+                ours.n_alive.tolist()
+                == ref.n_alive.tolist()
+                == [
+                    int(ours.alive[: ours.n_team].sum()),
+                    int(ours.alive[ours.n_team :].sum()),
+                ]
+            )
+            assert ours.rng.bit_generator.state == ref.rng.bit_generator.state
+            # agents conserved: every living agent holds its own cell, nothing else is on the map
+            assert (ours.occ[ours.pos[ours.alive]] == np.flatnonzero(ours.alive)).all()
+            assert (ours.occ >= 0).sum() == ours.alive.sum()
+            t += 1
+        assert t > 10
+
+
+def test_observations_into_a_reused_buffer_and_bad_arguments() -> None:
+    sim = sim_with(3)
+    fresh = sim.observations([0, 4, -1])
+    buf = np.full((3, 13, 13, 5), np.nan, dtype=np.float32)
+    assert sim.observations([0, 4, 5], out=buf) is buf
+    np.testing.assert_array_equal(buf, fresh)
+    with pytest.raises(ValueError, match=r"shape \(2, 13, 13, 5\)"):
+        sim.observations([0, 1], out=buf)
+    with pytest.raises(ValueError, match="float32"):
+        sim.observations([0, 1, 2], out=buf.astype(np.float64))
+    with pytest.raises(IndexError, match=r"0\.\.5"):
+        sim.observations([6])
+    with pytest.raises(IndexError, match=r"0\.\.5"):
+        sim.observations([-7])
+    with pytest.raises(ValueError, match=r"0\.\.20"):  # unsigned and negative values, any width
+        sim.step(np.array([0, 0, 0, 0, 0, 2**63], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"0\.\.20"):
+        sim.step(np.array([0, 0, 0, 0, 0, -1], dtype=np.int8))
+    with pytest.raises(ValueError, match=r"0\.\.20"):
+        sim.step(np.zeros(6, dtype=float))
+    # a rejected step changed nothing and drew nothing
+    state = sim.rng.bit_generator.state
+    before = (sim.pos.copy(), sim.hp.copy(), sim.t)
+    with pytest.raises(ValueError, match=r"0\.\.20"):
+        sim.step(np.array([13, 13, 13, 13, 13, 99]))
+    assert sim.rng.bit_generator.state == state and sim.t == before[2]
+    assert np.array_equal(sim.pos, before[0]) and np.array_equal(sim.hp, before[1])
+    sim.step(np.arange(6, dtype=np.uint8))  # other integer widths are accepted
+    sim.step(np.arange(12, dtype=np.int64)[::2])  # and strided arrays
+
+
+def test_kernel_constants_are_the_engines() -> None:
+    from mfdiffuser.envs import battle, battle_kernels
+
+    for name in ("FREE", "WALL", "N_MOVES", "N_ACTIONS", "MAX_HP", "RECOVER", "DAMAGE"):
+        assert getattr(battle_kernels, name) == getattr(battle, name), name
+    for name in ("STEP_REWARD", "ATTACK_PENALTY", "HIT_REWARD", "KILL_REWARD", "DEATH_PENALTY"):
+        assert getattr(battle_kernels, name) == getattr(battle, name), name
