@@ -732,6 +732,51 @@ def rows_planning(sizes: list[int], repeats: int) -> list[Row]:
     ]
 
 
+# ---------------------------------------------------------------- training throughput
+
+
+def rows_training(steps: int, repeats: int) -> list[Row]:
+    """The pure training loop of benchmarks/training_throughput.py (its data, planner and
+    optimizer step, imported), torch on 1 and on 2 threads, interleaved: each timed call is
+    `steps` optimizer steps; the thread count is set untimed before each call. ours: particle·
+    steps per wall second (batch x M particles x H window steps per optimizer step); the
+    2-thread row's ratios are its speedup over 1 thread (CPU: 1-thread CPU s / 2-thread CPU s)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from training_throughput import BATCH, CELLS, CFG, make_step, setup
+
+    data = setup()
+    step = {1: make_step(*data), 2: make_step(*data)}
+    sides = {f"threads={k}": (lambda f=f: [f() for _ in range(steps)]) for k, f in step.items()}
+    prepare = {f"threads={k}": (lambda k=k: torch.set_num_threads(k)) for k in step}
+    try:
+        t = interleaved(sides, repeats, prepare=prepare)
+    finally:
+        torch.set_num_threads(1)
+    one = t["threads=1"]
+    out = []
+    for k in step:
+        tk = t[f"threads={k}"]
+        out.append(
+            Row(
+                measure=f"training throughput, torch {k} thread{'s' if k > 1 else ''}, crowd_1d "
+                f"H={CFG.window} M={CFG.n_particles} K={CFG.diffusion_steps} batch={BATCH}",
+                unit="particle·steps per wall second",
+                ours=CELLS * steps / tk.wall,
+                theirs=CELLS * steps / one.wall if k > 1 else None,
+                peer="ours on 1 thread" if k > 1 else "",
+                ratio_cpu=one.cpu / tk.cpu if k > 1 else None,
+                ratio_wall=one.wall / tk.wall if k > 1 else None,
+                agreement={
+                    "cpu_s_per_opt_step": tk.cpu / steps,
+                    "wall_s_per_opt_step": tk.wall / steps,
+                    "particle_steps_per_cpu_s": CELLS * steps / tk.cpu,
+                },
+                note=f"{CELLS:,} particle·steps per optimizer step, {steps} steps per call",
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -781,6 +826,7 @@ GROUPS = (
     "battle",
     "simulator",
     "planning",
+    "training",
 )
 
 
@@ -843,6 +889,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif group == "planning":
             sizes = [10**3, 10**4] if args.quick else [10**3, 10**5, 10**6]
             rows += rows_planning(sizes, reps)
+        elif group == "training":
+            rows += rows_training(2 if args.quick else 20, reps)
     uses_mfglib = {"mfglib", "mfglib_envs", "mfglib_native", "mfglib_batch"} & set(args.only)
     if uses_mfglib and have("mfglib") and not have("opt_einsum"):
         skipped.append("opt_einsum (not importable: MFGLib timed with plain torch.einsum)")

@@ -108,3 +108,10 @@ def test_quick_harness_table_and_agreement() -> None:
 
     planning = [r for r in rows if r["measure"].startswith("planning step")]
     assert len(planning) == 1 and planning[0]["ratio_cpu"] > 0
+
+    training = [r for r in rows if r["measure"].startswith("training throughput")]
+    assert [r["measure"].split(", ")[1] for r in training] == ["torch 1 thread", "torch 2 threads"]
+    for r in training:
+        assert r["ours"] > 0 and r["agreement"]["particle_steps_per_cpu_s"] > 0, r["measure"]
+    assert training[1]["theirs"] == training[0]["ours"] and training[1]["ratio_wall"] > 0
+    assert out["torch_threads"] == 1  # the 2-thread row restores one thread
