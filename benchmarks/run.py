@@ -732,6 +732,48 @@ def rows_planning(sizes: list[int], repeats: int) -> list[Row]:
     ]
 
 
+def rows_c2f(m: int, repeats: int) -> list[Row]:
+    """Coarse-to-fine (L = 3, b = 4, default stage_steps) against the flat sampler on one
+    particle set (B = 1) at M_L = m, the same K, untrained weights (the cost does not depend on
+    them): the default planner (PlannerConfig(): H = 4, K = 20, width 64) and the size of the
+    trained crowd_1d planner of benchmarks/evidence_value_weighting.py (H = 1, K = 10, width
+    32). The calls are evidence_coarse_to_fine.py's `sampler_fns` (c2f includes plan_stages)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_coarse_to_fine import ideal, sampler_fns
+
+    from mfdiffuser.envs import Crowd1D
+    from mfdiffuser.planner import MFDiffuser, PlannerConfig
+
+    game = Crowd1D(size=10, horizon=10)
+    out = []
+    for name, cfg in (
+        ("default planner (H=4 K=20 w64)", PlannerConfig(max_particles=m)),
+        (
+            "crowd_1d evidence planner (H=1 K=10 w32)",
+            PlannerConfig(window=1, diffusion_steps=10, hidden=32, max_particles=m),
+        ),
+    ):
+        torch.manual_seed(0)
+        planner = MFDiffuser.from_spec(cfg, game.feature_dim, game.n_actions, game.context_dim)
+        planner.model.eval()
+        flat, c2f = sampler_fns(planner, m, 1)
+        t = interleaved({"ours": c2f, "theirs": flat}, repeats)
+        best, counts, steps = ideal(cfg, m)
+        out.append(
+            peer_row(
+                f"coarse-to-fine vs flat, one particle set at M_L={m}, {name}",
+                "flat sampler (stages=1), same K",
+                t,
+                0.0,
+                0.0,
+                agreement={"ideal_ratio": best},
+                note=f"c2f M_l {'/'.join(map(str, counts))}, K_l {'/'.join(map(str, steps))}; "
+                "ratio = flat / c2f (target >= 2); ideal = M_L·K / Σ M_l·K_l",
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------- training throughput
 
 
@@ -889,6 +931,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif group == "planning":
             sizes = [10**3, 10**4] if args.quick else [10**3, 10**5, 10**6]
             rows += rows_planning(sizes, reps)
+            rows += rows_c2f(64, reps)
         elif group == "training":
             rows += rows_training(2 if args.quick else 20, reps)
     uses_mfglib = {"mfglib", "mfglib_envs", "mfglib_native", "mfglib_batch"} & set(args.only)

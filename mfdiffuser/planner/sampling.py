@@ -270,7 +270,7 @@ class Conditioning:
         def table(ctx_embedding: Tensor) -> list[Films]:
             shared = (emb[:, None] + ctx_embedding[None])[:, :, None]  # [S, B, 1, hidden]
             cond = shared if self.state is None else shared + self.state[None]
-            per_block = self.net.films(cond)  # each [S, B, M', 1, c]
+            per_block = [(s1p.unbind(0), sh.unbind(0)) for s1p, sh in self.net.films(cond)]
             return [[(s1p[i], sh[i]) for s1p, sh in per_block] for i in range(len(steps))]
 
         u = table(self.ctx_u)
