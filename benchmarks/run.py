@@ -25,6 +25,9 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread on both sides; magent2 reads it at import
+# Idle OpenMP workers sleep instead of spinning (read when torch loads libgomp): no effect on one
+# thread; the `training` group's 2-thread row on a shared machine spun at every barrier without it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -933,7 +936,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows += rows_planning(sizes, reps)
             rows += rows_c2f(64, reps)
         elif group == "training":
-            rows += rows_training(2 if args.quick else 20, reps)
+            rows += rows_training(2 if args.quick else 10, reps)
     uses_mfglib = {"mfglib", "mfglib_envs", "mfglib_native", "mfglib_batch"} & set(args.only)
     if uses_mfglib and have("mfglib") and not have("opt_einsum"):
         skipped.append("opt_einsum (not importable: MFGLib timed with plain torch.einsum)")
