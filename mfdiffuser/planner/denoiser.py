@@ -313,10 +313,17 @@ class MeanFieldDenoiser(nn.Module):
             return F.linear(cols.flatten(-2), w, bias)
 
         def norm_mish(h: Tensor, n: _Norm) -> Tensor:
+            # The channels-first view [B·M, c, H] of h and the channels-last view [B, M, H, c]
+            # of the result, each one strided view (group_norm's output is contiguous).
             c = h.shape[-1]
-            rows = h.reshape(b * m, t, c).transpose(1, 2)
-            out = torch.group_norm(rows, n[0], n[1], n[2], n[3], cudnn)
-            return F.mish(out).transpose(1, 2).view(b, m, t, c)
+            if h.is_contiguous():
+                rows = h.as_strided((b * m, c, t), (t * c, 1, c))
+            else:
+                rows = h.reshape(b * m, t, c).transpose(1, 2)
+            out = F.mish(torch.group_norm(rows, n[0], n[1], n[2], n[3], cudnn))
+            if out.is_contiguous():
+                return out.as_strided((b, m, t, c), (m * c * t, c * t, 1, t))
+            return out.transpose(1, 2).reshape(b, m, t, c)
 
         h = conv(x, inp)
         for (c1, n1, c2, n2, mixer), (scale1p, shift) in zip(blocks, films, strict=True):
