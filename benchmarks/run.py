@@ -26,6 +26,9 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread on both sides; magent2 reads it at import
+# Idle OpenMP workers sleep instead of spinning (read when torch loads libgomp): no effect on one
+# thread; the `training` group's 2-thread row on a shared machine spun at every barrier without it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -743,6 +746,93 @@ def rows_planning(sizes: list[int], repeats: int) -> list[Row]:
     ]
 
 
+def rows_c2f(m: int, repeats: int) -> list[Row]:
+    """Coarse-to-fine (L = 3, b = 4, default stage_steps) against the flat sampler on one
+    particle set (B = 1) at M_L = m, the same K, untrained weights (the cost does not depend on
+    them): the default planner (PlannerConfig(): H = 4, K = 20, width 64) and the size of the
+    trained crowd_1d planner of benchmarks/evidence_value_weighting.py (H = 1, K = 10, width
+    32). The calls are evidence_coarse_to_fine.py's `sampler_fns` (c2f includes plan_stages)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from evidence_coarse_to_fine import ideal, sampler_fns
+
+    from mfdiffuser.envs import Crowd1D
+    from mfdiffuser.planner import MFDiffuser, PlannerConfig
+
+    game = Crowd1D(size=10, horizon=10)
+    out = []
+    for name, cfg in (
+        ("default planner (H=4 K=20 w64)", PlannerConfig(max_particles=m)),
+        (
+            "crowd_1d evidence planner (H=1 K=10 w32)",
+            PlannerConfig(window=1, diffusion_steps=10, hidden=32, max_particles=m),
+        ),
+    ):
+        torch.manual_seed(0)
+        planner = MFDiffuser.from_spec(cfg, game.feature_dim, game.n_actions, game.context_dim)
+        planner.model.eval()
+        flat, c2f = sampler_fns(planner, m, 1)
+        t = interleaved({"ours": c2f, "theirs": flat}, repeats)
+        best, counts, steps = ideal(cfg, m)
+        out.append(
+            peer_row(
+                f"coarse-to-fine vs flat, one particle set at M_L={m}, {name}",
+                "flat sampler (stages=1), same K",
+                t,
+                0.0,
+                0.0,
+                agreement={"ideal_ratio": best},
+                note=f"c2f M_l {'/'.join(map(str, counts))}, K_l {'/'.join(map(str, steps))}; "
+                "ratio = flat / c2f (target >= 2); ideal = M_L·K / Σ M_l·K_l",
+            )
+        )
+    return out
+
+
+# ---------------------------------------------------------------- training throughput
+
+
+def rows_training(steps: int, repeats: int) -> list[Row]:
+    """The pure training loop of benchmarks/training_throughput.py (its data, planner and
+    optimizer step, imported), torch on 1 and on 2 threads, interleaved: each timed call is
+    `steps` optimizer steps; the thread count is set untimed before each call. ours: particle·
+    steps per wall second (batch x M particles x H window steps per optimizer step); the
+    2-thread row's ratios are its speedup over 1 thread (CPU: 1-thread CPU s / 2-thread CPU s)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from training_throughput import BATCH, CELLS, CFG, make_step, setup
+
+    data = setup()
+    step = {1: make_step(*data), 2: make_step(*data)}
+    sides = {f"threads={k}": (lambda f=f: [f() for _ in range(steps)]) for k, f in step.items()}
+    prepare = {f"threads={k}": (lambda k=k: torch.set_num_threads(k)) for k in step}
+    try:
+        t = interleaved(sides, repeats, prepare=prepare)
+    finally:
+        torch.set_num_threads(1)
+    one = t["threads=1"]
+    out = []
+    for k in step:
+        tk = t[f"threads={k}"]
+        out.append(
+            Row(
+                measure=f"training throughput, torch {k} thread{'s' if k > 1 else ''}, crowd_1d "
+                f"H={CFG.window} M={CFG.n_particles} K={CFG.diffusion_steps} batch={BATCH}",
+                unit="particle·steps per wall second",
+                ours=CELLS * steps / tk.wall,
+                theirs=CELLS * steps / one.wall if k > 1 else None,
+                peer="ours on 1 thread" if k > 1 else "",
+                ratio_cpu=one.cpu / tk.cpu if k > 1 else None,
+                ratio_wall=one.wall / tk.wall if k > 1 else None,
+                agreement={
+                    "cpu_s_per_opt_step": tk.cpu / steps,
+                    "wall_s_per_opt_step": tk.wall / steps,
+                    "particle_steps_per_cpu_s": CELLS * steps / tk.cpu,
+                },
+                note=f"{CELLS:,} particle·steps per optimizer step, {steps} steps per call",
+            )
+        )
+    return out
+
+
 # ---------------------------------------------------------------- the table
 
 
@@ -792,6 +882,7 @@ GROUPS = (
     "battle",
     "simulator",
     "planning",
+    "training",
 )
 
 
@@ -854,6 +945,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif group == "planning":
             sizes = [10**3, 10**4] if args.quick else [10**3, 10**5, 10**6]
             rows += rows_planning(sizes, reps)
+            rows += rows_c2f(64, reps)
+        elif group == "training":
+            rows += rows_training(2 if args.quick else 10, reps)
     uses_mfglib = {"mfglib", "mfglib_envs", "mfglib_native", "mfglib_batch"} & set(args.only)
     if uses_mfglib and have("mfglib") and not have("opt_einsum"):
         skipped.append("opt_einsum (not importable: MFGLib timed with plain torch.einsum)")

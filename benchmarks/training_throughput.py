@@ -15,7 +15,8 @@ training windows are denoised, back-propagated and applied per second (512 windo
 share of time spent drawing windows (numpy, single-threaded).
 Median of 3 timed blocks of S steps after 3 warm-up steps. The GPU path is not measured here
 (this machine has no GPU); nor is the Ray Train DDP trainer (its per-step work is this loop plus
-a gloo all-reduce of the gradients). Not part of the test pass/fail.
+a gloo all-reduce of the gradients). Not part of the test pass/fail. `benchmarks/run.py --only
+training` times the same step (`setup`, `make_step`) in the harness's interleaved way.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import platform
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -40,17 +42,25 @@ BATCH = 16
 CFG = PlannerConfig(
     window=4, n_particles=32, max_particles=64, diffusion_steps=20, hidden=64, n_blocks=2, beta=1.0
 )
+CELLS = BATCH * CFG.n_particles * CFG.window  # particle·steps per optimizer step
 
 
-def measure(
-    threads: int,
-    steps: int,
-    game: FiniteMeanFieldGame,
-    arrays: EpisodeArrays,
-    advantage: TabularAdvantage,
-) -> tuple[float, float]:
-    """(median seconds per optimizer step, median share of it spent drawing windows)."""
-    torch.set_num_threads(threads)
+def setup() -> tuple[FiniteMeanFieldGame, EpisodeArrays, TabularAdvantage]:
+    """The benchmark's data: crowd_1d 10x10, `medium` behaviour, N = 100, 40 episodes."""
+    spec = get_benchmark("crowd_1d")
+    game = spec.game({"size": 10, "horizon": 10})
+    made = spec.behaviour(game, "medium")
+    table, _ = generate_shard(lambda: spec.make_sim(game, 100), made.policies, range(40), 0)
+    arrays = episodes_from_table(table, 100)
+    advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
+    return game, arrays, advantage
+
+
+def make_step(
+    game: FiniteMeanFieldGame, arrays: EpisodeArrays, advantage: TabularAdvantage
+) -> Callable[[], float]:
+    """A fresh planner (seed 0), sampler and Adam; the returned callable runs one optimizer
+    step (the body of `train_epochs`) and returns the seconds spent drawing windows."""
     torch.manual_seed(0)
     planner = MFDiffuser.from_spec(CFG, game.feature_dim, game.n_actions, game.context_dim)
     sampler = WindowSampler(arrays, game, CFG.window, CFG.n_particles, 0, advantage=advantage)
@@ -67,6 +77,19 @@ def measure(
         opt.step()
         return sampling
 
+    return step
+
+
+def measure(
+    threads: int,
+    steps: int,
+    game: FiniteMeanFieldGame,
+    arrays: EpisodeArrays,
+    advantage: TabularAdvantage,
+) -> tuple[float, float]:
+    """(median seconds per optimizer step, median share of it spent drawing windows)."""
+    torch.set_num_threads(threads)
+    step = make_step(game, arrays, advantage)
     for _ in range(3):
         step()
     blocks, shares = [], []
@@ -87,13 +110,8 @@ def main() -> None:
     args = parser.parse_args()
     steps = 10 if args.quick else args.steps
 
-    spec = get_benchmark("crowd_1d")
-    game = spec.game({"size": 10, "horizon": 10})
-    made = spec.behaviour(game, "medium")
-    table, _ = generate_shard(lambda: spec.make_sim(game, 100), made.policies, range(40), 0)
-    arrays = episodes_from_table(table, 100)
-    advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
-    cells = BATCH * CFG.n_particles * CFG.window  # particle·steps per optimizer step
+    game, arrays, advantage = setup()
+    cells = CELLS  # particle·steps per optimizer step
 
     print(f"# pure training loop, crowd_1d 10x10 medium data; H={CFG.window} M={CFG.n_particles} "
           f"K={CFG.diffusion_steps} hidden={CFG.hidden} blocks={CFG.n_blocks} batch={BATCH}; "

@@ -220,6 +220,7 @@ class LinearDynamics:
         self._move_flat: IntArray | None = None
         self._spread: Any = None
         self._spread_t: Any = None
+        self._kernel_arrays: Any = None  # the compiled exploitability's form (finite.py)
 
     @classmethod
     def from_targets(cls, targets: IntArray, probs: FloatArray | None = None) -> LinearDynamics:
@@ -560,6 +561,12 @@ def _exploitability_linear(
     against every epoch's rewards, one product. Only the best response needs a backward pass.
     """
     n_t = game.horizon
+    if (
+        policy.ndim == 3
+        and dynamics._move is not None
+        and not isinstance(dynamics._spread, np.ndarray)
+    ):
+        return _exploitability_factored_sparse(game, dynamics, policy)
     pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
     lead = pol.shape[:-3]
     if not lead and dynamics._move is not None:
@@ -613,6 +620,48 @@ def _exploitability_factored(
         np.take(after, move, out=q)
         q += rewards[t]
         v_best = q.max(axis=0)
+    return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
+
+
+def _exploitability_factored_sparse(
+    game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
+) -> FloatArray:
+    """`_exploitability_factored` of one policy[T, S, A] (not transposed) with a sparse
+    spread: both passes compiled
+    (`kernels.factored_forward`, `kernels.factored_backward`), between them the game's
+    vectorised `flow_rewards`; the two sums in numpy as there, so the value is bit for bit the
+    numpy form's. The kernels' arrays (unsigned indices) are built once per dynamics."""
+    from mfdiffuser.envs import kernels
+
+    arrays = dynamics._kernel_arrays
+    if arrays is None:
+        assert dynamics._move_flat is not None
+
+        def csr(matrix: Any) -> tuple[np.ndarray, np.ndarray, FloatArray]:
+            return (
+                matrix.indptr.astype(np.uint64),
+                matrix.indices.astype(np.uint64),
+                np.ascontiguousarray(matrix.data, dtype=np.float64),
+            )
+
+        move_flat = dynamics._move_flat.astype(np.uint64)
+        arrays = dynamics._kernel_arrays = (
+            move_flat,
+            csr(dynamics._spread_t),
+            csr(dynamics._spread),
+        )
+    move_flat, spread_t, spread = arrays
+    pol = np.ascontiguousarray(pol, dtype=np.float64)
+    n_t, n_s, n_a = pol.shape
+    flow = np.empty((n_t, n_s))
+    mass = np.empty((n_t, n_a, n_s))
+    scratch = np.empty(n_s)
+    kernels.factored_forward(pol, np.ascontiguousarray(game.mu0, dtype=np.float64), move_flat,
+                             *spread_t, scratch, flow, mass)  # fmt: skip
+    rewards = np.ascontiguousarray(game.flow_rewards(flow), dtype=np.float64)  # R[T, A, S]
+    v_best = np.empty(n_s)
+    kernels.factored_backward(rewards, move_flat, *spread, scratch, v_best)
+    value = np.multiply(mass, rewards, out=mass).sum()
     return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
 
 

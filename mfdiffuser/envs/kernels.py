@@ -231,3 +231,84 @@ def advance(
             states, actions, False, thresholds, a_stride, u_action, u, support, width, cdf,
             stride, reward, prev, out_states, out_rewards, counts,
         )  # fmt: skip
+
+
+# ---------------------------------------------------------------- exact exploitability
+
+
+@_jit
+def factored_forward(
+    pol: np.ndarray,
+    mu0: np.ndarray,
+    move_flat: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    moved: np.ndarray,
+    flow: np.ndarray,
+    mass: np.ndarray,
+) -> None:
+    """The forward pass of a policy pi[T, S, A] (the caller's layout) on factored dynamics (a
+    move, then a spread held as the CSR rows of spread^T: indptr, indices, data): flow[T, S]
+    and the state-action masses mass[T, A, S] = mu_t(s)·pi_t(a | s), written in place
+    (moved[S] is scratch). The masses are added into their move's target in the numpy form's
+    order (a-major).
+
+    The same operations in the same order as the numpy form (`finite._exploitability_factored`:
+    multiply, bincount of the masses by their move's target, then the CSR product summing each
+    row in storage order), so the values are bit for bit those of numpy and scipy."""
+    n_t, n_s, n_a = pol.shape
+    for s in range(n_s):
+        flow[0, s] = mu0[s]
+    for t in range(n_t):
+        for s in range(n_s):
+            for a in range(n_a):
+                mass[t, a, s] = pol[t, s, a] * flow[t, s]
+        if t < n_t - 1:
+            for m in range(n_s):
+                moved[m] = 0.0
+            for a in range(n_a):
+                for s in range(n_s):
+                    moved[move_flat[a * n_s + s]] += mass[t, a, s]
+            for i in range(n_s):
+                acc = 0.0
+                for j in range(indptr[i], indptr[i + 1]):
+                    acc += data[j] * moved[indices[j]]
+                flow[t + 1, i] = acc
+
+
+@_jit
+def factored_backward(
+    rewards: np.ndarray,
+    move_flat: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    after: np.ndarray,
+    v_best: np.ndarray,
+) -> None:
+    """The best response's backward pass on factored dynamics (the spread's CSR rows: indptr,
+    indices, data) against rewards R[T, A, S]: V*_{T-1} = max_a R_{T-1}, then V*_t(s) = max_a
+    (R_t(a, s) + spread·V*_{t+1} at move(a, s)), V*_0 written to v_best[S] (after[S] is
+    scratch). Bit for bit the numpy form's values (each CSR row summed in storage order; a max
+    does not depend on the order)."""
+    n_t, n_a, n_s = rewards.shape
+    for s in range(n_s):
+        best = rewards[n_t - 1, 0, s]
+        for a in range(1, n_a):
+            if rewards[n_t - 1, a, s] > best:
+                best = rewards[n_t - 1, a, s]
+        v_best[s] = best
+    for t in range(n_t - 2, -1, -1):
+        for i in range(n_s):
+            acc = 0.0
+            for j in range(indptr[i], indptr[i + 1]):
+                acc += data[j] * v_best[indices[j]]
+            after[i] = acc
+        for s in range(n_s):
+            best = after[move_flat[s]] + rewards[t, 0, s]
+            for a in range(1, n_a):
+                q = after[move_flat[a * n_s + s]] + rewards[t, a, s]
+                if q > best:
+                    best = q
+            v_best[s] = best

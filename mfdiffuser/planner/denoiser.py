@@ -23,11 +23,17 @@ the four and is what training uses.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+_Conv = tuple[Tensor, Tensor | None, int]  # weight [c_out, c_in·k], bias, kernel size k
+_Norm = tuple[int, Tensor, Tensor, float]  # groups, weight, bias, eps
+_Mixer = tuple[Tensor, Tensor, Tensor, Tensor] | None  # φ's and W's weight and bias
+LeanWeights = tuple[_Conv, list[tuple[_Conv, _Norm, _Conv, _Norm, _Mixer]], _Norm, _Conv]
 
 
 def _groups(channels: int, max_groups: int = 8) -> int:
@@ -100,12 +106,21 @@ class ResidualTemporalBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_groups(channels), channels)
         self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * channels))
 
+    def film_of(self, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """cond[..., cond_dim] -> FiLM (1 + scale, shift), each [..., 1, c] (the 1 broadcasts
+        over time)."""
+        scale, shift = self.film(cond).unsqueeze(-2).chunk(2, dim=-1)
+        return 1 + scale, shift
+
     def forward(self, h: Tensor, cond: Tensor) -> Tensor:
         """h[B, M, H, c] channels-last; cond[B, M', cond_dim] with M' = M (per particle) or 1
         (shared by the particles of a sample)."""
-        scale, shift = self.film(cond).unsqueeze(2).chunk(2, dim=-1)  # [B, M', 1, c] each
+        return self.filmed(h, self.film_of(cond))
+
+    def filmed(self, h: Tensor, film: tuple[Tensor, Tensor]) -> Tensor:
+        """The block with its FiLM given: film = (1 + scale, shift), each [B, M', 1, c]."""
         out = group_norm_mish(temporal_conv(h, self.conv1), self.norm1)
-        out = torch.addcmul(shift, out, 1 + scale)
+        out = torch.addcmul(film[1], out, film[0])
         out = group_norm_mish(temporal_conv(out, self.conv2), self.norm2)
         return h + out
 
@@ -222,13 +237,102 @@ class MeanFieldDenoiser(nn.Module):
 
     def trunk(self, x: Tensor, cond: Tensor) -> Tensor:
         """x[B, M, H, D], cond[B, M', hidden] (M' = M, or 1 when shared) -> ε̂[B, M, H, D]."""
-        h = temporal_conv(x, self.inp)  # [B, M, H, hidden]
+        return self.trunk_filmed(x, self.films(cond))
+
+    def films(self, cond: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every block's FiLM (1 + scale, shift) of cond[..., M', hidden], each [..., M', 1,
+        hidden]: what of the trunk depends on the conditioning only. A sampler computes them
+        for all the steps of a stage in one call (leading step axis) and indexes them."""
+        return [cast(ResidualTemporalBlock, block).film_of(cond) for block in self.blocks]
+
+    def trunk_filmed(
+        self,
+        x: Tensor,
+        films: Sequence[tuple[Tensor, Tensor]],
+        weights: LeanWeights | None = None,
+    ) -> Tensor:
+        """`trunk` with the blocks' FiLM given (`films`). Without autograd (sampling) it runs
+        the same operations on the modules' weights directly (`lean_weights`, built here unless
+        given), without the module calls and the functional wrappers: at planning sizes these
+        were a large part of a step's cost; the values are those of the module path."""
+        if weights is None and not (torch.is_grad_enabled() or x.requires_grad):
+            weights = self.lean_weights()
+        if weights is None:
+            h = temporal_conv(x, self.inp)  # [B, M, H, hidden]
+            for i, block in enumerate(self.blocks):
+                h = cast(ResidualTemporalBlock, block).filmed(h, films[i])
+                if self.interaction:
+                    h = self.mixers[i](h)
+            norm, out = cast(nn.GroupNorm, self.out[0]), cast(nn.Conv1d, self.out[2])
+            return temporal_conv(group_norm_mish(h, norm), out)
+        return self._trunk_lean(x, films, weights)
+
+    def lean_weights(self) -> LeanWeights | None:
+        """The weights the sampling trunk reads, as views of the modules' parameters (current
+        until they are replaced): built once per sampling call, not at every step. None when a
+        block or mixer is not this module's own kind (the module path then runs)."""
+        if not all(type(b) is ResidualTemporalBlock for b in self.blocks) or not all(
+            type(m) is MeanFieldInteraction for m in self.mixers
+        ):
+            return None
+
+        def conv(c: nn.Conv1d) -> _Conv:
+            w = c.weight
+            return w.flatten(1), c.bias, w.shape[-1]
+
+        def norm(n: nn.Module) -> _Norm:
+            n = cast(nn.GroupNorm, n)
+            return n.num_groups, n.weight, n.bias, n.eps
+
+        blocks = []
         for i, block in enumerate(self.blocks):
-            h = block(h, cond)
+            block = cast(ResidualTemporalBlock, block)
+            mixer = None
             if self.interaction:
-                h = self.mixers[i](h)
-        norm, out = cast(nn.GroupNorm, self.out[0]), cast(nn.Conv1d, self.out[2])
-        return temporal_conv(group_norm_mish(h, norm), out)
+                mix = cast(MeanFieldInteraction, self.mixers[i])
+                phi = cast(nn.Linear, mix.phi[0])
+                mixer = (phi.weight, phi.bias, mix.W.weight, mix.W.bias)
+            blocks.append(
+                (conv(block.conv1), norm(block.norm1), conv(block.conv2), norm(block.norm2), mixer)
+            )
+        return (conv(self.inp), blocks, norm(self.out[0]), conv(cast(nn.Conv1d, self.out[2])))
+
+    def _trunk_lean(
+        self, x: Tensor, films: Sequence[tuple[Tensor, Tensor]], weights: LeanWeights
+    ) -> Tensor:
+        inp, blocks, out_norm, out = weights
+        cudnn = torch.backends.cudnn.enabled
+        b, m, t, _ = x.shape
+
+        def conv(h: Tensor, c: _Conv) -> Tensor:
+            w, bias, k = c
+            if k == 1:
+                return F.linear(h, w, bias)
+            pad = k // 2
+            cols = torch.constant_pad_nd(h, (0, 0, pad, pad)).unfold(-2, k, 1)
+            return F.linear(cols.flatten(-2), w, bias)
+
+        def norm_mish(h: Tensor, n: _Norm) -> Tensor:
+            # The channels-first view [B·M, c, H] of h and the channels-last view [B, M, H, c]
+            # of the result, each one strided view (group_norm's output is contiguous).
+            c = h.shape[-1]
+            if h.is_contiguous():
+                rows = h.as_strided((b * m, c, t), (t * c, 1, c))
+            else:
+                rows = h.reshape(b * m, t, c).transpose(1, 2)
+            out = F.mish(torch.group_norm(rows, n[0], n[1], n[2], n[3], cudnn))
+            if out.is_contiguous():
+                return out.as_strided((b, m, t, c), (m * c * t, c * t, 1, t))
+            return out.transpose(1, 2).reshape(b, m, t, c)
+
+        h = conv(x, inp)
+        for (c1, n1, c2, n2, mixer), (scale1p, shift) in zip(blocks, films, strict=True):
+            y = torch.addcmul(shift, norm_mish(conv(h, c1), n1), scale1p)
+            h = h + norm_mish(conv(y, c2), n2)
+            if mixer is not None:
+                pooled = F.mish(F.linear(h, mixer[0], mixer[1])).mean(dim=1, keepdim=True)
+                h = h + F.linear(pooled, mixer[2], mixer[3])
+        return conv(norm_mish(h, out_norm), out)
 
     def forward(
         self,

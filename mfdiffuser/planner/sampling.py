@@ -36,9 +36,13 @@ import torch
 from torch import Tensor, nn
 
 from mfdiffuser.planner.config import PlannerConfig
-from mfdiffuser.planner.denoiser import MeanFieldDenoiser
+from mfdiffuser.planner.denoiser import LeanWeights, MeanFieldDenoiser
 
 Guide = Callable[[Tensor, int, Tensor], Tensor]  # (x_k, k, ctx) -> s·∇_x Σ J
+Films = list[tuple[Tensor, Tensor]]  # every block's FiLM (1 + scale, shift)
+# Largest FiLM table (elements of cond at all of a stage's steps, times 2) that `at_stage`
+# computes in one call per block (4 MiB of float32); above it the FiLM is computed per step.
+FILM_TABLE_ELEMENTS = 1 << 20
 
 
 def cosine_betas(n_steps: int, s: float = 0.008) -> np.ndarray:
@@ -214,6 +218,9 @@ class Conditioning:
     guidance: float  # w of classifier-free guidance
     steps: dict[int, Tensor] = field(default_factory=dict)  # k -> step embedding [1, hidden]
     state: Tensor | None = None  # [B, M, hidden] of the current stage's first states
+    # k -> the blocks' FiLM for ε_u (and ε_c) at the current stage's steps (`at_stage`)
+    films: dict[int, tuple[Films, Films | None]] = field(default_factory=dict)
+    weights: LeanWeights | None = None  # the trunk's weights for sampling, once per call
 
     @classmethod
     def of(
@@ -242,8 +249,44 @@ class Conditioning:
             steps={} if table is None else {k: table[i : i + 1] for i, k in enumerate(steps)},
         )
 
-    def at_stage(self, first_states: Tensor) -> None:
+    def at_stage(self, first_states: Tensor, steps: Sequence[int] = ()) -> None:
+        """Embed the stage's first states; and, without autograd, compute the blocks' FiLM of
+        the conditioning at every step of `steps` (which must have step embeddings) in one
+        batched call per block, unless that table would exceed FILM_TABLE_ELEMENTS."""
         self.state = self.net.state_embedding(first_states)
+        self.films = {}
+        b, m = first_states.shape[:2]
+        n = len(steps) * b * (1 if self.state is None else m) * self.ctx_u.shape[-1]
+        if (
+            not steps
+            or torch.is_grad_enabled()
+            or n * 2 > FILM_TABLE_ELEMENTS
+            or type(self.net).trunk is not MeanFieldDenoiser.trunk  # a subclass's own trunk
+        ):
+            return
+        self.weights = self.weights or self.net.lean_weights()
+        emb = torch.cat([self.steps[k] for k in steps])  # [S, hidden]
+
+        def table(ctx_embedding: Tensor) -> list[Films]:
+            shared = (emb[:, None] + ctx_embedding[None])[:, :, None]  # [S, B, 1, hidden]
+            cond = shared if self.state is None else shared + self.state[None]
+            per_block = [(s1p.unbind(0), sh.unbind(0)) for s1p, sh in self.net.films(cond)]
+            return [[(s1p[i], sh[i]) for s1p, sh in per_block] for i in range(len(steps))]
+
+        u = table(self.ctx_u)
+        c = table(self.ctx_c) if self.ctx_c is not None else [None] * len(steps)
+        self.films = {k: (u[i], c[i]) for i, k in enumerate(steps)}
+
+    def eps_at(self, x: Tensor, k: int) -> Tensor:
+        """ε̂ at x[B, M, H, D] at a step k of the current stage: from the FiLM table of
+        `at_stage` when it holds k, else `eps` with k's step embedding."""
+        films = self.films.get(k)
+        if films is None:
+            return self.eps(x, self.steps[k])
+        eps_u = self.net.trunk_filmed(x, films[0], self.weights)
+        if films[1] is None:
+            return eps_u
+        return eps_u + self.guidance * (self.net.trunk_filmed(x, films[1], self.weights) - eps_u)
 
     def eps(self, x: Tensor, step: Tensor) -> Tensor:
         """ε̂ at x[B, M, H, D] for step embeddings step[B or 1, hidden]: ε_u, or with guidance
@@ -346,7 +389,7 @@ class Sampler:
         """x̂_0 = x/sqrt(ᾱ_k) − sqrt(1/ᾱ_k − 1)·ε̂ at a step k embedded in `cond`, clipped to
         [-1, 1] if clip_denoised (every step of the sampler, and to branch particles)."""
         c = self.schedule.scalars
-        eps = cond.eps(x, cond.steps[k])
+        eps = cond.eps_at(x, k)
         x0 = torch.sub(
             x * c["sqrt_recip_alphas_cumprod"][k], eps, alpha=c["sqrt_recipm1_alphas_cumprod"][k]
         )
@@ -394,7 +437,7 @@ class Sampler:
         )
         steps = self.scheduler.timesteps()
         cond = cond_of(steps)
-        cond.at_stage(first_states)
+        cond.at_stage(first_states, steps)
         return self.denoise(x, steps, cond, first_states, generator, [*steps[1:], -1])
 
     def branch_particles(self, x0_hat: Tensor, parents: Tensor, k: int, noise: Tensor) -> Tensor:
@@ -460,7 +503,7 @@ class Sampler:
         for i in range(n_stages):
             stage = all_steps[start : start + steps_l[i]]
             start += steps_l[i]
-            cond.at_stage(firsts[i])
+            cond.at_stage(firsts[i], stage)
             if i == n_stages - 1:
                 return self.denoise(x, stage, cond, firsts[i], generator, [nxt[k] for k in stage])
             # A non-final stage needs only x̂_0 at its last step (its children are re-noised

@@ -108,3 +108,15 @@ def test_quick_harness_table_and_agreement() -> None:
 
     planning = [r for r in rows if r["measure"].startswith("planning step")]
     assert len(planning) == 1 and planning[0]["ratio_cpu"] > 0
+    c2f = [r for r in rows if r["measure"].startswith("coarse-to-fine vs flat")]
+    assert len(c2f) == 2 and all("M_L=64" in r["measure"] for r in c2f)
+    for r in c2f:
+        assert r["theirs"] > 0 and r["ratio_cpu"] > 0 and r["ratio_wall"] > 0
+        assert r["agreement"]["ideal_ratio"] > 1
+
+    training = [r for r in rows if r["measure"].startswith("training throughput")]
+    assert [r["measure"].split(", ")[1] for r in training] == ["torch 1 thread", "torch 2 threads"]
+    for r in training:
+        assert r["ours"] > 0 and r["agreement"]["particle_steps_per_cpu_s"] > 0, r["measure"]
+    assert training[1]["theirs"] == training[0]["ours"] and training[1]["ratio_wall"] > 0
+    assert out["torch_threads"] == 1  # the 2-thread row restores one thread

@@ -168,6 +168,24 @@ def test_large_grids_work() -> None:
     assert exploitability(game, uniform_policy(game)) > 0.0
 
 
+def test_compiled_exploitability_is_bit_for_bit_the_numpy_form() -> None:
+    # 20x20: a sparse spread, so `exploitability` runs the compiled passes (kernels.py)
+    from mfdiffuser.envs import finite
+
+    for size in (20, 32):
+        game = make_crowd_2d(size=size, horizon=6)
+        dynamics = game.linear_dynamics()
+        assert not isinstance(dynamics._spread, np.ndarray)
+        for seed in (0, 1):
+            pol = random_policy(game, seed)
+            numpy_form = finite._exploitability_factored(
+                game, dynamics, np.ascontiguousarray(np.swapaxes(pol, -1, -2))
+            )
+            assert exploitability(game, pol) == float(numpy_form)
+            batch = finite.exploitability_batch(game, pol[None])  # the batched numpy path
+            assert exploitability(game, pol) == pytest.approx(float(batch[0]), rel=1e-12)
+
+
 # --- brute force over the true state (cell, previous action) with the literal reward ----------
 
 

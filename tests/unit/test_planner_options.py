@@ -86,17 +86,18 @@ def _arrays(seed: int = 0, e: int = 4, n: int = 10) -> EpisodeArrays:
 
 class Counter:
     """Counts evaluations of a denoiser's trunk, the part run at every denoising step (cost =
-    network evaluations, not time; the sampler embeds the fixed conditioning once per call)."""
+    network evaluations, not time; the sampler embeds the fixed conditioning once per call, and
+    the blocks' FiLM once per stage). `trunk_filmed` is the trunk proper (`trunk` calls it)."""
 
     def __init__(self, net: MeanFieldDenoiser) -> None:
         self.calls = 0
-        trunk = net.trunk
+        trunk = net.trunk_filmed
 
         def counted(*args: Any, **kw: Any) -> Any:
             self.calls += 1
             return trunk(*args, **kw)
 
-        net.trunk = counted  # type: ignore[method-assign]
+        net.trunk_filmed = counted  # type: ignore[method-assign]
 
 
 def _count(planner: MFDiffuser) -> Counter:
