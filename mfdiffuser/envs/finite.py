@@ -561,11 +561,7 @@ def _exploitability_linear(
     against every epoch's rewards, one product. Only the best response needs a backward pass.
     """
     n_t = game.horizon
-    if (
-        policy.ndim == 3
-        and dynamics._move is not None
-        and not isinstance(dynamics._spread, np.ndarray)
-    ):
+    if policy.ndim == 3 and dynamics._move is not None:
         return _exploitability_factored_sparse(game, dynamics, policy)
     pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
     lead = pol.shape[:-3]
@@ -626,8 +622,8 @@ def _exploitability_factored(
 def _exploitability_factored_sparse(
     game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
 ) -> FloatArray:
-    """`_exploitability_factored` of one policy[T, S, A] (not transposed) with a sparse
-    spread: both passes compiled
+    """`_exploitability_factored` of one policy[T, S, A] (not transposed) on factored dynamics
+    (a dense spread is converted to CSR once; sums in CSR order then): both passes compiled
     (`kernels.factored_forward`, `kernels.factored_backward`), between them the game's
     vectorised `flow_rewards`; the two sums in numpy as there, so the value is bit for bit the
     numpy form's. The kernels' arrays (unsigned indices) are built once per dynamics."""
@@ -644,12 +640,13 @@ def _exploitability_factored_sparse(
                 np.ascontiguousarray(matrix.data, dtype=np.float64),
             )
 
+        spread, spread_t = dynamics._spread, dynamics._spread_t
+        if isinstance(spread, np.ndarray):  # a small game's dense spread: flow = moved @ spread
+            import scipy.sparse
+
+            spread, spread_t = scipy.sparse.csr_matrix(spread), scipy.sparse.csr_matrix(spread.T)
         move_flat = dynamics._move_flat.astype(np.uint64)
-        arrays = dynamics._kernel_arrays = (
-            move_flat,
-            csr(dynamics._spread_t),
-            csr(dynamics._spread),
-        )
+        arrays = dynamics._kernel_arrays = (move_flat, csr(spread_t), csr(spread))
     move_flat, spread_t, spread = arrays
     pol = np.ascontiguousarray(pol, dtype=np.float64)
     n_t, n_s, n_a = pol.shape
