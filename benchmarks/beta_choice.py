@@ -73,7 +73,8 @@ def score(spec, game, policy: np.ndarray) -> float:
     return float(exploitability(game, policy))
 
 
-def rows(name: str, quality: str, args: argparse.Namespace) -> dict[str, object]:
+def rows(name: str, quality: str, args: argparse.Namespace) -> list[dict[str, object]]:
+    """One dataset of `name` at `quality`, and one row per shrinkage z of `--shrink`."""
     spec = get_benchmark(name)
     game = spec.game({})
     made = spec.behaviour(game, quality)
@@ -82,27 +83,29 @@ def rows(name: str, quality: str, args: argparse.Namespace) -> dict[str, object]
     )
     arrays = episodes_from_table(table, args.agents)
     prior = behaviour_prior(arrays, game.n_states, game.n_actions)
-    # the training path's shrinkage (`advantage_shrinkage`)
-    adv = fit_tabular_advantage(arrays, game.n_states, game.n_actions).shrunk(args.z)
+    raw = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
     clip = PlannerConfig().weight_clip
-    out: dict[str, object] = {
+    head: dict[str, object] = {
         "benchmark": name,
         "quality": quality,
-        "shrink_z": args.z,
         "measure": "welfare_gap" if spec.reference_value is not None else "exploitability",
         "behaviour": score(spec, game, occupancy_mixture(game, made.policies)),
         "data_policy": score(spec, game, prior),
     }
-    tilts, esss = {}, {}
-    for beta in args.betas:
-        target = tilted_policy(prior, adv, beta, clip, expected_log_normaliser(adv, beta))
-        tilts[beta] = score(spec, game, target)
-        esss[beta] = ess(adv.table, adv.counts, beta)
-    out["tilt"] = tilts
-    out["ess"] = esss
-    picked = max((b for b in args.betas if esss[b] >= args.ess), default=min(args.betas))
-    out["ess_pick"] = picked
-    out["tilt_at_pick"] = tilts[picked]
+    out = []
+    for z in args.shrink:
+        adv = raw.shrunk(z)  # the training path's shrinkage (`advantage_shrinkage`)
+        tilts, esss = {}, {}
+        for beta in args.betas:
+            target = tilted_policy(prior, adv, beta, clip, expected_log_normaliser(adv, beta))
+            tilts[beta] = score(spec, game, target)
+            esss[beta] = ess(adv.table, adv.counts, beta)
+        picked = max((b for b in args.betas if esss[b] >= args.ess), default=min(args.betas))
+        out.append(
+            head
+            | {"shrink_z": z, "tilt": tilts, "ess": esss, "ess_pick": picked}
+            | {"tilt_at_pick": tilts[picked]}
+        )
     return out
 
 
@@ -124,11 +127,10 @@ def main() -> None:
     )
     print(header)
     for name in args.benchmarks:
-        for quality, z in ((q, z) for q in args.qualities for z in args.shrink):
-            args.z = z
-            r = rows(name, quality, args)
+        for r in (r for quality in args.qualities for r in rows(name, quality, args)):
             print(
-                f"{name:<20} {quality:<7} {z:g} {r['behaviour']:>9.4f} {r['data_policy']:>9.4f}  "
+                f"{name:<20} {r['quality']:<7} {r['shrink_z']:g} "
+                f"{r['behaviour']:>9.4f} {r['data_policy']:>9.4f}  "
                 + "  ".join(f"{r['tilt'][b]:7.4f}" for b in args.betas)  # type: ignore[index]
                 + "   ESS: "
                 + " ".join(f"{r['ess'][b]:.3f}" for b in args.betas)  # type: ignore[index]

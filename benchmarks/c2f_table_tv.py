@@ -60,7 +60,7 @@ def main() -> None:
     steps, seeds = (40, [0]) if args.quick else (args.steps, args.seeds)
     data = vw.make_data("medium")
     print(f"# crowd_1d medium, planner H=1 K=10 w32 trained {steps} steps x 5 epochs; "
-          f"expected_table draws=16 M_L={M_L}; c2f L={STAGES} b={GROWTH}")  # fmt: skip
+          f"expected_table draws={args.draws} M_L={M_L}; c2f L={STAGES} b={GROWTH}")  # fmt: skip
     print(f"{'seed':>4} {'draws':>5} {'TV flat-c2f':>12} {'TV flat-flat':>13} {'train s':>8}")
     for seed in seeds:
         t0 = time.perf_counter()

@@ -19,12 +19,9 @@ import time
 
 import numpy as np
 import torch
+from evidence_value_weighting import make_data
 
-from mfdiffuser.data.advantages import fit_tabular_advantage
-from mfdiffuser.data.generate import generate_shard
-from mfdiffuser.data.windows import behaviour_prior, episodes_from_table
 from mfdiffuser.envs import exploitability, propagate
-from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.methods.base import DataStats, Dims
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
@@ -40,13 +37,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    spec = get_benchmark("crowd_1d")
-    game = spec.game({"size": 10, "horizon": 10})
-    made = spec.behaviour(game, "medium")
-    table, _ = generate_shard(lambda: spec.make_sim(game, 100), made.policies, range(40), 0)
-    arrays = episodes_from_table(table, 100)
-    prior = behaviour_prior(arrays, game.n_states, game.n_actions)
-    adv = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
+    data = make_data("medium")  # crowd_1d 10x10, N = 100, 40 episodes, seed 0
+    game, arrays, prior, adv = data.game, data.arrays, data.prior, data.advantage
     method_spec = get_method("mf_diffuser")
     results: dict[str, list[float]] = {"hard": [], "soft": []}
     spread: dict[str, list[float]] = {"hard": [], "soft": []}

@@ -26,9 +26,6 @@ import os
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = "1"  # one thread on both sides; magent2 reads it at import
-# Idle OpenMP workers sleep instead of spinning (read when torch loads libgomp): no effect on one
-# thread; the `training` group's 2-thread row on a shared machine spun at every barrier without it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402

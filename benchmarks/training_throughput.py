@@ -28,12 +28,11 @@ import time
 from collections.abc import Callable
 
 import torch
+from evidence_value_weighting import make_data
 
-from mfdiffuser.data.advantages import TabularAdvantage, fit_tabular_advantage
-from mfdiffuser.data.generate import generate_shard
-from mfdiffuser.data.windows import EpisodeArrays, WindowSampler, episodes_from_table
+from mfdiffuser.data.advantages import TabularAdvantage
+from mfdiffuser.data.windows import EpisodeArrays, WindowSampler
 from mfdiffuser.envs import FiniteMeanFieldGame
-from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.planner.config import PlannerConfig
 from mfdiffuser.planner.diffusion import MFDiffuser
 from mfdiffuser.planner.training import to_batch
@@ -46,14 +45,10 @@ CELLS = BATCH * CFG.n_particles * CFG.window  # particle·steps per optimizer st
 
 
 def setup() -> tuple[FiniteMeanFieldGame, EpisodeArrays, TabularAdvantage]:
-    """The benchmark's data: crowd_1d 10x10, `medium` behaviour, N = 100, 40 episodes."""
-    spec = get_benchmark("crowd_1d")
-    game = spec.game({"size": 10, "horizon": 10})
-    made = spec.behaviour(game, "medium")
-    table, _ = generate_shard(lambda: spec.make_sim(game, 100), made.policies, range(40), 0)
-    arrays = episodes_from_table(table, 100)
-    advantage = fit_tabular_advantage(arrays, game.n_states, game.n_actions)
-    return game, arrays, advantage
+    """The benchmark's data: crowd_1d 10x10, `medium` behaviour, N = 100, 40 episodes, seed 0
+    (evidence_value_weighting's `make_data`)."""
+    data = make_data("medium")
+    return data.game, data.arrays, data.advantage
 
 
 def make_step(

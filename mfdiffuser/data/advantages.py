@@ -67,10 +67,9 @@ class TabularAdvantage:
             return self
         if self.se is None:
             raise ValueError("advantage shrinkage needs the returns-to-go's squares (se is None)")
-        a = self.table
-        kept = np.sign(a) * np.maximum(0.0, np.abs(a) - z * np.where(self.counts > 1, self.se, 0))
-        kept = np.where(self.counts > 1, kept, 0.0)
-        return TabularAdvantage(q=self.v[:, :, None] + kept, v=self.v, counts=self.counts, se=None)
+        a = self.table  # se is inf where counts <= 1, so those shrink to exactly 0
+        kept = np.sign(a) * np.maximum(0.0, np.abs(a) - z * self.se)
+        return TabularAdvantage(q=self.v[:, :, None] + kept, v=self.v, counts=self.counts)
 
 
 def advantage_sums(
@@ -105,13 +104,11 @@ def advantage_from_sums(
     v = np.divide(s_sums, s_counts, out=np.zeros_like(s_sums, dtype=np.float64), where=s_counts > 0)
     se = None
     if squares is not None:
+        # se² = (sample variance)/n = (E[G²] − Q̂²)/(n − 1)
         n = np.asarray(counts, dtype=np.float64)
-        many = n > 1
-        mean_sq = np.divide(squares, n, out=np.zeros_like(q), where=many)
-        var = np.maximum(mean_sq - q * q, 0.0) * np.divide(
-            n, n - 1.0, out=np.zeros_like(q), where=many
-        )
-        se = np.where(many, np.sqrt(np.divide(var, n, out=np.zeros_like(q), where=many)), np.inf)
+        spread = np.maximum(np.divide(squares, n, out=np.zeros_like(q), where=n > 1) - q * q, 0.0)
+        se = np.full_like(q, np.inf)
+        np.sqrt(np.divide(spread, n - 1.0, out=se, where=n > 1), out=se, where=n > 1)
     return TabularAdvantage(q=q, v=v, counts=np.asarray(counts, dtype=np.float64), se=se)
 
 

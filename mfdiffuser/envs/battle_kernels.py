@@ -55,6 +55,16 @@ def _next_uint64(typingctx, fnptr, state):  # type: ignore[no-untyped-def]
 
 
 @_jit
+def _write_state(states, i, p, hp_i, width, pad, scale):  # type: ignore[no-untyped-def]
+    """states[i] = (x, y) / (m - 1), hp / MAX_HP of the agent at padded cell p."""
+    y = p // width - pad
+    x = p - (p // width) * width - pad
+    states[i, 0] = np.float32(x * scale)
+    states[i, 1] = np.float32(y * scale)
+    states[i, 2] = np.float32(hp_i * 0.1)
+
+
+@_jit
 def step(
     actions: np.ndarray,  # int32[N] or int64[N], team 0 first
     pos: np.ndarray,  # int32[N]: index into occ (the dead: where they died), updated
@@ -167,12 +177,7 @@ def step(
             hp[i] = min(hp[i] + RECOVER, MAX_HP)
         elif flags[i] & _DIED:
             occ[pos[i]] = FREE
-        p = pos[i]
-        y = p // width - pad
-        x = p - (p // width) * width - pad
-        states[i, 0] = np.float32(x * scale)
-        states[i, 1] = np.float32(y * scale)
-        states[i, 2] = np.float32(hp[i] * 0.1)
+        _write_state(states, i, pos[i], hp[i], width, pad, scale)
     return dead
 
 
@@ -180,12 +185,7 @@ def step(
 def fill_states(pos: np.ndarray, hp: np.ndarray, width: int, pad: int, scale: float, states):  # type: ignore[no-untyped-def]
     """states[N, 3] float32 = (x, y) / (m - 1), hp / MAX_HP (as `step` writes them)."""
     for i in range(pos.shape[0]):
-        p = pos[i]
-        y = p // width - pad
-        x = p - (p // width) * width - pad
-        states[i, 0] = np.float32(x * scale)
-        states[i, 1] = np.float32(y * scale)
-        states[i, 2] = np.float32(hp[i] * 0.1)
+        _write_state(states, i, pos[i], hp[i], width, pad, scale)
 
 
 @_jit

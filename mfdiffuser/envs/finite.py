@@ -562,11 +562,9 @@ def _exploitability_linear(
     """
     n_t = game.horizon
     if policy.ndim == 3 and dynamics._move is not None:
-        return _exploitability_factored_sparse(game, dynamics, policy)
+        return _exploitability_factored(game, dynamics, policy)
     pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[..., T, A, S]
     lead = pol.shape[:-3]
-    if not lead and dynamics._move is not None:
-        return _exploitability_factored(game, dynamics, pol)
     flow = np.empty((*lead, n_t, game.n_states))
     mass = np.empty(pol.shape)  # L_t[..., T, A, S] = mu_t(s) pi_t(a | s)
     flow[..., 0, :] = game.mu0
@@ -588,45 +586,13 @@ def _exploitability_linear(
 def _exploitability_factored(
     game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
 ) -> FloatArray:
-    """`_exploitability_linear` of one policy pi[T, A, S] on factored dynamics (a move, then a
-    spread), the loops written out on preallocated buffers: the fewest array operations per
-    epoch (forward: multiply, bincount, spread; backward: spread, gather, add, max)."""
-    n_t, n_a, n_s = pol.shape
-    move, move_flat = dynamics._move, dynamics._move_flat
-    assert move is not None and move_flat is not None
-    spread, spread_t = dynamics._spread, dynamics._spread_t
-    dense = isinstance(spread, np.ndarray)
-    flow = np.empty((n_t, n_s))
-    mass = np.empty((n_t, n_a, n_s))
-    flow[0] = game.mu0
-    for t in range(n_t):
-        np.multiply(pol[t], flow[t], out=mass[t])
-        if t < n_t - 1:
-            moved: FloatArray = np.bincount(move_flat, mass[t].reshape(-1), minlength=n_s)  # type: ignore[assignment]
-            if dense:
-                np.dot(moved, spread, out=flow[t + 1])
-            else:
-                flow[t + 1] = _matvec(spread_t, moved)
-    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[T, A, S]
-    value = np.multiply(mass, rewards, out=mass).sum()
-    v_best = rewards[n_t - 1].max(axis=0)
-    q = mass[0]  # a free [A, S] buffer now
-    for t in reversed(range(n_t - 1)):
-        after = np.dot(spread, v_best) if dense else _matvec(spread, v_best)
-        np.take(after, move, out=q)
-        q += rewards[t]
-        v_best = q.max(axis=0)
-    return (v_best * game.mu0).sum() - value  # type: ignore[no-any-return]
-
-
-def _exploitability_factored_sparse(
-    game: FiniteMeanFieldGame, dynamics: LinearDynamics, pol: FloatArray
-) -> FloatArray:
-    """`_exploitability_factored` of one policy[T, S, A] (not transposed) on factored dynamics
-    (a dense spread is converted to CSR once; sums in CSR order then): both passes compiled
-    (`kernels.factored_forward`, `kernels.factored_backward`), between them the game's
-    vectorised `flow_rewards`; the two sums in numpy as there, so the value is bit for bit the
-    numpy form's. The kernels' arrays (unsigned indices) are built once per dynamics."""
+    """`_exploitability_linear` of one policy[T, S, A] (not transposed) on factored dynamics (a
+    move, then a spread): both passes compiled (`kernels.factored_forward`, `factored_backward`)
+    on the spread's CSR arrays (a small game's dense spread converted once), the game's
+    vectorised `flow_rewards` between them, the two final sums in numpy. With a sparse spread
+    the value is bit for bit that of the numpy loops (multiply, bincount, CSR product; the
+    test's reference); with a dense one the sums run in CSR order, not BLAS's. The kernels'
+    arrays (unsigned indices) are built once per dynamics."""
     from mfdiffuser.envs import kernels
 
     arrays = dynamics._kernel_arrays

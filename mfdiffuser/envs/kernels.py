@@ -254,7 +254,7 @@ def factored_forward(
     (moved[S] is scratch). The masses are added into their move's target in the numpy form's
     order (a-major).
 
-    The same operations in the same order as the numpy form (`finite._exploitability_factored`:
+    The same operations in the same order as the numpy form (tests/unit/test_envs_crowd_2d.py:
     multiply, bincount of the masses by their move's target, then the CSR product summing each
     row in storage order), so the values are bit for bit those of numpy and scipy."""
     n_t, n_s, n_a = pol.shape

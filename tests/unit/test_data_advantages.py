@@ -341,3 +341,26 @@ def test_pure_noise_advantages_shrink_to_zero_and_real_ones_survive() -> None:
     adv = advantage_from_sums(*advantage_sums(real, 1, 2))
     gap = adv.shrunk(1.5).table[0, 0, 1] - adv.shrunk(1.5).table[0, 0, 0]
     assert gap > 0.6 * step
+
+
+@pytest.mark.parametrize("z", [0.0, 1.5])
+def test_mf_diffuser_trains_and_is_scored_with_its_configured_shrinkage(
+    game: Crowd1D, uniform_data: EpisodeArrays, z: float
+) -> None:
+    """`advantage_shrinkage` reaches the training weights (prepare) and the decomposition's
+    tilt (`tilt_advantage`, what evaluation tilts π_β^D by) as the same shrunk Â; other
+    methods tilt by the raw Â; z = 0 is the raw Â."""
+    from mfdiffuser.methods.base import DataStats, Dims
+    from mfdiffuser.methods.registry import get_method
+
+    stats = DataStats.of(uniform_data, game)
+    spec = get_method("mf_diffuser")
+    method = spec.build(spec.params({"advantage_shrinkage": z}), Dims.of(game))
+    method.prepare(stats)
+    expected = stats.advantage.shrunk(z).table
+    np.testing.assert_array_equal(method.advantage.table, expected)
+    np.testing.assert_array_equal(method.tilt_advantage(stats.advantage).table, expected)
+    assert (z == 0) == np.array_equal(expected, stats.advantage.table)
+    bc = get_method("bc")
+    other = bc.build(bc.params({}), Dims.of(game))
+    assert other.tilt_advantage(stats.advantage) is stats.advantage

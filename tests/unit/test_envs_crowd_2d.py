@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 import pydantic
@@ -168,22 +169,53 @@ def test_large_grids_work() -> None:
     assert exploitability(game, uniform_policy(game)) > 0.0
 
 
+def _numpy_form(game: Any, dynamics: Any, policy: np.ndarray) -> float:
+    """The exact exploitability of policy[T, S, A] on factored dynamics in numpy loops (the
+    library's form before the compiled kernels): multiply, bincount of the masses by their
+    move's target, then the spread (scipy CSR product, or numpy's dot when dense); the best
+    response's backward pass; the reference the compiled passes are checked against."""
+    from mfdiffuser.envs.finite import _matvec
+
+    pol = np.ascontiguousarray(np.swapaxes(policy, -1, -2))  # pi[T, A, S]
+    n_t, n_a, n_s = pol.shape
+    move, move_flat, spread = dynamics._move, dynamics._move_flat, dynamics._spread
+    dense = isinstance(spread, np.ndarray)
+    flow, mass = np.empty((n_t, n_s)), np.empty((n_t, n_a, n_s))
+    flow[0] = game.mu0
+    for t in range(n_t):
+        np.multiply(pol[t], flow[t], out=mass[t])
+        if t < n_t - 1:
+            moved = np.bincount(move_flat, mass[t].reshape(-1), minlength=n_s)
+            flow[t + 1] = moved @ spread if dense else _matvec(dynamics._spread_t, moved)
+    rewards = np.asarray(game.flow_rewards(flow), dtype=np.float64)  # R[T, A, S]
+    value = np.multiply(mass, rewards, out=mass).sum()
+    v_best = rewards[n_t - 1].max(axis=0)
+    for t in reversed(range(n_t - 1)):
+        after = spread @ v_best if dense else _matvec(spread, v_best)
+        v_best = (np.take(after, move) + rewards[t]).max(axis=0)
+    return float((v_best * game.mu0).sum() - value)
+
+
 def test_compiled_exploitability_is_bit_for_bit_the_numpy_form() -> None:
-    # 20x20: a sparse spread, so `exploitability` runs the compiled passes (kernels.py)
+    """`exploitability` on crowd_2d runs the compiled passes (kernels.py): bit for bit the numpy
+    loops with a sparse spread (20x20, 32x32), to 1e-12 with a small game's dense spread
+    (10x10, converted to CSR, summed in its order); and the batched numpy path agrees."""
     from mfdiffuser.envs import finite
 
-    for size in (20, 32):
+    for size in (10, 20, 32):
         game = make_crowd_2d(size=size, horizon=6)
         dynamics = game.linear_dynamics()
-        assert not isinstance(dynamics._spread, np.ndarray)
+        dense = isinstance(dynamics._spread, np.ndarray)
+        assert dense == (size == 10)
         for seed in (0, 1):
             pol = random_policy(game, seed)
-            numpy_form = finite._exploitability_factored(
-                game, dynamics, np.ascontiguousarray(np.swapaxes(pol, -1, -2))
-            )
-            assert exploitability(game, pol) == float(numpy_form)
+            ours, reference = exploitability(game, pol), _numpy_form(game, dynamics, pol)
+            if dense:
+                assert ours == pytest.approx(reference, rel=1e-12)
+            else:
+                assert ours == reference
             batch = finite.exploitability_batch(game, pol[None])  # the batched numpy path
-            assert exploitability(game, pol) == pytest.approx(float(batch[0]), rel=1e-12)
+            assert ours == pytest.approx(float(batch[0]), rel=1e-12)
 
 
 # --- brute force over the true state (cell, previous action) with the literal reward ----------

@@ -94,3 +94,26 @@ def test_config_validation() -> None:
         PlannerConfig(kernel_size=4)
     with pytest.raises(pydantic.ValidationError):
         PlannerConfig(unknown_field=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("interaction", [True, False])
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_sampling_trunk_equals_the_module_path(interaction: bool, kernel_size: int) -> None:
+    """Without autograd the trunk runs on the modules' weights directly (`_trunk_lean`); it must
+    give the module path's values, for shared (M' = 1) and per-particle (M' = M) conditioning,
+    contiguous or not."""
+    torch.manual_seed(0)
+    net = MeanFieldDenoiser(
+        D, C, hidden=16, n_blocks=2, kernel_size=kernel_size, interaction=interaction
+    ).eval()
+    g = torch.Generator().manual_seed(2)
+    for cond_m in (1, 5):
+        x = torch.randn(3, 5, 4, D, generator=g)
+        cond = torch.randn(3, cond_m, 16, generator=g)
+        for xi in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):  # the second is strided
+            with torch.enable_grad():
+                module = net.trunk_filmed(xi, net.films(cond))  # the module path
+            with torch.no_grad():
+                assert net.lean_weights() is not None
+                lean = net.trunk(xi, cond)
+            torch.testing.assert_close(lean, module.detach(), atol=1e-6, rtol=1e-6)
