@@ -11,8 +11,8 @@ design: the same embeddings and residual temporal blocks (this class is a `MeanF
 whose mixer after each block is attention instead of mean-field pooling, its output gated by
 the block's conditioning from zero at initialisation), and, in
 `mfdiffuser.baselines.madiff`, the same `MFDiffuser` noise schedule, in-painting and flat
-sampler with every agent a particle, and its loss with each agent's first action weighted
-(`FirstActionWeighted`). No positional embedding over agents: the network is
+sampler with every agent a particle, and the shared loss with each agent's first action
+weighted (`first_action_weight`, 10 by default in madiff). No positional embedding over agents: the network is
 permutation-equivariant over agents.
 
 Two computations of the same attention (`attention`): 'fused' is
@@ -24,16 +24,13 @@ the N² memory term; both give the same output on the same weights.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal, cast
 
-import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from mfdiffuser.planner.denoiser import MeanFieldDenoiser, group_norm_mish, temporal_conv
-from mfdiffuser.planner.objective import DenoisingObjective
 
 Attention = Literal["fused", "naive"]
 
@@ -121,17 +118,3 @@ class JointDenoiser(MeanFieldDenoiser):
             h = mixer(block(h, cond), cond)
         norm, out = cast(nn.GroupNorm, self.out[0]), cast(nn.Conv1d, self.out[2])
         return temporal_conv(group_norm_mish(h, norm), out)
-
-
-@dataclass(frozen=True)
-class FirstActionWeighted(DenoisingObjective):
-    """MF-Diffuser's denoising loss with each agent's first action weighted by
-    `first_action_weight`: of a window's (H − 1)·(d_s + A) + A cells only those A are read when
-    acting, so unweighted (3 of 42 cells on crowd_1d at H = 4) they get little of the fit."""
-
-    first_action_weight: float = 1.0
-
-    def loss_mask(self, horizon: int, device: torch.device) -> torch.Tensor:
-        mask = super().loss_mask(horizon, device)
-        mask[0, self.state_dim :] = self.first_action_weight
-        return mask

@@ -28,7 +28,6 @@ Heavy imports are made on first use, so validating a config that names it does n
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -40,6 +39,7 @@ from mfdiffuser.planner.config import (
     DiffusionSteps,
     Draws,
     EmaDecay,
+    FirstActionWeight,
     Hidden,
     KernelSize,
     NBlocks,
@@ -86,13 +86,7 @@ class Params(BaseModel):
     # per batch row (one diffusion step and one decision time for all N agents) the last steps'
     # weights are noisy; their average is not.
     ema_decay: EmaDecay = 0.99
-    first_action_weight: float = Field(
-        10.0,
-        ge=0.0,
-        le=1e6,
-        description="Weight in the denoising loss of each agent's first action (what acting and "
-        "the policy table read) relative to the window's other cells, 0..1e6; 1 = unweighted.",
-    )
+    first_action_weight: FirstActionWeight = 10.0
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -137,6 +131,7 @@ class Params(BaseModel):
             draws=self.draws,
             readout=self.readout,
             ema_decay=self.ema_decay,
+            first_action_weight=self.first_action_weight,
         )
 
 
@@ -172,7 +167,7 @@ class MADiffMethod(TrainedMethod):
     generative = True
 
     def __init__(self, params: Params, dims: Dims) -> None:
-        from mfdiffuser.baselines.joint_diffuser import FirstActionWeighted, JointDenoiser
+        from mfdiffuser.baselines.joint_diffuser import JointDenoiser
         from mfdiffuser.planner.diffusion import MFDiffuser
 
         super().__init__(params, dims)
@@ -192,11 +187,6 @@ class MADiffMethod(TrainedMethod):
             dims.n_actions,
             dims.context_dim,
             model=denoiser,
-        )
-        shared = self.planner.objective
-        self.planner.objective = FirstActionWeighted(
-            **{f.name: getattr(shared, f.name) for f in fields(shared)},
-            first_action_weight=params.first_action_weight,
         )
 
     def batches(self, arrays: Any, game: Any, seed: int) -> Batches:

@@ -65,6 +65,17 @@ Readout = Annotated[
         "particle assignment (replan_every > 1) always uses the decoded actions."
     ),
 ]
+FirstActionWeight = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1e6,
+        description="λ: weight in the denoising loss of each particle's first action (the cells "
+        "acting and the policy table read) relative to the window's other cells, 0..1e6; "
+        "1 = every cell alike. Not used with action_head: inverse_dynamics (the head reads the "
+        "actions).",
+    ),
+]
 EmaDecay = Annotated[
     float,
     Field(
@@ -140,6 +151,7 @@ class PlannerConfig(BaseModel):
     weight_clip: float = Field(
         20.0, gt=0.0, le=1e6, description="w_max: clip of normalised weights, (0, 1e6]."
     )
+    first_action_weight: FirstActionWeight = 1.0
     advantage_shrinkage: float = Field(
         1.5,
         ge=0.0,

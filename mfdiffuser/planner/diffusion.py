@@ -139,6 +139,7 @@ class MFDiffuser:
             self.inverse_dynamics,
             cfg.return_guidance,
             cfg.cfg_dropout,
+            first_action_weight=cfg.first_action_weight,
         )
         self.guide: Guide | None = None  # a value guide of the reverse steps (`diffuser`)
 

@@ -78,15 +78,19 @@ class DenoisingObjective:
     return_guidance: bool  # the batch has ret[B], dropped with probability cfg_dropout
     cfg_dropout: float
     value_head: bool = False  # the net also returns J[B, M], fitted to value[B, M] by MSE
+    first_action_weight: float = 1.0  # λ: the first action's cells count λ times in the loss
 
     @property
     def transition_dim(self) -> int:
         return self.state_dim if self.inverse_dynamics else self.state_dim + self.n_actions
 
     def loss_mask(self, horizon: int, device: torch.device) -> Tensor:
-        """mask[H, D]: 1 where the loss counts, 0 on the in-painted first state."""
+        """mask[H, D]: 1 where the loss counts, 0 on the in-painted first state, λ on the first
+        action (the cells acting reads)."""
         mask = torch.ones(horizon, self.transition_dim, device=device)
         mask[0, : self.state_dim] = 0.0
+        if not self.inverse_dynamics:
+            mask[0, self.state_dim :] = self.first_action_weight
         return mask
 
     def __call__(

@@ -88,6 +88,7 @@ FIELDS = {
             "beta",
             "weight_clip",
             "advantage_shrinkage",
+            "first_action_weight",
             "smoothing",
             "draws",
             "acting",
@@ -134,6 +135,7 @@ ZERO_OK = {  # seeds, counts that may be 0, and floats whose 0 means "off"
     "benchmark.params.crowd_aversion",
     "method.params.beta",
     "method.params.advantage_shrinkage",
+    "method.params.first_action_weight",
     "method.params.smoothing",
     "method.params.cfg_dropout",
     "method.params.guidance",
@@ -150,6 +152,7 @@ FLOAT_1_5_OK = {  # float fields whose range includes 1.5 (probabilities and η 
     "method.params.beta",
     "method.params.weight_clip",
     "method.params.advantage_shrinkage",
+    "method.params.first_action_weight",
     "method.params.smoothing",
     "method.params.guidance",
 }

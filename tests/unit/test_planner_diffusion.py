@@ -103,9 +103,13 @@ def test_loss_inpainted_first_state_clean_and_excluded() -> None:
     assert torch.all(grad[rest] != 0)
 
 
-def test_loss_matches_formula() -> None:
-    """Recompute L = mean_b (1/M) Σ_j w_j mean_{modelled (h, d)} (ε − ε̂)² from the recorded ε̂."""
-    planner, batch = _planner(), _batch()
+@pytest.mark.parametrize("lam", [1.0, 4.0])
+def test_loss_matches_formula(lam: float) -> None:
+    """Recompute L = mean_b (1/M) Σ_j w_j Σ_{modelled (h, d)} m_hd (ε − ε̂)² / Σ m_hd from the
+    recorded ε̂, m = 0 on the in-painted first state, λ = `first_action_weight` on the first
+    action, 1 elsewhere."""
+    planner = _planner(cfg=CFG.model_copy(update={"first_action_weight": lam}))
+    batch = _batch()
     weights = torch.rand(3, 5, generator=torch.Generator().manual_seed(4)) * 2
     rec = _Recorder(planner.model)
     loss, _ = planner.loss(
@@ -117,7 +121,8 @@ def test_loss_matches_formula() -> None:
     eps = (rec.inp - ac.sqrt() * batch["x"]) / (1 - ac).sqrt()
     sq = (eps - rec.out.detach()) ** 2
     sq[:, :, 0, :DS] = 0.0
-    per_particle = sq.sum(dim=(2, 3)) / (CFG.window * (DS + A) - DS)
+    sq[:, :, 0, DS:] *= lam
+    per_particle = sq.sum(dim=(2, 3)) / (CFG.window * (DS + A) - DS - A + lam * A)
     expected = (weights * per_particle).sum(dim=1) / 5
     torch.testing.assert_close(loss.detach(), expected.mean(), atol=1e-4, rtol=1e-4)
 
