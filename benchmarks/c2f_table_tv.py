@@ -2,7 +2,8 @@
 sampler on one trained planner (crowd_1d), at M_L = 64.
 
     .venv/bin/python benchmarks/c2f_table_tv.py [--planner evidence|quickstart] [--quick]
-        [--steps S] [--seeds 0 1 2] [--draws 16 512] [-s stage_steps=[3,3,4] ...]
+        [--steps S] [--seeds 0 1 2] [--draws 16 512] [--branch renoise ancestral]
+        [-s stage_steps=[3,3,4] ...]
 
 Planners (trained in-process; no model file is read, so the weights are exactly those of the
 seed):
@@ -15,14 +16,15 @@ seed):
   exploitability_curve.py trains it: the platform's `train_epochs`, batch 16, lr 3e-3, S steps
   in all (default S = 3,000, the quickstart's budget).
 Both tables are `FiniteStatePlannerPolicy.expected_table` (each `--draws`; M_max = 64, the
-same seed) with the same weights: flat = stages 1, c2f = stages 3, growth 4 (the config's
-stage_steps and branching unless `-s` overrides them, e.g. `-s stage_steps=[3,3,4]`).
+same seed) with the same weights: flat = stages 1, c2f = stages 3, growth 4, one table per
+`--branch` (renoise, the config's default, and/or ancestral; the config's stage_steps unless `-s`
+overrides them, e.g. `-s stage_steps=[3,3,4]`).
 Reported, each Σ_t Σ_s μ_t(s)·TV(π_t(s), π'_t(s)) / T with μ the flat table's own flow
 (`mean_tv`):
 - flat vs c2f (the figure the target TV <= 0.02 is about);
 - flat vs flat with another table seed: the tables' own sampling noise, the floor of the first
-  (it falls as 1/sqrt(draws): about 0.015 at 512 draws and 0.007 at 2048 on the evidence
-  planner, so the target is resolved from 512 draws on).
+  (it falls as 1/sqrt(draws): on the evidence planner 0.014 at 512 draws (seed 0) and 0.006
+  at 2048, so the target 0.02 is resolved from 512 draws on).
 Prints the CPU time of each table and the load average. Not part of the test pass/fail.
 """
 
@@ -98,6 +100,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (see above)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--draws", type=int, nargs="+", default=[16, 512])
+    parser.add_argument("--branch", nargs="+", default=["renoise"],
+                        choices=("renoise", "ancestral"), help="c2f tables, one per branch")  # fmt: skip
     parser.add_argument("-s", "--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a PlannerConfig field of the c2f table only")  # fmt: skip
     args = parser.parse_args()
@@ -120,21 +124,25 @@ def main() -> None:
     )
     print(f"# {what}; expected_table draws={args.draws} M_L={M_L}; c2f L={STAGES} b={GROWTH} "
           f"{over or ''}")  # fmt: skip
-    print(f"{'seed':>4} {'draws':>5} {'TV flat-c2f':>12} {'TV flat-flat':>13} {'train s':>8} "
-          f"{'flat cpu s':>10} {'c2f cpu s':>9}  load")  # fmt: skip
+    heads = "".join(f" {'flat-c2f ' + b:>18} {'cpu s':>6}" for b in args.branch)
+    print(f"{'seed':>4} {'draws':>5} {'TV flat-flat':>13}{heads} {'train s':>8} {'flat cpu s':>10}"
+          "  load")
     for seed in seeds:
         t0 = time.process_time()
         planner = vw.train(data, 0.0, seed, steps) if evidence else train_quickstart(data, seed, steps)
         secs = time.process_time() - t0
         for draws in args.draws:
             flat, t_flat = table(planner, data, 1, seed, draws, over)
-            c2f, t_c2f = table(planner, data, STAGES, seed, draws, over)
             flat2, _ = table(planner, data, 1, seed + 100, draws, over)
-            tv_c2f = vw.mean_tv(data.game, c2f, flat)  # type: ignore[arg-type]
             tv_noise = vw.mean_tv(data.game, flat2, flat)  # type: ignore[arg-type]
+            cols = ""
+            for branch in args.branch:
+                c2f, t_c2f = table(planner, data, STAGES, seed, draws, over | {"branch": branch})
+                tv_c2f = vw.mean_tv(data.game, c2f, flat)  # type: ignore[arg-type]
+                cols += f" {tv_c2f:>18.4f} {t_c2f:>6.1f}"
             load = "/".join(f"{v:.2f}" for v in os.getloadavg())
-            print(f"{seed:>4} {draws:>5} {tv_c2f:>12.4f} {tv_noise:>13.4f} {secs:>8.1f} "
-                  f"{t_flat:>10.1f} {t_c2f:>9.1f}  {load}", flush=True)  # fmt: skip
+            print(f"{seed:>4} {draws:>5} {tv_noise:>13.4f}{cols} {secs:>8.1f} {t_flat:>10.1f}"
+                  f"  {load}", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ and `parents[l][M_{l+1}]` (the parent of each child, sorted, so the children of 
 contiguous block; the parents that get an extra child when M_{l+1} is not a multiple of M_l are
 drawn from the generator). Stage l runs M_l particles for K_l steps; at its last step k the
 children are made from their parent's x_k and clean estimate x̂_0, by `branch` (the config's):
-'ancestral' (default) = the scheduler's own step k -> k' for each child with its own noise, so
-every lineage is a chain of the flat sampler; 'renoise' (`branch_particles`) =
-sqrt(ᾱ_k')·x̂_0(parent) + sqrt(1 − ᾱ_k')·ε_new. Either way the children are in-painted with their
+'renoise' (default, `branch_particles`) = sqrt(ᾱ_k')·x̂_0(parent) + sqrt(1 − ᾱ_k')·ε_new at the
+next step k'; 'ancestral' = the scheduler's own step k -> k' for each child with its own noise,
+so every lineage is a chain of the flat sampler. Either way the children are in-painted with their
 own first states and draw one noise tensor of their shape (DDPM). Cost Σ_l M_l·K_l network
 evaluations instead of M_L·K. With one stage it is exactly the flat sampler (same random draws
 in the same order).
@@ -376,7 +376,7 @@ class Sampler:
         state_dim: int,
         clip_denoised: bool,
         guide: Guide | None = None,
-        branch: str = "ancestral",
+        branch: str = "renoise",
     ) -> None:
         if branch not in ("ancestral", "renoise"):
             raise ValueError(f"branch must be 'ancestral' or 'renoise', got {branch!r}")
@@ -473,9 +473,10 @@ class Sampler:
         stage_first_states[l][B, M_l, d_s], the in-painted first states of every stage;
         parents[l][M_{l+1}] long, the parent (index in stage l) of every particle of stage l + 1;
         stage_steps[L] (K_l, summing to the sampling steps). Stage l runs its K_l steps on M_l
-        particles; its last step k -> k' is taken for each child from its parent's x_k and x̂_0
-        with fresh noise ('ancestral'), or (`renoise`) the children are `branch_particles` of
-        the parents' x̂_0 at the next step k'; in-painted with the children's first states. All randomness comes from `generator`; with one stage
+        particles; at its last step k the children are `branch_particles` of the parents' x̂_0
+        at the next step k' ('renoise'), or its step k -> k' is taken for each child from its
+        parent's x_k and x̂_0 with fresh noise ('ancestral'); in-painted with the children's
+        first states. All randomness comes from `generator`; with one stage
         this is exactly `sample`.
         """
         n_stages = len(stage_first_states)

@@ -100,16 +100,9 @@ def test_prior_validation() -> None:
 
 def test_tiny_fit_action_table(trained: MFDiffuser) -> None:
     policy = _policy(trained)
-    # Four draws of 64 particles (about 13 per state), so one state's rate is not one or two
-    # particles' luck.
-    tables = [
-        policy.action_table(2, GAME.mu0, None, torch.Generator().manual_seed(seed))
-        for seed in range(4)
-    ]
-    for table in tables:
-        assert table.shape == (S, A)
-        np.testing.assert_allclose(table.sum(-1), 1.0)
-    table = np.mean(tables, axis=0)
+    table = policy.action_table(2, GAME.mu0, None, torch.Generator().manual_seed(0))
+    assert table.shape == (S, A)
+    np.testing.assert_allclose(table.sum(-1), 1.0)
     right = table[np.arange(S), _target(np.arange(S))]
     assert np.all(right > 0.9), table
 
@@ -165,10 +158,9 @@ def test_fast_readout_draws_each_agent_from_its_states_row() -> None:
     states = np.random.default_rng(4).integers(0, S, size=n)
     counts_s = np.bincount(states, minlength=S)
     # the table act draws from: the same particle set (same generator seed, same allocation)
-    # (seed 6: a particle set with mixed rows in most states; with seed 5 one row fewer)
-    gen = torch.Generator().manual_seed(6)
+    gen = torch.Generator().manual_seed(5)
     table = policy._draw_tables(0, counts_s / n, counts_s, CFG.max_particles, gen, 1)[0]
-    actions = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(6))
+    actions = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(5))
     assert actions.shape == (n,) and actions.dtype == np.int64
     counts = np.zeros((S, A))
     np.add.at(counts, (states, actions), 1)
@@ -182,7 +174,7 @@ def test_fast_readout_draws_each_agent_from_its_states_row() -> None:
     # a row shifted to another state would fail: the rows differ by far more than the noise
     wrong = counts_s[:, None] * np.roll(table, 1, axis=0)
     assert np.sum((counts[cell] - wrong[cell]) ** 2 / np.maximum(wrong[cell], 1)) > 10 * chi2
-    again = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(6))
+    again = policy.act(0, states, np.random.default_rng(6), torch.Generator().manual_seed(5))
     np.testing.assert_array_equal(actions, again)
-    other = policy.act(0, states, np.random.default_rng(7), torch.Generator().manual_seed(6))
+    other = policy.act(0, states, np.random.default_rng(7), torch.Generator().manual_seed(5))
     assert np.any(actions != other)
