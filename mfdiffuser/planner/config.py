@@ -139,6 +139,14 @@ class PlannerConfig(BaseModel):
         "None = the K steps apportioned ∝ 2^(L-l) (a halving geometric series, coarse stages "
         "get more: L = 3, K = 20 gives [11, 6, 3]), largest remainder, at least 1 per stage.",
     )
+    branch: Literal["renoise", "ancestral"] = Field(
+        "renoise",
+        description="How a stage boundary at step k makes children: 'renoise' = "
+        "sqrt(ᾱ_k')·x̂_0(parent) + sqrt(1 − ᾱ_k')·ε_new; 'ancestral' = each child is the "
+        "sampler's own step k -> k' from its parent's x_k and x̂_0 with its own noise (every "
+        "lineage is a flat sampler's chain; with deterministic DDIM, η = 0, the children of one "
+        "parent then differ only by their first states). See docs/method.md §4 for measurements.",
+    )
 
     # value-weighted objective (slot: beta = 0 is unweighted trajectory modelling)
     beta: float = Field(

@@ -307,6 +307,7 @@ class MFDiffuser:
             self.state_dim,
             self.cfg.clip_denoised,
             self.guide,
+            self.cfg.branch,
         )
 
     def sampling_sequence(self) -> list[int]:

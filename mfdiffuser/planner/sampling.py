@@ -14,11 +14,14 @@ Axes: x[B, M, H, D] = (batch, particle, time, feature). Three parts:
 Coarse-to-fine: `plan_stages` turns a final count M_L into stage counts M_1 < … < M_L, steps K_l
 and `parents[l][M_{l+1}]` (the parent of each child, sorted, so the children of a parent are a
 contiguous block; the parents that get an extra child when M_{l+1} is not a multiple of M_l are
-drawn from the generator). Stage l runs M_l particles for K_l steps, then `branch_particles`
-re-noises each child from its parent's clean estimate, child = sqrt(ᾱ_k)·x̂_0(parent) +
-sqrt(1 − ᾱ_k)·ε_new at the next step k, in-painted with the children's own first states. Cost
-Σ_l M_l·K_l network evaluations instead of M_L·K. With one stage it is exactly the flat sampler
-(same random draws in the same order).
+drawn from the generator). Stage l runs M_l particles for K_l steps; at its last step k the
+children are made from their parent's x_k and clean estimate x̂_0, by `branch` (the config's):
+'renoise' (default, `branch_particles`) = sqrt(ᾱ_k')·x̂_0(parent) + sqrt(1 − ᾱ_k')·ε_new at the
+next step k'; 'ancestral' = the scheduler's own step k -> k' for each child with its own noise,
+so every lineage is a chain of the flat sampler. Either way the children are in-painted with their
+own first states and draw one noise tensor of their shape (DDPM). Cost Σ_l M_l·K_l network
+evaluations instead of M_L·K. With one stage it is exactly the flat sampler (same random draws
+in the same order).
 
 Value guide (classifier guidance, Diffuser): `guide(x_k, k, ctx)` returns s·∇_x Σ J(x_k, k, c);
 the DDPM step's mean is shifted by the posterior variance times it (μ + s·Σ_k·∇J), the DDIM step
@@ -364,7 +367,8 @@ class Sampler:
 
     The model enters only through a `Conditioning` (ε̂ at a step); `state_dim` says which
     features are the in-painted first state, `clip_denoised` whether x̂_0 is clipped to [-1, 1];
-    `guide` is an optional value guide (see the module doc)."""
+    `guide` is an optional value guide (see the module doc); `branch` how children are made
+    at a coarse-to-fine stage boundary (see the module doc)."""
 
     def __init__(
         self,
@@ -372,7 +376,11 @@ class Sampler:
         state_dim: int,
         clip_denoised: bool,
         guide: Guide | None = None,
+        branch: str = "renoise",
     ) -> None:
+        if branch not in ("ancestral", "renoise"):
+            raise ValueError(f"branch must be 'ancestral' or 'renoise', got {branch!r}")
+        self.branch = branch
         self.scheduler = scheduler
         self.schedule = scheduler.schedule
         self.state_dim = state_dim
@@ -465,9 +473,10 @@ class Sampler:
         stage_first_states[l][B, M_l, d_s], the in-painted first states of every stage;
         parents[l][M_{l+1}] long, the parent (index in stage l) of every particle of stage l + 1;
         stage_steps[L] (K_l, summing to the sampling steps). Stage l runs its K_l steps on M_l
-        particles (the last step of a non-final stage only estimates x̂_0); the first step k of
-        the next stage starts from `branch_particles` of those x̂_0 with fresh noise, in-painted
-        with the children's first states. All randomness comes from `generator`; with one stage
+        particles; at its last step k the children are `branch_particles` of the parents' x̂_0
+        at the next step k' ('renoise'), or its step k -> k' is taken for each child from its
+        parent's x_k and x̂_0 with fresh noise ('ancestral'); in-painted with the children's
+        first states. All randomness comes from `generator`; with one stage
         this is exactly `sample`.
         """
         n_stages = len(stage_first_states)
@@ -506,14 +515,19 @@ class Sampler:
             cond.at_stage(firsts[i], stage)
             if i == n_stages - 1:
                 return self.denoise(x, stage, cond, firsts[i], generator, [nxt[k] for k in stage])
-            # A non-final stage needs only x̂_0 at its last step (its children are re-noised
-            # from it), so that step is a clean estimate, not an ancestral step.
+            # The stage's last step k -> k' (k' = the next stage's first step) is taken per
+            # child: from the parent's x_k and x̂_0, or re-noised from x̂_0 alone.
             x = self.denoise(
                 x, stage[:-1], cond, firsts[i], generator, [nxt[k] for k in stage[:-1]]
             )
-            x0_hat = self.x0(x, stage[-1], cond)
-            k = all_steps[start]  # the next step: children are noised to level k
-            noise = randn((b, firsts[i + 1].shape[1], window, transition_dim), generator, device)
-            x = self.branch_particles(x0_hat, parents[i], k, noise)
+            k = stage[-1]
+            x0_hat = self.x0(x, k, cond)
+            par = parents[i].to(device)
+            if self.branch == "ancestral":
+                shift = None if self.guide is None else self.guide(x, k, cond.ctx)[:, par]
+                x = self.scheduler.step(x[:, par], x0_hat[:, par], k, nxt[k], generator, shift)
+            else:
+                noise = randn((b, par.shape[0], window, transition_dim), generator, device)
+                x = self.branch_particles(x0_hat, par, nxt[k], noise)
             x = self.inpaint(x, firsts[i + 1])
         raise AssertionError("unreachable: the last stage returns")

@@ -85,6 +85,7 @@ FIELDS = {
             "stages",
             "growth",
             "stage_steps",
+            "branch",
             "beta",
             "weight_clip",
             "advantage_shrinkage",

@@ -250,3 +250,20 @@ def test_acting_flat_unchanged_when_one_stage() -> None:
     np.add.at(counts, (idx, acts), 1.0)
     sm = counts + cfg.smoothing
     np.testing.assert_allclose(t1, sm / sm.sum(-1, keepdims=True))
+
+
+def test_ancestral_branching_is_the_schedulers_step_per_child() -> None:
+    """branch='ancestral': stage 1's last step is the DDPM step from each child's parent's x_k
+    and x̂_0 (one noise draw of the children's shape, like 'renoise'); in-painted, reproducible,
+    and different from 'renoise' on the same draws."""
+    renoise = make_planner(stages=2)
+    ancestral = make_planner(stages=2, branch="ancestral")
+    ctx, firsts, parents, steps, gen = stage_inputs(ancestral, 10, 2, seed=5)
+    x = ancestral.sample_coarse_to_fine(ctx, firsts, parents, gen, steps)
+    assert torch.equal(x[:, :, 0, :D_S], firsts[-1]) and torch.isfinite(x).all()
+    *_, gen2 = stage_inputs(ancestral, 10, 2, seed=5)
+    assert torch.equal(x, ancestral.sample_coarse_to_fine(ctx, firsts, parents, gen2, steps))
+    *_, gen3 = stage_inputs(renoise, 10, 2, seed=5)
+    assert not torch.equal(x, renoise.sample_coarse_to_fine(ctx, firsts, parents, gen3, steps))
+    with pytest.raises(ValueError, match="branch"):
+        PlannerConfig(**{**SMALL, "branch": "copy"})
