@@ -12,8 +12,8 @@ whose mixer after each block is attention instead of mean-field pooling, its out
 the block's conditioning from zero at initialisation), and, in
 `mfdiffuser.baselines.madiff`, the same `MFDiffuser` noise schedule, in-painting and flat
 sampler with every agent a particle, and the shared loss with each agent's first action
-weighted (`first_action_weight`, 10 by default in madiff). No positional embedding over agents: the network is
-permutation-equivariant over agents.
+weighted (`first_action_weight`, 10 by default in madiff). No positional embedding over
+agents: the network is permutation-equivariant over agents.
 
 Two computations of the same attention (`attention`): 'fused' is
 `torch.nn.functional.scaled_dot_product_attention` (memory O(N) per row on CPU), 'naive'

@@ -79,6 +79,9 @@ def shard_file(index: int) -> str:
 def write_manifest(uri: str, manifest: Manifest) -> None:
     fs, path = storage.resolve(uri)
     data = manifest.model_dump_json(indent=2).encode()
+    # Every shard is written: a temporary still here belongs to a writer that died mid-write
+    # (its shard was written again elsewhere), so the committed dataset holds only its files.
+    storage.remove_orphaned_temporaries(fs, path)
     storage.write_bytes_atomic(fs, storage.join(path, MANIFEST), data)
 
 

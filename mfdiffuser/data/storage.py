@@ -127,6 +127,34 @@ def _tmp_name(path: str) -> str:
     return f"{head}/.{tail}.tmp-{uuid.uuid4().hex[:8]}"
 
 
+def is_temporary(name: str) -> bool:
+    """A name `_tmp_name` makes: '.<file>.tmp-<8 hex>'."""
+    head, sep, tag = name.rpartition(".tmp-")
+    return (
+        name.startswith(".")
+        and bool(sep)
+        and len(head) > 1
+        and len(tag) == 8
+        and all(c in "0123456789abcdef" for c in tag)
+    )
+
+
+def remove_orphaned_temporaries(fs: pafs.FileSystem, directory: str) -> list[str]:
+    """Delete the temporaries of atomic writes left in `directory` (not below it) by a writer
+    that died between writing and renaming (a process killed, a node lost); returns their
+    names. Only for a directory whose writers have all finished: the dataset's manifest is
+    written after its last shard. An object store has none (it writes the final key)."""
+    if not is_local(fs):
+        return []
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+        name = info.path.rpartition("/")[2]
+        if info.type == pafs.FileType.File and is_temporary(name):
+            fs.delete_file(info.path)
+            removed.append(name)
+    return removed
+
+
 def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     if not is_local(fs):
         # One upload of complete bytes to the final key: the object appears whole or not at all

@@ -137,3 +137,15 @@ def test_atomic_write_leaves_no_temporary(tmp_path: Path) -> None:
     storage.write_bytes_atomic(fs, storage.join(path, "a.json"), b"[1]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
     assert (tmp_path / "a.json").read_bytes() == b"[1]"
+
+
+def test_a_dead_writers_temporary_is_removed_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / "shard-00000.parquet").write_bytes(b"done")
+    (tmp_path / ".shard-00001.parquet.tmp-5e9f73f5").write_bytes(b"half")
+    (tmp_path / ".keep.tmp-notahex!").write_bytes(b"x")
+    fs, path = storage.resolve(tmp_path)
+    assert storage.remove_orphaned_temporaries(fs, path) == [".shard-00001.parquet.tmp-5e9f73f5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".keep.tmp-notahex!",
+        "shard-00000.parquet",
+    ]
