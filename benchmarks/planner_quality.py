@@ -3,7 +3,8 @@ before and after the planner-quality options, and behaviour cloning, over seeds.
 
     .venv/bin/python benchmarks/planner_quality.py [--benchmarks crowd_1d sis ...]
         [--qualities expert medium mixed] [--seeds 0 1 2] [--steps 600]
-        [--variants before shrink after bc] [--out results.jsonl] [-s after:first_action_weight=4 ...]
+        [--variants before shrink after bc] [--out results.jsonl]
+        [-s after:first_action_weight=4 ...]
 
 For each benchmark (its default params) and quality, one dataset on the pure path (the registry's
 behaviour, `generate_shard`, N = `--agents` agents × `--episodes` episodes, data seed 0), and per
@@ -37,27 +38,17 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from beta_choice import BENCHMARKS, QUALITIES, score  # the same benchmarks and measure
 
 from mfdiffuser.data.generate import generate_shard
 from mfdiffuser.data.windows import episodes_from_table
-from mfdiffuser.envs import exploitability, policy_value, propagate
+from mfdiffuser.envs import policy_value, propagate
 from mfdiffuser.envs.behaviour import occupancy_mixture
 from mfdiffuser.envs.registry import get_benchmark
 from mfdiffuser.methods.base import DataStats, Dims
 from mfdiffuser.methods.registry import get_method
 from mfdiffuser.methods.training import train_epochs
 
-BENCHMARKS = (
-    "crowd_1d",
-    "crowd_2d",
-    "four_rooms",
-    "sis",
-    "predator_prey",
-    "left_right",
-    "rock_paper_scissors",
-    "gaussian_squeeze",
-)
-QUALITIES = ("expert", "medium", "mixed")
 PLANNER = {"window": 4, "n_particles": 16, "max_particles": 32, "diffusion_steps": 10}
 PLANNER |= {"hidden": 32, "n_blocks": 2}
 BEFORE = {"advantage_shrinkage": 0.0, "first_action_weight": 1.0}
@@ -67,13 +58,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "after": ("mf_diffuser", dict(PLANNER)),
     "bc": ("bc", {}),
 }
-
-
-def score(spec: Any, game: Any, policy: np.ndarray) -> float:
-    """Exploitability, or the welfare gap for a cooperative benchmark."""
-    if spec.reference_value is not None:
-        return float(spec.reference_value(game)) - float(policy_value(game, policy))
-    return float(exploitability(game, policy))
 
 
 def dataset(name: str, quality: str, args: argparse.Namespace) -> dict[str, Any]:
